@@ -1,0 +1,133 @@
+"""LMKANConv2d: an lmKAN replacement for nn.Conv2d (NCHW, stride, padding incl. 'same'/'valid' and padding
+modes, dilation, groups), evaluated as the lmKAN op over unfolded patches, chunked over the batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from ..errors import ConfigError, ShapeError
+from .base import LMKANLayer
+from .tables import exact_linear_table, random_table, table_shape
+
+PATCH_CHUNK_ELEMENTS = 16 * 2**20  # unfolded elements per chunk of images: bounds the im2col memory
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class LMKANConv2d(LMKANLayer):
+    """Each output pixel is sum_p f_{o,p} over adjacent pairs of the (c, ky, kx)-ordered patch of its group."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", num_grids: int = 8,
+                 input_norm: str = "none", init_scale: float = 0.1, device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(num_grids, input_norm, in_channels, nn.BatchNorm2d, factory)
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ShapeError(f"in_channels={in_channels} and out_channels={out_channels} must divide by groups={groups}")
+        if padding_mode not in PADDING_MODES:
+            raise ConfigError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ConfigError(f"padding string must be 'same' or 'valid', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ConfigError("padding='same' is not supported for strided convolutions (as in nn.Conv2d)")
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.padding_mode = padding_mode
+        patch = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        self.patch_features = patch
+        shape = (groups, *table_shape(patch, out_channels // groups, self.num_grids))
+        self.table = nn.Parameter(random_table(shape, patch, init_scale, **factory))
+        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+
+    def _pads(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) padding, as F.pad wants it, matching nn.Conv2d incl. 'same'."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            pads = []
+            for k, d in zip(reversed(self.kernel_size), reversed(self.dilation)):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        ph, pw = self.padding
+        return (pw, pw, ph, ph)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_floating(x, "LMKANConv2d")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ShapeError(f"LMKANConv2d expects NCHW input with C={self.in_channels}, got {tuple(x.shape)}")
+        if self.input_norm == "batchnorm":
+            x = self._normalize(x, 1)
+        pads = self._pads()
+        if any(pads):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, pads, mode=mode)
+        if self.input_norm == "affine":  # after padding: the original conv pads in raw input space
+            x = self._normalize(x, 1)
+        kh, kw = self.kernel_size
+        out_h = (x.shape[2] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out_w = (x.shape[3] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        if out_h < 1 or out_w < 1:
+            raise ShapeError(f"input {tuple(x.shape[2:])} (after padding) is smaller than the kernel {self.kernel_size}")
+        per_image = self.in_channels * kh * kw * out_h * out_w
+        step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
+        outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, x.shape[0], step)]
+        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
+
+    def _forward_chunk(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+        n = x.shape[0]
+        patches = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)  # [N, C*kh*kw, L]
+        patches = patches.view(n, self.groups, self.patch_features, -1).permute(0, 3, 1, 2)  # [N, L, g, K]
+        outs = [self._lookup(patches[:, :, g], self.table[g]) for g in range(self.groups)]  # each [N, L, out_g]
+        y = torch.cat(outs, dim=-1) if self.groups > 1 else outs[0]
+        return y.permute(0, 2, 1).reshape(n, self.out_channels, out_h, out_w)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, num_grids: int = 8, input_mean: torch.Tensor | None = None,
+                  input_std: torch.Tensor | None = None) -> "LMKANConv2d":
+        """An LMKANConv2d computing exactly conv(x); per-channel statistics normalise inputs onto the grid."""
+        if not isinstance(conv, nn.Conv2d):
+            raise ConfigError(f"from_conv expects nn.Conv2d, got {type(conv).__name__}")
+        weight, dtype = conv.weight.detach(), conv.weight.dtype
+        has_stats = input_mean is not None or input_std is not None
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, True, conv.padding_mode, num_grids, "affine" if has_stats else "none",
+                    device=weight.device, dtype=dtype)
+        mean = torch.zeros(conv.in_channels, dtype=torch.float64, device=weight.device)
+        std = torch.ones_like(mean)
+        if input_mean is not None:
+            mean = input_mean.detach().to(mean)
+        if input_std is not None:
+            std = input_std.detach().to(std)
+        if has_stats:
+            layer.set_input_statistics(mean, std)
+        groups, out_g, in_g = conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups
+        w64 = weight.to(torch.float64).reshape(groups, out_g, in_g, -1)  # [g, out_g, in_g, kh*kw]
+        taps = w64.shape[-1]
+        bias = (w64.sum(-1) * mean.view(groups, 1, in_g)).sum(-1).reshape(-1)
+        if conv.bias is not None:
+            bias = bias + conv.bias.detach().to(torch.float64)
+        with torch.no_grad():
+            for g in range(groups):
+                patch_std = std.view(groups, in_g)[g].repeat_interleave(taps) if has_stats else None
+                layer.table[g].copy_(exact_linear_table(w64[g].reshape(out_g, -1), num_grids, patch_std, dtype))
+            layer.bias.copy_(bias.to(dtype))
+        return layer
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}", f"kernel_size={self.kernel_size}",
+                 f"stride={self.stride}", f"padding={self.padding}", f"num_grids={self.num_grids}"]
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={self.dilation}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode}")
+        if self.bias is None:
+            parts.append("bias=False")
+        return ", ".join(parts)

@@ -1,0 +1,52 @@
+"""The paper's Hessian regularizer: squared Frobenius norm of each 2-D function's Hessian on the non-uniform grid.
+
+Second derivatives come from non-uniform finite differences at the interior nodes (i, j in 1..G-1, the ghost rows
+and columns enter as stencil neighbours): H = D11^2 + 2 D12^2 + D22^2. The penalty averages H over the interior
+nodes and sums over every 2-D function.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..grid import grid_nodes
+
+
+def _second_difference(values: torch.Tensor, h_left: torch.Tensor, h_right: torch.Tensor, dim: int) -> torch.Tensor:
+    """Non-uniform second derivative along `dim` at interior nodes; h_* broadcast along that dim."""
+    n = values.shape[dim]
+    prev = values.narrow(dim, 0, n - 2)
+    mid = values.narrow(dim, 1, n - 2)
+    nxt = values.narrow(dim, 2, n - 2)
+    return 2.0 * (h_left * nxt - (h_left + h_right) * mid + h_right * prev) / (h_left * h_right * (h_left + h_right))
+
+
+def hessian_penalty(table: torch.Tensor) -> torch.Tensor:
+    """Sum over functions of the mean interior squared Hessian norm; table [..., G+1, G+1, N_out]."""
+    n = table.shape[-2]
+    nodes = grid_nodes(n - 1, torch.float64, table.device)
+    h = (nodes[1:] - nodes[:-1]).to(table.dtype if table.dtype.is_floating_point else torch.float32)
+    h_left, h_right = h[:-1], h[1:]  # spacing left/right of interior nodes 1..G-1
+    values = table.float() if table.dtype in (torch.float16, torch.bfloat16) else table
+    ax1, ax2 = values.dim() - 3, values.dim() - 2
+    d11 = _second_difference(values, h_left.view(-1, 1, 1), h_right.view(-1, 1, 1), ax1).narrow(ax2, 1, n - 2)
+    d22 = _second_difference(values, h_left.view(-1, 1), h_right.view(-1, 1), ax2).narrow(ax1, 1, n - 2)
+    span = (h_left + h_right)
+    corners = (
+        values.narrow(ax1, 2, n - 2).narrow(ax2, 2, n - 2)
+        - values.narrow(ax1, 2, n - 2).narrow(ax2, 0, n - 2)
+        - values.narrow(ax1, 0, n - 2).narrow(ax2, 2, n - 2)
+        + values.narrow(ax1, 0, n - 2).narrow(ax2, 0, n - 2)
+    )
+    d12 = corners / (span.view(-1, 1, 1) * span.view(-1, 1))
+    frobenius = d11.square() + 2.0 * d12.square() + d22.square()
+    return frobenius.mean(dim=(ax1, ax2)).sum()
+
+
+def model_hessian_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of hessian_penalty() over every lmKAN layer of a model (a zero tensor when there is none)."""
+    from .base import LMKANLayer
+
+    terms = [m.hessian_penalty() for m in model.modules() if isinstance(m, LMKANLayer)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())

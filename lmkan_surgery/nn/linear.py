@@ -1,0 +1,118 @@
+"""LMKANLinear: a drop-in lmKAN replacement for nn.Linear, with exact init from a Linear and the official layout."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, ShapeError
+from .base import LMKANLayer
+from .tables import exact_linear_table, random_table, relu_table, table_shape
+
+
+class LMKANLinear(LMKANLayer):
+    """y = sum_p f_{o,p}(u[2p], u[2p+1]) + bias with u the (optionally normalised) input; (*, in) -> (*, out).
+
+    An odd in_features gets a constant-zero partner for its last feature. With ``relu_branch=True`` the paper's
+    ReLU-first preconditioning is added: y = gamma * lmKAN(u) + Linear(ReLU(u)); ``fold()`` merges it exactly into
+    the table when G is even.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_grids: int = 8, bias: bool = True,
+                 input_norm: str = "none", relu_branch: bool = False, init_scale: float = 0.1,
+                 device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(num_grids, input_norm, in_features, nn.BatchNorm1d, factory)
+        if in_features < 1 or out_features < 1:
+            raise ShapeError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        shape = table_shape(in_features, out_features, self.num_grids)
+        self.table = nn.Parameter(random_table(shape, in_features, init_scale, **factory))
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        self.relu_branch = nn.Linear(in_features, out_features, bias=True, **factory) if relu_branch else None
+        if relu_branch:
+            self.register_buffer("gamma", torch.zeros((), **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_floating(x, "LMKANLinear")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ShapeError(
+                f"LMKANLinear expects input of shape (*, {self.in_features}), got {tuple(x.shape)}"
+            )
+        u = self._normalize(x, x.dim() - 1)
+        y = self._lookup(u, self.table)
+        if self.relu_branch is not None:
+            y = self.gamma * y + self.relu_branch(torch.relu(u))
+        return y + self.bias if self.bias is not None else y
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, num_grids: int = 8, input_mean: torch.Tensor | None = None,
+                    input_std: torch.Tensor | None = None) -> "LMKANLinear":
+        """An LMKANLinear computing exactly linear(x) for every x (inputs normalised by the given statistics)."""
+        if not isinstance(linear, nn.Linear):
+            raise ConfigError(f"from_linear expects nn.Linear, got {type(linear).__name__}")
+        weight, dtype = linear.weight.detach(), linear.weight.dtype
+        has_stats = input_mean is not None or input_std is not None
+        layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
+                    input_norm="affine" if has_stats else "none", device=weight.device, dtype=dtype)
+        mean = torch.zeros(linear.in_features, dtype=torch.float64, device=weight.device)
+        std = torch.ones_like(mean)
+        if input_mean is not None:
+            mean = input_mean.detach().to(mean)
+        if input_std is not None:
+            std = input_std.detach().to(std)
+        if has_stats:
+            layer.set_input_statistics(mean, std)
+        bias = weight.to(torch.float64) @ mean
+        if linear.bias is not None:
+            bias = bias + linear.bias.detach().to(torch.float64)
+        with torch.no_grad():
+            layer.table.copy_(exact_linear_table(weight, num_grids, std if has_stats else None, dtype))
+            layer.bias.copy_(bias.to(dtype))
+        return layer
+
+    @classmethod
+    def from_official(cls, func_parameter: torch.Tensor) -> "LMKANLinear":
+        """Build from schwallergroup/lmkan's LMKAN2DLayer.func_parameter [G+1, G+1, out, in/2] (no bias)."""
+        if func_parameter.dim() != 4 or func_parameter.shape[0] != func_parameter.shape[1]:
+            raise ShapeError(f"func_parameter must be [G+1, G+1, out, in/2], got {tuple(func_parameter.shape)}")
+        n, _, out_features, pairs = func_parameter.shape
+        layer = cls(2 * pairs, out_features, n - 1, bias=False, device=func_parameter.device,
+                    dtype=func_parameter.dtype)
+        with torch.no_grad():
+            layer.table.copy_(func_parameter.detach().permute(3, 0, 1, 2))
+        return layer
+
+    def official_parameter(self) -> torch.Tensor:
+        """The table in the official [G+1, G+1, out, in/2] layout (a copy)."""
+        if self.in_features % 2 or self.input_norm != "none" or self.relu_branch is not None:
+            raise ConfigError("only an even-width layer without normalisation or ReLU branch has an official form")
+        return self.table.detach().permute(1, 2, 3, 0).contiguous()
+
+    @torch.no_grad()
+    def fold(self) -> "LMKANLinear":
+        """Merge the ReLU-first branch into the table (exact for even G) so inference is one lookup."""
+        if self.relu_branch is None:
+            return self
+        if self.num_grids % 2:
+            raise ConfigError(f"fold() is exact only for even num_grids (0 must be a node), got {self.num_grids}")
+        folded = self.gamma.to(torch.float64) * self.table.to(torch.float64)
+        folded = folded + relu_table(self.relu_branch.weight, self.num_grids)
+        self.table.copy_(folded.to(self.table.dtype))
+        branch_bias = self.relu_branch.bias.detach()
+        if self.bias is None:
+            self.bias = nn.Parameter(branch_bias.clone())
+        else:
+            self.bias.add_(branch_bias)
+        self.relu_branch = None
+        del self.gamma
+        return self
+
+    def extra_repr(self) -> str:
+        parts = [f"in_features={self.in_features}", f"out_features={self.out_features}",
+                 f"num_grids={self.num_grids}", f"bias={self.bias is not None}"]
+        if self.input_norm != "none":
+            parts.append(f"input_norm={self.input_norm}")
+        return ", ".join(parts)

@@ -1,0 +1,73 @@
+"""Table construction shared by the lmKAN modules: random init and the exact function-preserving init.
+
+A pairwise linear form w_a x_a + w_b x_b is bilinear, and the grid extrapolates linearly, so sampling it at the
+nodes reproduces it for every input. The node values are rounded to a per-function power-of-two step so that
+T[i,j] = A[i] + B[j] holds exactly in the table's dtype: the cross difference T11 - T10 - T01 + T00 is then exactly
+zero and the cancellation-free evaluation stays exact far outside the grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..grid import grid_nodes
+
+
+def table_shape(in_features: int, out_features: int, num_grids: int) -> tuple[int, int, int, int]:
+    """Canonical table shape [P, G+1, G+1, N_out] for in_features inputs (odd counts get a zero partner)."""
+    pairs = (in_features + 1) // 2
+    return (pairs, num_grids + 1, num_grids + 1, out_features)
+
+
+def random_table(shape: tuple[int, ...], in_features: int, init_scale: float, dtype=None, device=None) -> torch.Tensor:
+    """The official initialisation: i.i.d. U(-s, s) with s = init_scale / sqrt(in_features)."""
+    bound = init_scale / math.sqrt(max(1, in_features))
+    return torch.empty(shape, dtype=dtype, device=device).uniform_(-bound, bound)
+
+
+def _quantum(magnitude: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
+    """A power of two q per function so that |A|, |B| <= 2^(mantissa_bits-2) q: sums and differences are exact."""
+    exponent = torch.ceil(torch.log2(magnitude.clamp_min(1e-300)))
+    return torch.exp2(exponent - (mantissa_bits - 2))
+
+
+def _mantissa_bits(dtype: torch.dtype) -> int:
+    """Significand bits (implicit bit included) of a floating dtype: 24 for float32, 53 for float64."""
+    return round(-math.log2(torch.finfo(dtype).eps)) + 1
+
+
+def exact_linear_table(weight: torch.Tensor, num_grids: int, input_std: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Table [P, G+1, G+1, N_out] reproducing x -> weight @ (std * x) exactly (no bias) in `dtype`.
+
+    weight is [N_out, N_in] (float64 recommended); input_std [N_in] rescales the normalised grid coordinate back to
+    the original input. Odd N_in gets a zero column for the padding partner.
+    """
+    w = weight.detach().to(torch.float64)
+    if input_std is not None:
+        w = w * input_std.detach().to(torch.float64).unsqueeze(0)
+    if w.shape[1] % 2:
+        w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
+    nodes = grid_nodes(num_grids, torch.float64, w.device)
+    w_a = w[:, 0::2].t()  # [P, N_out]
+    w_b = w[:, 1::2].t()
+    part_a = w_a.unsqueeze(1) * nodes.view(1, -1, 1)  # [P, G+1, N_out]
+    part_b = w_b.unsqueeze(1) * nodes.view(1, -1, 1)
+    magnitude = torch.maximum(part_a.abs().amax(1), part_b.abs().amax(1))  # [P, N_out]
+    q = _quantum(magnitude, _mantissa_bits(dtype)).unsqueeze(1)
+    part_a = torch.round(part_a / q) * q
+    part_b = torch.round(part_b / q) * q
+    table = part_a.unsqueeze(2) + part_b.unsqueeze(1)  # [P, G+1, G+1, N_out], exact in float64
+    return table.to(dtype)
+
+
+def relu_table(weight: torch.Tensor, num_grids: int) -> torch.Tensor:
+    """Table of x -> weight @ relu(x) in float64; exact only for even G (0 is then a grid node)."""
+    w = weight.detach().to(torch.float64)
+    if w.shape[1] % 2:
+        w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
+    nodes = grid_nodes(num_grids, torch.float64, w.device).clamp_min(0.0)
+    part_a = w[:, 0::2].t().unsqueeze(1) * nodes.view(1, -1, 1)
+    part_b = w[:, 1::2].t().unsqueeze(1) * nodes.view(1, -1, 1)
+    return part_a.unsqueeze(2) + part_b.unsqueeze(1)

@@ -1,0 +1,98 @@
+"""Backend choice for the lmKAN op: the one home of kernel dispatch.
+
+``LMKAN_BACKEND=reference|cpu|cuda`` forces a backend. Otherwise float32 work on CPU goes to the native C++
+kernel and float32 (or bfloat16-table) work on CUDA to the CUDA kernel, when they build; anything else (float64,
+other devices, a failed build) goes to the pure-PyTorch reference. A failed build warns once, naming the cause.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import KernelBuildError, LMKANError
+from . import reference
+
+BACKEND_ENV = "LMKAN_BACKEND"
+_VALID_BACKENDS = ("reference", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named pair of forward/backward implementations over the canonical layout."""
+
+    name: str
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    backward: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+def _reference_backward(grad_out, x, table, need_x, need_table):
+    grad_x, grad_table = reference.backward_reference(grad_out, x, table, need_x, need_table)
+    if grad_table is not None:
+        grad_table = grad_table.to(table.dtype)
+    return grad_x, grad_table
+
+
+REFERENCE = Backend("reference", reference.forward_reference, _reference_backward)
+
+_native_cache: dict[str, Backend | None] = {}
+
+
+def _native_backend(kind: str) -> Backend | None:
+    """The native backend of `kind` ('cpu' or 'cuda'), building it on first use; None (after one warning) if that fails."""
+    if kind not in _native_cache:
+        from ..kernels import build
+
+        try:
+            module = build.load_native(kind)
+        except KernelBuildError as err:
+            warnings.warn(f"lmkan: native {kind} kernels unavailable, using the PyTorch reference: {err}", stacklevel=3)
+            _native_cache[kind] = None
+        else:
+            _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward))
+    return _native_cache[kind]
+
+
+def _undefined_as_none(native_backward):
+    def backward(grad_out, x, table, need_x, need_table):
+        grad_x, grad_table = native_backward(grad_out, x, table, need_x, need_table)
+        return (grad_x if need_x else None, grad_table if need_table else None)
+
+    return backward
+
+
+def forced_backend() -> str | None:
+    """The backend named by LMKAN_BACKEND, or None when unset."""
+    name = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if not name:
+        return None
+    if name not in _VALID_BACKENDS:
+        raise LMKANError(f"{BACKEND_ENV}={name!r} is not one of {', '.join(_VALID_BACKENDS)}")
+    return name
+
+
+def _native_supports(kind: str, x: torch.Tensor, table: torch.Tensor) -> bool:
+    if x.device.type != kind or x.dtype != torch.float32:
+        return False
+    return table.dtype == torch.float32 or (kind == "cuda" and table.dtype == torch.bfloat16)
+
+
+def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:
+    """The backend that runs the op for these inputs."""
+    forced = forced_backend()
+    if forced == "reference":
+        return REFERENCE
+    kind = x.device.type
+    if forced is not None and forced != kind:
+        raise LMKANError(f"{BACKEND_ENV}={forced} but the inputs are on {x.device}")
+    if kind in ("cpu", "cuda") and _native_supports(kind, x, table):
+        native = _native_backend(kind)
+        if native is not None:
+            return native
+        if forced is not None:
+            raise KernelBuildError(f"{BACKEND_ENV}={forced} but the native {forced} kernels could not be built")
+    return REFERENCE

@@ -1,0 +1,97 @@
+"""The one torch.library op family of lmKAN: ``lmkan::lookup2d`` and its backward ``lmkan::lookup2d_backward``.
+
+Both take ``x[B, 2P]`` and ``table[P, G+1, G+1, N_out]`` (the canonical layout, see ``ops/reference.py``) and
+route to the backend chosen by ``ops/dispatch.py`` (native kernel or the pure-PyTorch reference). The ops have
+fake implementations, so torch.compile, torch.export, fvcore and the ONNX exporter see one named node per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import DeviceError, DTypeError, ShapeError
+from ..grid import check_num_grids
+from . import dispatch
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+_TABLE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+@torch.library.custom_op("lmkan::lookup2d", mutates_args=())
+def lookup2d_op(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """y[b, o] = sum_p f_{o,p}(x[b, 2p], x[b, 2p+1]); x [B, 2P] contiguous, table [P, G+1, G+1, N_out]."""
+    return dispatch.backend_for(x, table).forward(x, table)
+
+
+@lookup2d_op.register_fake
+def _lookup2d_fake(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], table.shape[3])
+
+
+@torch.library.custom_op("lmkan::lookup2d_backward", mutates_args=())
+def lookup2d_backward_op(
+    grad_out: torch.Tensor, x: torch.Tensor, table: torch.Tensor, need_x: bool, need_table: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients for x and for the table; a gradient that is not needed comes back as an empty tensor."""
+    grad_x, grad_table = dispatch.backend_for(x, table).backward(grad_out, x, table, need_x, need_table)
+    empty = x.new_empty(0)
+    return (grad_x if grad_x is not None else empty, grad_table if grad_table is not None else empty.to(table.dtype))
+
+
+@lookup2d_backward_op.register_fake
+def _lookup2d_backward_fake(grad_out, x, table, need_x, need_table):
+    grad_x = torch.empty_like(x) if need_x else x.new_empty(0)
+    grad_table = torch.empty_like(table) if need_table else table.new_empty(0)
+    return grad_x, grad_table
+
+
+def _setup_context(ctx, inputs, output):
+    x, table = inputs
+    ctx.save_for_backward(x, table)
+
+
+def _backward(ctx, grad_out):
+    x, table = ctx.saved_tensors
+    need_x, need_table = ctx.needs_input_grad
+    grad_x, grad_table = lookup2d_backward_op(grad_out.contiguous(), x, table, need_x, need_table)
+    return (grad_x if need_x else None, grad_table if need_table else None)
+
+
+lookup2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_lookup_inputs(x: torch.Tensor, table: torch.Tensor) -> None:
+    """Raise a specific LMKANError when x or table cannot go through the lmKAN op."""
+    if not isinstance(x, torch.Tensor) or not isinstance(table, torch.Tensor):
+        raise DTypeError(f"x and table must be tensors, got {type(x).__name__} and {type(table).__name__}")
+    if table.dim() != 4 or table.shape[1] != table.shape[2]:
+        raise ShapeError(f"table must have shape [P, G+1, G+1, N_out], got {tuple(table.shape)}")
+    check_num_grids(table.shape[1] - 1)
+    if x.dim() < 1:
+        raise ShapeError("x must have at least one dimension (the features)")
+    if x.shape[-1] != 2 * table.shape[0]:
+        raise ShapeError(
+            f"x has {x.shape[-1]} features in its last dimension but the table holds {table.shape[0]} input pairs "
+            f"(expects {2 * table.shape[0]} features)"
+        )
+    if x.dtype not in _FLOAT_DTYPES + (torch.float16, torch.bfloat16):
+        raise DTypeError(f"x must be a floating tensor (float32, float64, float16, bfloat16), got {x.dtype}")
+    if table.dtype not in _TABLE_DTYPES:
+        raise DTypeError(f"table must be float32, float64 or bfloat16, got {table.dtype}")
+    if x.device != table.device:
+        raise DeviceError(f"x is on {x.device} but the table is on {table.device}: move both to one device")
+
+
+def lmkan_lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Apply the lmKAN 2-D lookup to x[..., 2P] with table [P, G+1, G+1, N_out]; returns [..., N_out].
+
+    float16/bfloat16 inputs are computed in float32 and the result is cast back to the input dtype.
+    """
+    check_lookup_inputs(x, table)
+    compute_dtype = x.dtype if x.dtype in _FLOAT_DTYPES else torch.float32
+    if table.dtype != torch.bfloat16 and table.dtype != compute_dtype:
+        table = table.to(compute_dtype)
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1]).to(compute_dtype).contiguous()
+    y = lookup2d_op(flat, table.contiguous())
+    return y.reshape(*lead, table.shape[3]).to(x.dtype)

@@ -1,0 +1,1 @@
+"""FX graph passes of lmkan-surgery: trace, select, replace, shrink."""
