@@ -66,7 +66,7 @@ def check_lookup_inputs(x: torch.Tensor, table: torch.Tensor) -> None:
         raise DTypeError(f"x and table must be tensors, got {type(x).__name__} and {type(table).__name__}")
     if table.dim() != 4 or table.shape[1] != table.shape[2]:
         raise ShapeError(f"table must have shape [P, G+1, G+1, N_out], got {tuple(table.shape)}")
-    check_num_grids(table.shape[1] - 1)
+    check_num_grids(int(table.shape[1]) - 1)  # int(): under jit tracing shapes are tensors (fvcore)
     if x.dim() < 1:
         raise ShapeError("x must have at least one dimension (the features)")
     if x.shape[-1] != 2 * table.shape[0]:

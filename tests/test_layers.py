@@ -1,0 +1,102 @@
+"""LMKANLinear / LMKANConv2d semantics: official layout, ReLU fold, normalisation, state_dict, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from lmkan_surgery import (ConfigError, DTypeError, GridSizeError, LMKANConv2d, LMKANLinear, ShapeError,
+                           lmkan_lookup)
+from oracles import naive_cell, naive_nodes, rel_err
+
+
+def official_batch_last(x_bl: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The official LMKAN2DLayer formula: x [N_in, B], param [G+1, G+1, N_out, N_in/2] -> y [N_out, B]."""
+    n, _, outputs, pairs = param.shape
+    nodes = naive_nodes(n - 1)
+    y = torch.zeros(outputs, x_bl.shape[1], dtype=torch.float64)
+    for b in range(x_bl.shape[1]):
+        for p in range(pairs):
+            i, t1 = naive_cell(float(x_bl[2 * p, b]), nodes)
+            j, t2 = naive_cell(float(x_bl[2 * p + 1, b]), nodes)
+            y[:, b] += ((1 - t1) * (1 - t2) * param[i, j, :, p] + (1 - t1) * t2 * param[i, j + 1, :, p]
+                        + t1 * (1 - t2) * param[i + 1, j, :, p] + t1 * t2 * param[i + 1, j + 1, :, p]).double()
+    return y
+
+
+def test_from_official_matches_batch_last_formula_and_round_trips():
+    param = torch.randn(9, 9, 5, 3, dtype=torch.float64)
+    layer = LMKANLinear.from_official(param)
+    x = torch.randn(11, 6, dtype=torch.float64) * 2
+    assert rel_err(layer(x), official_batch_last(x.t(), param).t()) < 1e-12
+    assert torch.equal(layer.official_parameter(), param)
+
+
+@pytest.mark.parametrize("g", [4, 8, 12])
+def test_relu_fold_is_exact_for_even_grids(g):
+    layer = LMKANLinear(7, 5, num_grids=g, relu_branch=True, dtype=torch.float64)
+    layer.gamma.fill_(0.37)
+    x = torch.randn(40, 7, dtype=torch.float64) * 4
+    x[0] = 200.0
+    x[1] = -200.0
+    before = layer(x)
+    layer.fold()
+    assert layer.relu_branch is None
+    assert rel_err(layer(x), before) < 1e-12
+
+
+def test_relu_fold_refuses_odd_grids():
+    layer = LMKANLinear(4, 2, num_grids=7, relu_branch=True)
+    with pytest.raises(ConfigError, match="even"):
+        layer.fold()
+
+
+def test_batchnorm_option_normalises_over_features():
+    layer = LMKANLinear(6, 3, input_norm="batchnorm")
+    x = torch.randn(8, 4, 6) * 5 + 3
+    layer(x)
+    assert torch.allclose(layer.norm.running_mean, 0.1 * x.reshape(-1, 6).mean(0), atol=1e-5)
+
+
+def test_state_dict_round_trip_and_repr():
+    layer = LMKANLinear(5, 3, num_grids=6, input_norm="affine", relu_branch=True)
+    clone = LMKANLinear(5, 3, num_grids=6, input_norm="affine", relu_branch=True)
+    clone.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 5)
+    assert torch.equal(clone(x), layer(x))
+    assert "num_grids=6" in repr(layer) and "in_features=5" in repr(layer)
+    conv = LMKANConv2d(4, 6, 3, groups=2, num_grids=5)
+    assert "num_grids=5" in repr(conv) and "groups=2" in repr(conv)
+    assert conv.table.shape == (2, 9, 6, 6, 3)
+
+
+def test_linear_takes_any_leading_dims():
+    layer = LMKANLinear(4, 3)
+    assert layer(torch.randn(2, 3, 5, 4)).shape == (2, 3, 5, 3)
+    assert layer(torch.randn(4)).shape == (3,)
+
+
+def test_bad_inputs_raise_specific_errors():
+    layer = LMKANLinear(4, 3)
+    with pytest.raises(ShapeError, match=r"\(\*, 4\)"):
+        layer(torch.randn(2, 5))
+    with pytest.raises(DTypeError, match="floating"):
+        layer(torch.ones(2, 4, dtype=torch.int64))
+    with pytest.raises(GridSizeError):
+        LMKANLinear(4, 3, num_grids=2)
+    with pytest.raises(GridSizeError):
+        LMKANLinear(4, 3, num_grids=1000)
+    with pytest.raises(ShapeError, match="table"):
+        lmkan_lookup(torch.randn(2, 4), torch.randn(2, 5, 6, 3))
+    with pytest.raises(ShapeError, match="pairs"):
+        lmkan_lookup(torch.randn(2, 6), torch.randn(2, 5, 5, 3))
+    conv = LMKANConv2d(3, 4, 3)
+    with pytest.raises(ShapeError, match="NCHW"):
+        conv(torch.randn(3, 8, 8))
+    with pytest.raises(ShapeError, match="C=3"):
+        conv(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ConfigError):
+        LMKANConv2d(3, 4, 3, padding_mode="mirror")
+    with pytest.raises(ConfigError):
+        LMKANLinear(4, 3, input_norm="layernorm")
+    with pytest.raises(ConfigError):
+        LMKANLinear.from_linear(nn.Conv2d(3, 3, 1))
