@@ -1,0 +1,405 @@
+// Native CPU kernels of the lmKAN 2-D lookup: OpenMP drivers and runtime instruction-set dispatch.
+// The per-task kernels live in lmkan_cpu_kernels.inc, compiled twice: a generic baseline and an AVX2+FMA path
+// chosen at run time by CPUID. See lmkan_cpu.h for the contract.
+#include "lmkan_cpu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+// Sizes shared by every kernel: n = G + 1 nodes per axis, n2 = n * n corner rows per pair.
+struct Dims {
+    int64_t B, P, G, n, n2, N;
+};
+
+// Forward record per (sample, pair): corner row i1 * n + i2 and the 4 bilinear weights (00, 01, 10, 11); for a pair
+// with a coordinate outside [0, 1], row is bit-inverted (negative) and w[0], w[1] hold t1, t2.
+struct FwdRec {
+    int32_t row;
+    float w[4];
+};
+
+// Backward record per (sample, pair): corner row and local coordinates.
+struct BwdRec {
+    int32_t row;
+    float t1, t2;
+};
+
+struct Isa {
+    const char* name;
+    void (*precompute_fwd)(const float*, FwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
+                           const float*, const float*, int32_t*, float*);
+    void (*precompute_bwd)(const float*, BwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
+                           const float*, const float*, int32_t*, float*);
+    void (*forward)(const FwdRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    int64_t, const Dims&, bool);
+    void (*grad_table)(const BwdRec*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&);
+    void (*grad_x)(const BwdRec*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                   const Dims&, const float*);
+};
+
+namespace generic {
+#define ISA_NAME "generic"
+#include "lmkan_cpu_kernels.inc"
+#undef ISA_NAME
+}  // namespace generic
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LMKAN_HAVE_AVX2 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+#define ISA_NAME "avx2"
+#include "lmkan_cpu_kernels.inc"
+#undef ISA_NAME
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+bool avx2_supported() {
+#ifdef LMKAN_HAVE_AVX2
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+const Isa* best_isa() {
+#ifdef LMKAN_HAVE_AVX2
+    if (avx2_supported()) return &avx2::kIsa;
+#endif
+    return &generic::kIsa;
+}
+
+std::atomic<const Isa*> g_isa{nullptr};
+
+const Isa& active_isa() {
+    const Isa* isa = g_isa.load(std::memory_order_acquire);
+    if (isa == nullptr) {
+        isa = best_isa();
+        g_isa.store(isa, std::memory_order_release);
+    }
+    return *isa;
+}
+
+// Cache budgets (bytes). The forward's pair chunk fixes its summation order, so it depends on the shape only;
+// the other partitions (sample blocks, gradient chunks) may follow the thread count without changing any bit.
+constexpr int64_t kSliceBytes = 512 * 1024;  // table slice of one pair chunk (per output tile): L2-resident
+constexpr int64_t kTile = 64;  // outputs per register tile
+constexpr int64_t kFusedTableBytes = 8 << 20;  // tables up to this size take the fused (per-block records) path
+constexpr int64_t kRecBlockBytes = 128 * 1024;  // records of one fused forward block
+
+// Node positions and inverse cell lengths: computed in double exactly as grid.py does, then cast to float.
+struct Grid {
+    std::vector<float> nodes, inv_len;
+    explicit Grid(int64_t G) : nodes(G + 1), inv_len(G) {
+        std::vector<double> g(static_cast<size_t>(G + 1));
+        for (int64_t k = 1; k < G; ++k) {
+            const double u = static_cast<double>(k) / static_cast<double>(G);
+            g[k] = u <= 0.5 ? std::log(2.0 * u) : -std::log(2.0 * (1.0 - u));
+        }
+        g[0] = g[1] - (g[2] - g[1]);
+        g[G] = g[G - 1] + (g[G - 1] - g[G - 2]);
+        for (int64_t k = 0; k <= G; ++k) nodes[k] = static_cast<float>(g[k]);
+        for (int64_t k = 0; k < G; ++k) inv_len[k] = static_cast<float>(1.0 / (g[k + 1] - g[k]));
+    }
+};
+
+int thread_count(int requested) {
+#ifdef _OPENMP
+    return requested > 0 ? requested : omp_get_max_threads();
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Output tiles: full 64-wide tiles, then one each of 32, 16, 8 and a narrow rest, as the remainder needs.
+std::vector<std::pair<int64_t, int64_t>> output_tiles(int64_t N) {
+    std::vector<std::pair<int64_t, int64_t>> tiles;
+    int64_t o = 0;
+    for (; o + kTile <= N; o += kTile) tiles.emplace_back(o, kTile);
+    for (int64_t w = kTile / 2; w >= 8; w /= 2)
+        if (o + w <= N) {
+            tiles.emplace_back(o, w);
+            o += w;
+        }
+    if (o < N) tiles.emplace_back(o, N - o);
+    return tiles;
+}
+
+// Pairs per chunk so that the chunk's table slice (rows of `row_bytes` each) stays within kSliceBytes.
+int64_t pair_chunk(const Dims& d, int64_t row_bytes) {
+    return std::max<int64_t>(1, std::min<int64_t>(d.P, kSliceBytes / (d.n2 * row_bytes)));
+}
+
+bool valid(int64_t B, int64_t P, int64_t G, int64_t N) {
+    return B >= 0 && P >= 0 && N >= 0 && G >= 3 && G <= 256 && P <= INT64_MAX / ((G + 1) * (G + 1)) / (N + 1);
+}
+
+// A grow-only scratch array owned by one thread: repeated calls reuse it instead of page-faulting fresh memory.
+template <typename T>
+T* scratch(std::unique_ptr<T[]>& buf, size_t& capacity, size_t count) {
+    if (count > capacity) {
+        buf.reset(new (std::nothrow) T[count]);
+        capacity = buf ? count : 0;
+    }
+    return buf.get();
+}
+
+// Per-thread scratch: cell indices and local coordinates of one sample.
+struct SampleScratch {
+    int32_t* cell;
+    float* t;
+};
+
+bool sample_scratch(int64_t P, SampleScratch& out) {
+    thread_local std::unique_ptr<int32_t[]> cell_buf;
+    thread_local std::unique_ptr<float[]> t_buf;
+    thread_local size_t cell_cap = 0, t_cap = 0;
+    out.cell = scratch(cell_buf, cell_cap, static_cast<size_t>(2 * P));
+    out.t = scratch(t_buf, t_cap, static_cast<size_t>(2 * P));
+    return out.cell != nullptr && out.t != nullptr;
+}
+
+// Records of the whole batch (pair-chunk-major with `chunk` pairs per chunk), computed in parallel into the
+// calling thread's scratch. R is FwdRec or BwdRec.
+template <typename R>
+R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk, int nt,
+                 void (*fill)(const float*, R*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
+                              const float*, const float*, int32_t*, float*)) {
+    thread_local std::unique_ptr<R[]> buf;
+    thread_local size_t cap = 0;
+    R* rec = scratch(buf, cap, static_cast<size_t>(d.B * d.P));
+    if (rec == nullptr) return nullptr;
+    const int64_t rows = std::max<int64_t>(1, ceil_div(d.B, 8 * static_cast<int64_t>(nt)));
+    const int64_t tasks = ceil_div(d.B, rows);
+    bool failed = false;
+#pragma omp parallel num_threads(nt)
+    {
+        SampleScratch ss;
+        const bool ok = sample_scratch(d.P, ss);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < tasks; ++task) {
+            const int64_t b0 = task * rows;
+            if (ok) fill(x, rec, b0, std::min(d.B, b0 + rows), d.B, 0, chunk, d, grid.nodes.data(),
+                         grid.inv_len.data(), ss.cell, ss.t);
+        }
+        if (!ok) {
+#pragma omp atomic write
+            failed = true;
+        }
+    }
+    return failed ? nullptr : rec;
+}
+
+// Copy the columns [o0, o0 + width) of the table rows of pairs [p0, p1) into a dense [rows, width] buffer. With
+// the canonical layout those columns are short pieces of rows N_out floats apart, which alias onto a few cache sets
+// (and pages); packed, the slice is contiguous and stays in L2 while the batch streams through it.
+void pack_slice(const float* table, float* out, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
+    const float* src = table + p0 * d.n2 * d.N + o0;
+    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r) std::memcpy(out + r * width, src + r * d.N, sizeof(float) * width);
+}
+
+void unpack_slice(const float* in, float* table, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
+    float* dst = table + p0 * d.n2 * d.N + o0;
+    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r) std::memcpy(dst + r * d.N, in + r * width, sizeof(float) * width);
+}
+
+// Per-thread buffer for one packed table slice of `floats` floats.
+float* slice_buffer(int64_t floats) {
+    thread_local std::unique_ptr<float[]> buf;
+    thread_local size_t cap = 0;
+    return scratch(buf, cap, static_cast<size_t>(floats));
+}
+
+// Small tables (cache-resident): each task takes a block of samples, computes its records into a per-thread buffer
+// and runs every output tile over them, so the records never leave L2.
+int forward_fused(const Isa& isa, const float* x, const float* table, float* y, const Dims& d, const Grid& grid,
+                  int64_t chunk, [[maybe_unused]] int nt) {
+    const auto tiles = output_tiles(d.N);
+    const int64_t block = std::max<int64_t>(8, std::min<int64_t>(256, kRecBlockBytes / (d.P * sizeof(FwdRec))));
+    const int64_t tasks = ceil_div(d.B, block);
+    bool failed = false;
+#pragma omp parallel num_threads(nt)
+    {
+        thread_local std::unique_ptr<FwdRec[]> buf;
+        thread_local size_t cap = 0;
+        FwdRec* rec = scratch(buf, cap, static_cast<size_t>(block * d.P));
+        SampleScratch ss;
+        const bool ok = rec != nullptr && sample_scratch(d.P, ss);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < tasks; ++task) {
+            if (!ok) continue;
+            const int64_t b0 = task * block, b1 = std::min(d.B, b0 + block);
+            isa.precompute_fwd(x, rec, b0, b1, b1 - b0, b0, chunk, d, grid.nodes.data(), grid.inv_len.data(), ss.cell,
+                               ss.t);
+            for (const auto& tile : tiles)
+                for (int64_t p0 = 0; p0 < d.P; p0 += chunk) {
+                    const int64_t len = std::min(chunk, d.P - p0);
+                    isa.forward(rec + p0 * (b1 - b0), len, table + p0 * d.n2 * d.N + tile.first, d.N, y, b0, b1, p0,
+                                p0 + len, tile.first, tile.second, d, p0 == 0);
+                }
+        }
+        if (!ok) {
+#pragma omp atomic write
+            failed = true;
+        }
+    }
+    return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
+}
+
+// Large tables: records of the whole batch first; then tasks = (output tile, sample block), each packing one pair
+// chunk's table slice at a time and streaming its samples through it, so the table is read about once.
+int forward_streamed(const Isa& isa, const float* x, const float* table, float* y, const Dims& d, const Grid& grid,
+                     int64_t chunk, [[maybe_unused]] int nt) {
+    const FwdRec* rec = batch_records<FwdRec>(x, d, grid, chunk, nt, isa.precompute_fwd);
+    if (rec == nullptr) return LMKAN_CPU_ENOMEM;
+    const auto tiles = output_tiles(d.N);
+    const int64_t n_blocks = ceil_div(2 * nt, static_cast<int64_t>(tiles.size()));
+    const int64_t block = ceil_div(d.B, n_blocks);
+    const int64_t tasks = static_cast<int64_t>(tiles.size()) * n_blocks;
+    bool failed = false;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t o0 = tiles[task / n_blocks].first, width = tiles[task / n_blocks].second;
+        const int64_t b0 = (task % n_blocks) * block, b1 = std::min(d.B, b0 + block);
+        float* buf = slice_buffer(chunk * d.n2 * width);
+        if (buf == nullptr) {
+#pragma omp atomic write
+            failed = true;
+            continue;
+        }
+        for (int64_t p0 = 0; p0 < d.P && b0 < b1; p0 += chunk) {
+            const int64_t len = std::min(chunk, d.P - p0);
+            pack_slice(table, buf, p0, p0 + len, o0, width, d);
+            isa.forward(rec + p0 * d.B + b0 * len, len, buf, width, y, b0, b1, p0, p0 + len, o0, width, d, p0 == 0);
+        }
+    }
+    return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
+}
+
+}  // namespace
+
+extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, int64_t batch, int64_t pairs,
+                                 int64_t grids, int64_t n_out, int num_threads) {
+    if (!valid(batch, pairs, grids, n_out) || (batch * n_out > 0 && (!x || !table || !y))) return LMKAN_CPU_EINVAL;
+    if (batch == 0 || n_out == 0) return LMKAN_CPU_OK;
+    if (pairs == 0) {
+        std::memset(y, 0, sizeof(float) * batch * n_out);
+        return LMKAN_CPU_OK;
+    }
+    const Dims d{batch, pairs, grids, grids + 1, (grids + 1) * (grids + 1), n_out};
+    const Grid grid(grids);
+    const int nt = thread_count(num_threads);
+    const int64_t chunk = pair_chunk(d, 4 * kTile);
+    const bool small = pairs * d.n2 * n_out * 4 <= kFusedTableBytes || n_out <= kTile;
+    return small ? forward_fused(active_isa(), x, table, y, d, grid, chunk, nt)
+                 : forward_streamed(active_isa(), x, table, y, d, grid, chunk, nt);
+}
+
+extern "C" int lmkan_cpu_backward(const float* grad_out, const float* x, const float* table, float* grad_x,
+                                  float* grad_table, int64_t batch, int64_t pairs, int64_t grids, int64_t n_out,
+                                  int num_threads) {
+    if (!valid(batch, pairs, grids, n_out)) return LMKAN_CPU_EINVAL;
+    if (batch > 0 && (!x || !table || (n_out > 0 && !grad_out))) return LMKAN_CPU_EINVAL;
+    const Dims d{batch, pairs, grids, grids + 1, (grids + 1) * (grids + 1), n_out};
+    if (grad_table && (batch == 0 || n_out == 0)) std::memset(grad_table, 0, sizeof(float) * pairs * d.n2 * n_out);
+    if (grad_x && batch > 0 && n_out == 0) std::memset(grad_x, 0, sizeof(float) * batch * 2 * pairs);
+    if (batch == 0 || n_out == 0 || pairs == 0 || (!grad_x && !grad_table)) return LMKAN_CPU_OK;
+    const Grid grid(grids);
+    const int nt = thread_count(num_threads);
+    const Isa& isa = active_isa();
+    const BwdRec* rec = batch_records<BwdRec>(x, d, grid, pairs, nt, isa.precompute_bwd);
+    if (rec == nullptr) return LMKAN_CPU_ENOMEM;
+    if (grad_x) {
+        // One batch block per thread (each sweeps the table once, chunk by chunk); any split gives the same bits.
+        const int64_t block = ceil_div(batch, nt);
+        const int64_t chunk = pair_chunk(d, 4 * n_out);
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+        for (int64_t task = 0; task < nt; ++task) {
+            const int64_t b0 = task * block, b1 = std::min(batch, b0 + block);
+            for (int64_t p0 = 0; p0 < pairs && b0 < b1; p0 += chunk)
+                isa.grad_x(rec, table, grad_out, grad_x, b0, b1, p0, std::min(pairs, p0 + chunk), d,
+                           grid.inv_len.data());
+        }
+    }
+    if (grad_table) {
+        // Each task owns one (pair chunk, output tile) slice of the gradient: no atomics, fixed summation order.
+        // Slices of wide tables are accumulated in a dense per-thread buffer, then copied out.
+        const auto tiles = output_tiles(n_out);
+        // Chunks are also capped so that small tables still give every thread work (any chunking gives the same bits).
+        const int64_t chunk = std::min(pair_chunk(d, 4 * kTile), ceil_div(pairs, 2 * static_cast<int64_t>(nt)));
+        const int64_t n_chunks = ceil_div(pairs, chunk);
+        const int64_t tasks = n_chunks * static_cast<int64_t>(tiles.size());
+        const bool pack = n_out > kTile;
+        bool failed = false;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t task = 0; task < tasks; ++task) {
+            const int64_t o0 = tiles[task % tiles.size()].first, width = tiles[task % tiles.size()].second;
+            const int64_t p0 = (task / tiles.size()) * chunk, p1 = std::min(pairs, p0 + chunk);
+            float* buf = pack ? slice_buffer(chunk * d.n2 * width) : nullptr;
+            if (pack && buf == nullptr) {
+#pragma omp atomic write
+                failed = true;
+            } else if (pack) {
+                isa.grad_table(rec, grad_out, buf, width, p0, p1, o0, width, d);
+                unpack_slice(buf, grad_table, p0, p1, o0, width, d);
+            } else {
+                isa.grad_table(rec, grad_out, grad_table + p0 * d.n2 * n_out + o0, n_out, p0, p1, o0, width, d);
+            }
+        }
+        if (failed) return LMKAN_CPU_ENOMEM;
+    }
+    return LMKAN_CPU_OK;
+}
+
+extern "C" const char* lmkan_cpu_isa(void) { return active_isa().name; }
+
+extern "C" int lmkan_cpu_select_isa(const char* name) {
+    if (name == nullptr) return LMKAN_CPU_EINVAL;
+    if (std::strcmp(name, "auto") == 0) {
+        g_isa.store(best_isa(), std::memory_order_release);
+    } else if (std::strcmp(name, "generic") == 0) {
+        g_isa.store(&generic::kIsa, std::memory_order_release);
+#ifdef LMKAN_HAVE_AVX2
+    } else if (std::strcmp(name, "avx2") == 0 && avx2_supported()) {
+        g_isa.store(&avx2::kIsa, std::memory_order_release);
+#endif
+    } else {
+        return LMKAN_CPU_EINVAL;
+    }
+    return LMKAN_CPU_OK;
+}
+
+extern "C" const char* lmkan_cpu_error_string(int code) {
+    switch (code) {
+        case LMKAN_CPU_OK: return "ok";
+        case LMKAN_CPU_EINVAL: return "invalid argument (sizes out of range or a NULL pointer)";
+        case LMKAN_CPU_ENOMEM: return "out of memory for the scratch buffer";
+        default: return "unknown error";
+    }
+}

@@ -1,0 +1,53 @@
+/* Native CPU kernels of the lmKAN 2-D lookup, written against raw pointers (no torch / onnxruntime headers).
+ *
+ * Layouts (all float32, C-contiguous):
+ *   x          [B, 2P]                  input; pair p uses x[b, 2p] (first table axis) and x[b, 2p + 1] (second)
+ *   table      [P, G+1, G+1, N_out]     canonical lmKAN table; 3 <= G <= 256
+ *   y          [B, N_out]               y[b, o] = sum_p f_{o,p}(x[b, 2p], x[b, 2p + 1])
+ *   grad_out   [B, N_out], grad_x [B, 2P], grad_table [P, G+1, G+1, N_out]
+ *
+ * Grid: Laplace-CDF nodes computed in double and cast to float, cell = clamp(floor(sigma(x) * G), 0, G - 1),
+ * t = (x - node[cell]) * inv_len[cell] unclamped (linear extrapolation outside the grid). Evaluations with both t
+ * in [0, 1] use the 4-weight form, others the cancellation-free difference form.
+ *
+ * Threading: OpenMP inside (when compiled with it); num_threads <= 0 means the OpenMP default. Results are bitwise
+ * identical whatever the thread count (no atomics; every output element has a single owner and a fixed order).
+ * Every function returns LMKAN_CPU_OK or an error code; lmkan_cpu_error_string() describes it.
+ */
+#ifndef LMKAN_CPU_H_
+#define LMKAN_CPU_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    LMKAN_CPU_OK = 0,
+    LMKAN_CPU_EINVAL = 1,  /* bad sizes (G outside [3, 256], negative sizes) or a required pointer is NULL */
+    LMKAN_CPU_ENOMEM = 2   /* the scratch buffer could not be allocated */
+};
+
+/* y = lookup(x, table). */
+int lmkan_cpu_forward(const float* x, const float* table, float* y, int64_t batch, int64_t pairs, int64_t grids,
+                      int64_t n_out, int num_threads);
+
+/* Gradients of sum(grad_out * y): grad_x and/or grad_table (pass NULL to skip one). Both are overwritten. */
+int lmkan_cpu_backward(const float* grad_out, const float* x, const float* table, float* grad_x, float* grad_table,
+                       int64_t batch, int64_t pairs, int64_t grids, int64_t n_out, int num_threads);
+
+/* Name of the active instruction-set path: "avx2" or "generic". */
+const char* lmkan_cpu_isa(void);
+
+/* Force an instruction-set path ("avx2", "generic" or "auto"); returns LMKAN_CPU_EINVAL if unknown/unsupported. */
+int lmkan_cpu_select_isa(const char* name);
+
+/* A static description of an error code. */
+const char* lmkan_cpu_error_string(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LMKAN_CPU_H_ */

@@ -1,0 +1,72 @@
+// Thin torch binding of the CPU kernels: the module that lmkan_surgery/ops/dispatch.py calls (forward, backward).
+// Inputs are already validated by the Python op; this only checks what the raw-pointer API relies on.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include "lmkan_cpu.h"
+
+namespace {
+
+void check_float_cpu(const torch::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32, name, " must be a float32 CPU tensor");
+}
+
+void check_table(const torch::Tensor& x, const torch::Tensor& table) {
+    check_float_cpu(x, "x");
+    check_float_cpu(table, "table");
+    TORCH_CHECK(x.dim() == 2 && table.dim() == 4 && table.size(1) == table.size(2) && x.size(1) == 2 * table.size(0),
+                "expected x [B, 2P] and table [P, G+1, G+1, N_out]");
+}
+
+void check_rc(int rc) { TORCH_CHECK(rc == LMKAN_CPU_OK, "lmkan cpu kernel failed: ", lmkan_cpu_error_string(rc)); }
+
+torch::Tensor forward(torch::Tensor x, torch::Tensor table) {
+    check_table(x, table);
+    x = x.contiguous();
+    table = table.contiguous();
+    auto y = torch::empty({x.size(0), table.size(3)}, x.options());
+    const int threads = at::get_num_threads();
+    {
+        pybind11::gil_scoped_release no_gil;
+        check_rc(lmkan_cpu_forward(x.data_ptr<float>(), table.data_ptr<float>(), y.data_ptr<float>(), x.size(0),
+                                   table.size(0), table.size(1) - 1, table.size(3), threads));
+    }
+    return y;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor x, torch::Tensor table,
+                                                  bool need_x, bool need_table) {
+    check_table(x, table);
+    check_float_cpu(grad_out, "grad_out");
+    TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == x.size(0) && grad_out.size(1) == table.size(3),
+                "grad_out must have shape [B, N_out]");
+    x = x.contiguous();
+    table = table.contiguous();
+    grad_out = grad_out.contiguous();
+    auto grad_x = need_x ? torch::empty_like(x) : x.new_empty({0});
+    auto grad_table = need_table ? torch::empty_like(table) : table.new_empty({0});
+    const int threads = at::get_num_threads();
+    {
+        pybind11::gil_scoped_release no_gil;
+        check_rc(lmkan_cpu_backward(grad_out.data_ptr<float>(), x.data_ptr<float>(), table.data_ptr<float>(),
+                                    need_x ? grad_x.data_ptr<float>() : nullptr,
+                                    need_table ? grad_table.data_ptr<float>() : nullptr, x.size(0), table.size(0),
+                                    table.size(1) - 1, table.size(3), threads));
+    }
+    return {grad_x, grad_table};
+}
+
+void select_isa(const std::string& name) {
+    TORCH_CHECK(lmkan_cpu_select_isa(name.c_str()) == LMKAN_CPU_OK, "unknown or unsupported ISA path: ", name);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "lmKAN native CPU kernels (C++/OpenMP)";
+    m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out])");
+    m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
+    m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
+    m.def("select_isa", &select_isa, "force 'avx2', 'generic' or 'auto'");
+}

@@ -1,0 +1,200 @@
+"""The native CPU kernels against the pure-PyTorch reference, their determinism, the build and the fallback path."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from lmkan_surgery.errors import KernelBuildError
+from lmkan_surgery.kernels import build
+from lmkan_surgery.ops import dispatch, lmkan_lookup
+from lmkan_surgery.ops.reference import backward_reference, forward_reference
+
+# (B, P, G, N_out): odd N_out, one pair, one sample, every tile width and the narrow rest, both forward paths
+# (fused: small tables; streamed: tables over 8 MB with more than one 64-wide output tile).
+SHAPES = [
+    (1, 1, 3, 1),
+    (5, 1, 8, 7),
+    (1, 3, 28, 13),
+    (17, 4, 64, 5),
+    (33, 6, 8, 127),
+    (64, 5, 28, 200),
+    (9, 2, 3, 8),
+    (40, 64, 26, 72),  # 10.7 MB table: streamed path
+]
+
+
+@pytest.fixture(scope="module")
+def native():
+    """The compiled CPU extension (built on first use); skipped only when there is no compiler at all."""
+    try:
+        return build.load_native("cpu")
+    except KernelBuildError as err:
+        if "no C++ compiler" in str(err):
+            pytest.skip(str(err))
+        raise
+
+
+def _inputs(shape, seed, scale=3.0, far=1e3):
+    """x with a mix of in-grid values and values up to |far|, a random table and an output gradient."""
+    batch, pairs, grids, n_out = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = scale * torch.randn(batch, 2 * pairs, generator=gen)
+    mask = torch.rand(batch, 2 * pairs, generator=gen) < 0.2
+    x = torch.where(mask, far * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1), x)
+    table = torch.randn(pairs, grids + 1, grids + 1, n_out, generator=gen)
+    grad_out = torch.randn(batch, n_out, generator=gen)
+    return x, table, grad_out
+
+
+def _assert_as_accurate(out, ref32, ref64, rel=1e-5):
+    """out is within rel * max|ref64| of the float64 reference, plus twice the float32 reference's own error."""
+    scale = ref64.abs().max().item()
+    own = (ref32.double() - ref64).abs().max().item()
+    err = (out.double() - ref64).abs().max().item()
+    assert err <= rel * scale + 2 * own, f"error {err:.3g} vs scale {scale:.3g} (float32 reference error {own:.3g})"
+
+
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_gradients_match_reference(native, shape, isa):
+    x, table, grad_out = _inputs(shape, seed=hash(shape) % 1000)
+    native.select_isa(isa)
+    try:
+        y = native.forward(x, table)
+        grad_x, grad_table = native.backward(grad_out, x, table, True, True)
+    finally:
+        native.select_isa("auto")
+    _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
+    gx32, gt32 = backward_reference(grad_out, x, table)
+    gx64, gt64 = backward_reference(grad_out.double(), x.double(), table.double())
+    _assert_as_accurate(grad_x, gx32, gx64)
+    _assert_as_accurate(grad_table, gt32, gt64)
+
+
+def test_only_requested_gradients(native):
+    x, table, grad_out = _inputs((6, 2, 8, 9), seed=1)
+    grad_x, grad_table = native.backward(grad_out, x, table, True, False)
+    assert grad_x.shape == x.shape and grad_table.numel() == 0
+    grad_x, grad_table = native.backward(grad_out, x, table, False, True)
+    assert grad_x.numel() == 0 and grad_table.shape == table.shape
+
+
+def test_special_inputs(native):
+    """Empty batch, infinities and exact node positions do not crash or read out of bounds."""
+    table = torch.randn(2, 9, 9, 3)
+    assert native.forward(torch.zeros(0, 4), table).shape == (0, 3)
+    _, grad_table = native.backward(torch.zeros(0, 3), torch.zeros(0, 4), table, True, True)
+    assert torch.equal(grad_table, torch.zeros_like(table))
+    x = torch.tensor([[float("inf"), 0.0, -float("inf"), float("nan")]])
+    y = native.forward(x, table)
+    assert y.shape == (1, 3)
+    nodes = torch.tensor([-1.3862943611198906, 0.0, 0.6931471805599453, 2.0794415416798357])
+    x = nodes.repeat(2).reshape(2, 4)
+    _assert_as_accurate(native.forward(x, table), forward_reference(x, table), forward_reference(x.double(), table.double()))
+
+
+def test_exact_linear_table_survives_extrapolation(native):
+    """A table T = A[i] + B[j] with zero cross term stays exact to 1e-5 for |x| up to 1e3 (exact-init layers)."""
+    pairs, grids, n_out, batch = 8, 8, 16, 256
+    gen = torch.Generator().manual_seed(3)
+    step = 2.0**-12  # A and B on a common power-of-two grid: A + B and all differences are exact in float32
+    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
+    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
+    table = (a[:, :, None, :] + b[:, None, :, :]).contiguous()
+    cross = table[:, 1:, 1:] - table[:, 1:, :-1] - table[:, :-1, 1:] + table[:, :-1, :-1]
+    assert torch.count_nonzero(cross) == 0
+    x = 1e3 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1)
+    y = native.forward(x, table).double()
+    truth = forward_reference(x.double(), table.double())
+    err = (y - truth).abs()
+    assert err.max() <= 1e-6 * truth.abs().max()  # float32 rounding only (~1e-7), no cancellation blow-up
+    assert (err / truth.abs().clamp_min(1e-2 * truth.abs().max())).max() <= 1e-5
+
+
+def test_one_and_two_threads_are_bitwise_equal(native):
+    threads = torch.get_num_threads()
+    results = []
+    for shape in [(96, 8, 8, 130), (40, 64, 26, 72)]:
+        x, table, grad_out = _inputs(shape, seed=7)
+        per_count = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            per_count.append((native.forward(x, table), *native.backward(grad_out, x, table, True, True)))
+        results.append(per_count)
+    torch.set_num_threads(threads)
+    for one, two in results:
+        for a, b in zip(one, two):
+            assert torch.equal(a, b)
+
+
+def test_public_op_with_leading_dims_and_noncontiguous_input(native, monkeypatch):
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "cpu")
+    gen = torch.Generator().manual_seed(11)
+    base = 4 * torch.randn(3, 5, 12, generator=gen)
+    x = base[:, :, ::2]  # non-contiguous, 6 features = 3 pairs
+    assert not x.is_contiguous()
+    table = torch.randn(3, 9, 9, 7, generator=gen)
+    x_req, t_req = x.clone().requires_grad_(True), table.clone().requires_grad_(True)
+    y = lmkan_lookup(x_req, t_req)
+    assert y.shape == (3, 5, 7)
+    grads = torch.autograd.grad(y, [x_req, t_req], torch.ones_like(y))
+    flat = x.reshape(-1, 6)
+    _assert_as_accurate(y.reshape(-1, 7), forward_reference(flat, table), forward_reference(flat.double(), table.double()))
+    gx32, gt32 = backward_reference(torch.ones(15, 7), flat, table)
+    gx64, gt64 = backward_reference(torch.ones(15, 7, dtype=torch.float64), flat.double(), table.double())
+    _assert_as_accurate(grads[0].reshape(-1, 6), gx32, gx64)
+    _assert_as_accurate(grads[1], gt32, gt64)
+
+
+def test_default_dispatch_uses_native(native, monkeypatch):
+    monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
+    x, table, _ = _inputs((4, 2, 8, 3), seed=2)
+    assert dispatch.backend_for(x, table).name == "cpu"
+    assert dispatch.backend_for(x.double(), table.double()).name == "reference"
+
+
+def test_disabled_build_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setenv(build.DISABLE_ENV, "1")
+    monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "_native_cache", {})
+    with pytest.raises(KernelBuildError, match=build.DISABLE_ENV):
+        build.load_native("cpu")
+    x, table, _ = _inputs((8, 3, 8, 5), seed=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y1 = lmkan_lookup(x, table)
+        y2 = lmkan_lookup(x, table)
+    messages = [str(w.message) for w in caught if "native cpu kernels unavailable" in str(w.message)]
+    assert len(messages) == 1 and build.DISABLE_ENV in messages[0]
+    assert torch.equal(y1, forward_reference(x, table)) and torch.equal(y1, y2)
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "cpu")
+    with pytest.raises(KernelBuildError):
+        lmkan_lookup(x, table)
+
+
+def test_build_errors_name_the_cause(monkeypatch, tmp_path):
+    with pytest.raises(KernelBuildError, match="no native 'tpu' kernels"):
+        build.load_native("tpu")
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(KernelBuildError, match="no C\\+\\+ compiler"):
+        build.SPECS["cpu"].preflight()
+    monkeypatch.delenv("CXX")
+    (tmp_path / "broken.cpp").write_text("int main( { return 0; }\n")
+    monkeypatch.setattr(build, "KERNELS_DIR", tmp_path)
+    monkeypatch.setitem(build.SPECS, "broken", build.ExtensionSpec(name="lmkan_broken", sources=("broken.cpp",)))
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(KernelBuildError, match="error"):
+        build.load_native("broken")
+
+
+def test_cache_folder_tracks_sources_flags_and_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    first = build.cache_dir("cpu")
+    assert first.parent == tmp_path and first.name.startswith("lmkan_cpu-")
+    spec = build.SPECS["cpu"]
+    changed = build.ExtensionSpec(**{**spec.__dict__, "cflags": spec.cflags + ("-DLMKAN_TEST_FLAG",)})
+    monkeypatch.setitem(build.SPECS, "cpu", changed)
+    assert build.cache_dir("cpu") != first

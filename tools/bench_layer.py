@@ -1,0 +1,215 @@
+"""Benchmark the lmKAN op against nn.Linear: median time of linear, the PyTorch reference and the native kernel.
+
+All methods of a shape run round-robin in one process (warm-up rounds, then timed rounds, median), forward alone
+and forward+backward (x and the weights/table require grad, ``torch.autograd.grad`` against a fixed dy). Slow
+reference calls are capped to fewer rounds. Example (the CPU numbers in docs/benchmarks.md)::
+
+    OMP_WAIT_POLICY=PASSIVE python tools/bench_layer.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from lmkan_surgery.ops import lmkan_lookup
+from lmkan_surgery.ops.dispatch import BACKEND_ENV
+
+CPU_SHAPES = [(4096, 128, 128, 8), (4096, 128, 128, 26), (4096, 512, 512, 16), (65536, 32, 32, 16), (1024, 1024, 1024, 8)]
+QUICK_SHAPES = [(512, 64, 64, 8), (2048, 32, 32, 16)]
+# GPU: the CPU shapes plus the README case of the official kernels (B=2^20, 512x512) at G=20 and G=8.
+GPU_SHAPES = [(2**20, 512, 512, 20), (2**20, 512, 512, 8)]
+SHAPES = {"cpu": CPU_SHAPES, "cuda": CPU_SHAPES + GPU_SHAPES}
+REFERENCE_MAX_EVALS = 2**33  # the PyTorch reference is skipped above B * N_in/2 * N_out evaluations (minutes a call)
+SLOW_CALL_S = 1.0  # a method whose warm-up call takes longer gets only `slow_rounds` timed rounds
+
+
+@dataclass
+class Method:
+    """One timed callable and its measurements."""
+
+    name: str
+    fn: Callable[[], object]
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    rounds: int = 0
+
+    def median_ms(self) -> float:
+        """Median wall-clock time in ms (nan when never timed)."""
+        return 1e3 * statistics.median(self.wall) if self.wall else float("nan")
+
+    def median_cpu_ms(self) -> float:
+        """Median process CPU time in ms (summed over threads)."""
+        return 1e3 * statistics.median(self.cpu) if self.cpu else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _lookup_with(backend: str, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    os.environ[BACKEND_ENV] = backend
+    try:
+        return lmkan_lookup(x, table)
+    finally:
+        os.environ.pop(BACKEND_ENV, None)
+
+
+def build_methods(
+    shape: tuple[int, int, int, int], device: torch.device, native: str, with_reference: bool = True
+) -> tuple[list[Method], float]:
+    """Forward and forward+backward callables of linear / reference / native for one shape, and the table MB."""
+    batch, n_in, n_out, grids = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, n_in, generator=gen).to(device)
+    dy = torch.randn(batch, n_out, generator=gen).to(device)
+    table = (0.1 * torch.randn(n_in // 2, grids + 1, grids + 1, n_out, generator=gen)).to(device)
+    linear = torch.nn.Linear(n_in, n_out).to(device)
+    x_req = x.clone().requires_grad_(True)
+    table_req = table.clone().requires_grad_(True)
+
+    def linear_fb():
+        return torch.autograd.grad(linear(x_req), [x_req, linear.weight], dy)
+
+    def lookup_fwd(backend):
+        def run():
+            with torch.no_grad():
+                return _lookup_with(backend, x, table)
+        return run
+
+    def lookup_fb(backend):
+        return lambda: torch.autograd.grad(_lookup_with(backend, x_req, table_req), [x_req, table_req], dy)
+
+    def linear_fwd():
+        with torch.no_grad():
+            return linear(x)
+
+    methods = [Method("linear fwd", linear_fwd), Method("linear fwd+bwd", linear_fb)]
+    for backend in ("reference", native) if with_reference else (native,):
+        methods += [Method(f"{backend} fwd", lookup_fwd(backend)), Method(f"{backend} fwd+bwd", lookup_fb(backend))]
+    if device.type == "cuda":  # the inference path with a bfloat16 table (fp32 arithmetic)
+        table_bf16 = table.to(torch.bfloat16)
+
+        def bf16_fwd():
+            with torch.no_grad():
+                return _lookup_with(native, x, table_bf16)
+
+        methods.append(Method(f"{native} bf16 fwd", bf16_fwd))
+    return methods, table.numel() * 4 / 2**20
+
+
+def run_round_robin(methods: list[Method], device: torch.device, warmup: int, rounds: int, slow_rounds: int) -> None:
+    """Time every method once per round (warm-up rounds first); slow methods stop after `slow_rounds`."""
+    limits = {}
+    for rnd in range(warmup + rounds):
+        for m in methods:
+            if rnd >= warmup and m.rounds >= limits.get(m.name, rounds):
+                continue
+            if rnd < warmup and m.name in limits:
+                continue
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            m.fn()
+            _sync(device)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if rnd < warmup:
+                if wall > SLOW_CALL_S:
+                    limits[m.name] = slow_rounds
+                continue
+            m.wall.append(wall)
+            m.cpu.append(cpu)
+            m.rounds += 1
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def report(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
+    """A markdown table of times and ratios to nn.Linear."""
+    head = (
+        f"| shape (B, N_in, N_out, G) | table MB | linear fwd ms | ref fwd x | {native} fwd x | {native} fwd x (cpu time)"
+        f" | ref / {native} fwd | linear fwd+bwd ms | ref fwd+bwd x | {native} fwd+bwd x | {native} fwd ms |"
+        f" {native} fwd+bwd ms |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, mb, ms in rows:
+        lin, lfb = ms["linear fwd"], ms["linear fwd+bwd"]
+        missing = Method("missing", lambda: None)
+        ref, rfb = ms.get("reference fwd", missing), ms.get("reference fwd+bwd", missing)
+        nat, nfb = ms[f"{native} fwd"], ms[f"{native} fwd+bwd"]
+        ref_n = f" (n={ref.rounds})" if 0 < ref.rounds < lin.rounds else ""
+        rfb_n = f" (n={rfb.rounds})" if 0 < rfb.rounds < lin.rounds else ""
+        cells = [
+            str(shape), f"{mb:.1f}", _fmt(lin.median_ms()), _fmt(ref.median_ms() / lin.median_ms()) + ref_n,
+            _fmt(nat.median_ms() / lin.median_ms()), _fmt(nat.median_cpu_ms() / lin.median_cpu_ms()),
+            _fmt(ref.median_ms() / nat.median_ms()), _fmt(lfb.median_ms()),
+            _fmt(rfb.median_ms() / lfb.median_ms()) + rfb_n, _fmt(nfb.median_ms() / lfb.median_ms()),
+            _fmt(nat.median_ms()), _fmt(nfb.median_ms()),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_bf16(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
+    """GPU only: the bfloat16-table forward against nn.Linear's float32 forward."""
+    lines = [f"| shape (B, N_in, N_out, G) | {native} bf16 fwd ms | {native} bf16 fwd x linear |", "|---|---|---|"]
+    for shape, _, ms in rows:
+        bf16, lin = ms[f"{native} bf16 fwd"], ms["linear fwd"]
+        lines.append(f"| {shape} | {_fmt(bf16.median_ms())} | {_fmt(bf16.median_ms() / lin.median_ms())} |")
+    return "\n".join(lines)
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """Parse 'B,N_in,N_out,G;B,N_in,N_out,G' into shape tuples."""
+    shapes = []
+    for item in text.replace(" ", "").split(";"):
+        if item:
+            b, n_in, n_out, g = (int(v) for v in item.split(","))
+            shapes.append((b, n_in, n_out, g))
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--shapes", type=parse_shapes, help="'B,N_in,N_out,G;...' (default: the issue's shapes)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--slow-rounds", type=int, default=3, help="timed rounds of calls slower than 1 s")
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) PyTorch reference")
+    parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 3 rounds")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":  # plain fp32 SGEMM for the nn.Linear baseline, as the paper measured
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES[args.device])
+    warmup, rounds = (1, 3) if args.quick else (args.warmup, args.rounds)
+    rows = []
+    for shape in shapes:
+        with_reference = not args.no_reference and shape[0] * shape[1] // 2 * shape[2] <= REFERENCE_MAX_EVALS
+        methods, mb = build_methods(shape, device, args.device, with_reference)
+        run_round_robin(methods, device, warmup, rounds, args.slow_rounds)
+        rows.append((shape, mb, {m.name: m for m in methods}))
+        print(f"done {shape}", flush=True)
+    print(f"device={args.device} threads={torch.get_num_threads()} warmup={warmup} rounds={rounds} "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+    print(report(rows, args.device))
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+        print(report_bf16(rows, args.device))
+
+
+if __name__ == "__main__":
+    main()
