@@ -73,10 +73,13 @@ class LMKANConv2d(LMKANLayer):
         out_w = (x.shape[3] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if out_h < 1 or out_w < 1:
             raise ShapeError(f"input {tuple(x.shape[2:])} (after padding) is smaller than the kernel {self.kernel_size}")
-        per_image = self.in_channels * kh * kw * out_h * out_w
-        step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
-        outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, x.shape[0], step)]
-        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a dynamic batch size
+            y = self._forward_chunk(x, out_h, out_w)
+        else:
+            per_image = self.in_channels * kh * kw * out_h * out_w
+            step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
+            outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, x.shape[0], step)]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs)
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 
     def _forward_chunk(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:

@@ -71,8 +71,7 @@ def _const(name: str, value, dtype: int = TensorProto.INT64) -> onnx.NodeProto:
 def _grid_nodes() -> list[onnx.NodeProto]:
     """Nodes -> `nodes` [G+1] and `inv_len` [G] in X's dtype, computed in double as lmkan_surgery/grid.py does."""
     num_grids = helper.make_node("Constant", [], ["G"])
-    num_grids.attribute.append(helper.make_attribute_ref("value_int", onnx.AttributeProto.INT, ATTR_NUM_GRIDS)
-                               if hasattr(helper, "make_attribute_ref") else _attr_ref())
+    num_grids.attribute.append(_attr_ref())
     n = helper.make_node
     return [
         num_grids,
@@ -112,7 +111,7 @@ def _grid_nodes() -> list[onnx.NodeProto]:
 
 
 def _attr_ref() -> onnx.AttributeProto:
-    """value_int = @num_grids as an attribute reference (for onnx versions without make_attribute_ref)."""
+    """value_int = @num_grids: an attribute reference to the function's num_grids."""
     attr = onnx.AttributeProto()
     attr.name, attr.ref_attr_name, attr.type = "value_int", ATTR_NUM_GRIDS, onnx.AttributeProto.INT
     return attr
@@ -195,10 +194,12 @@ def _evaluate() -> list[onnx.NodeProto]:
         n("Reshape", ["T00", "flat_shape"], ["T00_flat"]),
         n("Gather", ["T00_flat", "row"], ["T00_rows"]),
         n("ReduceSum", ["T00_rows", "i1v"], ["y0"], keepdims=0),
-        n("Add", ["y1_row", "y2_row"], ["y12_row"]),
-        n("Add", ["y12_row", "y3_row"], ["y123_row"]),
-        n("Squeeze", ["y123_row", "i1v"], ["y123"]),
-        n("Add", ["y0", "y123"], ["Y"]),
+        n("Squeeze", ["y1_row", "i1v"], ["y1"]),
+        n("Squeeze", ["y2_row", "i1v"], ["y2"]),
+        n("Squeeze", ["y3_row", "i1v"], ["y3"]),
+        n("Add", ["y0", "y1"], ["y01"]),
+        n("Add", ["y01", "y2"], ["y012"]),
+        n("Add", ["y012", "y3"], ["Y"]),
     ]
 
 
