@@ -1,1 +1,1 @@
-"""FX graph passes of lmkan-surgery: trace, select, replace, shrink."""
+"""FX graph passes of lmkan-surgery: trace, probe, select, calibrate, shrink, replace (and formula FLOPs)."""

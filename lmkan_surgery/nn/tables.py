@@ -56,10 +56,9 @@ def exact_linear_table(weight: torch.Tensor, num_grids: int, input_std: torch.Te
     part_b = w_b.unsqueeze(1) * nodes.view(1, -1, 1)
     magnitude = torch.maximum(part_a.abs().amax(1), part_b.abs().amax(1))  # [P, N_out]
     q = _quantum(magnitude, _mantissa_bits(dtype)).unsqueeze(1)
-    part_a = torch.round(part_a / q) * q
-    part_b = torch.round(part_b / q) * q
-    table = part_a.unsqueeze(2) + part_b.unsqueeze(1)  # [P, G+1, G+1, N_out], exact in float64
-    return table.to(dtype)
+    part_a = (torch.round(part_a / q) * q).to(dtype)  # multiples of q below 2^(m-2) q: exact in dtype
+    part_b = (torch.round(part_b / q) * q).to(dtype)
+    return part_a.unsqueeze(2) + part_b.unsqueeze(1)  # [P, G+1, G+1, N_out]; the sums are exact in dtype too
 
 
 def relu_table(weight: torch.Tensor, num_grids: int) -> torch.Tensor:

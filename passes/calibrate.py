@@ -1,0 +1,73 @@
+"""Calibrate pass: per-feature (Linear) / per-channel (Conv2d) input mean and std of chosen layers, via hooks."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .probe import call, eval_mode
+
+
+class RunningMoments:
+    """Count, sum and sum of squares per feature, in float64."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Accumulate rows [n, features]."""
+        rows = rows.detach().to(torch.float64)
+        if self.total is None:
+            self.total, self.squares = rows.sum(0), (rows * rows).sum(0)
+        else:
+            self.total += rows.sum(0)
+            self.squares += (rows * rows).sum(0)
+        self.count += rows.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        """Per-feature mean."""
+        return self.total / self.count
+
+    def second_moment(self) -> torch.Tensor:
+        """Per-feature E[x^2]."""
+        return self.squares / self.count
+
+    def std(self, floor: float = 1e-6) -> torch.Tensor:
+        """Per-feature standard deviation; a (near) constant feature gets its |mean| (1 when that is 0)."""
+        mean = self.mean()
+        std = (self.second_moment() - mean ** 2).clamp_min(0.0).sqrt()
+        fallback = torch.where(mean != 0, mean.abs(), torch.ones_like(mean))
+        return torch.where((std > 0) & (std > floor * mean.abs()), std, fallback)
+
+
+def feature_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of a Linear (*, C) or Conv2d (N, C, H, W) as rows [n, C] of its features/channels."""
+    if isinstance(module, nn.Conv2d):
+        return x.transpose(0, 1).reshape(x.shape[1], -1).t()
+    return x.reshape(-1, x.shape[-1])
+
+
+def input_moments(model: nn.Module, names: list[str], batches: Iterable[Any]) -> dict[str, RunningMoments]:
+    """Run the batches (eval mode, no grad) and accumulate the input moments of the named modules."""
+    moments = {name: RunningMoments() for name in names}
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+
+        def hook(mod, args, _name=name):
+            if args and isinstance(args[0], torch.Tensor):
+                moments[_name].add(feature_rows(mod, args[0]))
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                call(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: m for name, m in moments.items() if m.count}

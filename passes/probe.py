@@ -1,0 +1,111 @@
+"""Probe pass: one forward on example inputs recording the call order and shapes of chosen layers, and naming the
+module that failed when the inputs do not fit the model."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from lmkan_surgery.errors import ShapeError
+
+
+def as_args(inputs: Any) -> tuple[tuple, dict]:
+    """A batch as (args, kwargs): a tensor is one argument, a tuple/list positional arguments, a dict keywords."""
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """model(*args, **kwargs) for one batch."""
+    args, kwargs = as_args(inputs)
+    return model(*args, **kwargs)
+
+
+def _shapes(inputs: Any) -> str:
+    args, kwargs = as_args(inputs)
+    items = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
+    items += [f"{k}={tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}" for k, v in kwargs.items()]
+    return ", ".join(map(str, items))
+
+
+def batch_size(inputs: Any) -> int:
+    """Leading dimension of the first tensor in a batch (1 when there is none)."""
+    args, kwargs = as_args(inputs)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return 1
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (no BatchNorm statistics updates) and restore each module's training flag."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+@dataclass
+class Probe:
+    """Call order, first-call shapes and call counts of the watched layers, and the model output."""
+
+    order: list[str] = field(default_factory=list)
+    in_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    out_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    batch: int = 1
+    output: Any = None
+
+
+def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Probe:
+    """Forward example_inputs once (eval mode, no grad); ShapeError naming the failing module if it raises."""
+    probe = Probe(batch=batch_size(example_inputs))
+    modules = dict(model.named_modules())
+    stack: list[str] = []
+
+    def pre(name: str):
+        def hook(module, args):
+            stack.append(name)
+        return hook
+
+    def post(name: str, record: bool):
+        def hook(module, args, output):
+            stack.pop()
+            if record and isinstance(output, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+                if name not in probe.calls:
+                    probe.order.append(name)
+                    probe.in_shapes[name] = tuple(args[0].shape)
+                    probe.out_shapes[name] = tuple(output.shape)
+                probe.calls[name] = probe.calls.get(name, 0) + 1
+        return hook
+
+    watched_set = set(watched)
+    handles = []
+    for name, module in modules.items():
+        handles.append(module.register_forward_pre_hook(pre(name)))
+        handles.append(module.register_forward_hook(post(name, name in watched_set)))
+    try:
+        with eval_mode(model), torch.no_grad():
+            probe.output = call(model, example_inputs)
+    except Exception as err:
+        failed = stack[-1:] if stack else []
+        where = f"inside module '{failed[0]}' ({type(modules[failed[0]]).__name__})" if failed and failed[0] else \
+            "in the top-level forward"
+        raise ShapeError(f"the model failed on example_inputs of shape(s) {_shapes(example_inputs)} {where}: "
+                         f"{type(err).__name__}: {err}. Pass example inputs the model accepts (a tensor, a tuple "
+                         f"of positional arguments or a dict of keyword arguments).") from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    return probe

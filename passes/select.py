@@ -1,0 +1,218 @@
+"""Select pass: which Linear/Conv2d layers convert, with which G, and why the others do not.
+
+Patterns (config.include / exclude / num_grids keys) are module classes, type names ("Linear", "Bottleneck",
+"torch.nn.Conv2d"), qualified module names (selecting the module and everything under it) or regular expressions
+(full match on the qualified name). Default skips (input stem, classifier head, children of MultiheadAttention) are
+added to the user's exclusions. The memory guard runs here, on sizes computed from shapes, before any allocation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from lmkan_surgery.config import LMKANConfig
+from lmkan_surgery.errors import ConfigError
+
+CONVERTIBLE = (nn.Linear, nn.Conv2d)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass
+class Candidate:
+    """One Linear/Conv2d of the model and the decision taken for it."""
+
+    name: str
+    module: nn.Module
+    convert: bool = True
+    reason: str = ""
+    num_grids: int = 8
+    table_bytes: int = 0
+    shrinkable: bool = False  # converted, or skipped only by a default (its width may still be narrowed)
+
+
+def lookup_features(module: nn.Module) -> tuple[int, int, int]:
+    """(lookup inputs per group, outputs per group, groups) of a Linear or Conv2d."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        g = module.groups
+        return module.in_channels // g * kh * kw, module.out_channels // g, g
+    return module.in_features, module.out_features, 1
+
+
+def table_bytes(module: nn.Module, num_grids: int) -> int:
+    """Bytes of the lmKAN table that would replace `module`: (G+1)^2 * ceil(K/2) * out * groups * itemsize."""
+    k, out, groups = lookup_features(module)
+    return (num_grids + 1) ** 2 * ((k + 1) // 2) * out * groups * module.weight.element_size()
+
+
+def _resolve_type(text: str, model_types: Mapping[str, type]) -> type | None:
+    """The class a type-like string names, or None."""
+    if text in model_types:
+        return model_types[text]
+    short = text.removeprefix("torch.").removeprefix("nn.")
+    if "." not in short and isinstance(getattr(nn, short, None), type):
+        return getattr(nn, short)
+    module_path, _, attr = text.rpartition(".")
+    if module_path:
+        try:
+            found = getattr(importlib.import_module(module_path), attr, None)
+        except ImportError:
+            found = None
+        if isinstance(found, type):
+            return found
+    return None
+
+
+class PatternSet:
+    """A list of patterns resolved against one model; remembers which of them matched something."""
+
+    def __init__(self, patterns: Iterable[Any], field: str, model: nn.Module) -> None:
+        self.field = field
+        self.modules = dict(model.named_modules())
+        model_types = {type(m).__name__: type(m) for m in self.modules.values()}
+        self.items: list[tuple[Any, str, Any]] = [(p, *self._resolve(p, model_types)) for p in patterns]
+        self.matched: set[int] = set()
+
+    def _resolve(self, pattern: Any, model_types: Mapping[str, type]) -> tuple[str, Any]:
+        if isinstance(pattern, type):
+            return "type", pattern
+        if pattern in self.modules:
+            return "name", pattern
+        last = pattern.rpartition(".")[2]
+        if _DOTTED.match(pattern) and last[:1].isupper():
+            cls = _resolve_type(pattern, model_types)
+            if cls is None:
+                known = ", ".join(sorted(model_types)[:12])
+                raise ConfigError(
+                    f"config.{self.field} names layer type {pattern!r}, which is neither a torch.nn class nor a "
+                    f"module type of this model (types here include: {known}); give a class, a qualified module "
+                    f"name or a regular expression")
+            return "type", cls
+        try:
+            return "regex", re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"config.{self.field} pattern {pattern!r} is not a valid regular expression: "
+                              f"{err}") from err
+
+    def check_convertible_types(self) -> None:
+        """Reject an include naming a torch.nn leaf type lmkanify cannot convert (Conv1d, Embedding...)."""
+        for pattern, kind, value in self.items:
+            if (kind == "type" and value.__module__.startswith("torch.nn") and not issubclass(value, CONVERTIBLE)
+                    and not issubclass(value, CONTAINERS) and value is not nn.Module):
+                raise ConfigError(f"config.{self.field} names {value.__name__} ({pattern!r}), which lmkanify cannot "
+                                  f"convert: only nn.Linear and nn.Conv2d (and layers inside containers) convert")
+
+    def match(self, name: str) -> Any | None:
+        """The first pattern selecting `name` (directly or through an ancestor), or None."""
+        parts = name.split(".") if name else []
+        ancestors = [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
+        for index, (pattern, kind, value) in enumerate(self.items):
+            if kind == "type":
+                hit = any(isinstance(self.modules.get(a), value) for a in ancestors)
+            elif kind == "name":
+                hit = name == value or name.startswith(value + ".")
+            else:
+                hit = value.fullmatch(name) is not None
+            if hit:
+                self.matched.add(index)
+                return pattern
+        return None
+
+    def unmatched_warnings(self) -> list[str]:
+        """One warning per pattern that selected no candidate layer."""
+        return [f"config.{self.field} pattern {p!r} matched no Linear/Conv2d layer of the model"
+                for i, (p, _, _) in enumerate(self.items) if i not in self.matched]
+
+
+def _mha_parent(name: str, modules: Mapping[str, nn.Module]) -> str | None:
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:i])
+        if isinstance(modules.get(parent), nn.MultiheadAttention):
+            return parent
+    return None
+
+
+def _default_skips(order: list[str], modules: Mapping[str, nn.Module]) -> dict[str, str]:
+    """Input stem (the first layer, when it is a conv) and classifier head (the last layer, when it is a Linear)."""
+    skips: dict[str, str] = {}
+    if order and isinstance(modules[order[0]], nn.Conv2d):
+        skips[order[0]] = ("default skip: input stem (the first conv sees raw inputs); set skip_defaults=False "
+                           "to convert it")
+    if order and isinstance(modules[order[-1]], nn.Linear):
+        skips[order[-1]] = "default skip: classifier head (the last layer); set skip_defaults=False to convert it"
+    return skips
+
+
+def select_layers(model: nn.Module, config: LMKANConfig, order: list[str]) -> tuple[list[Candidate], list[str]]:
+    """Candidates in execution order (unexecuted ones last, in registration order) and the pattern warnings."""
+    modules = dict(model.named_modules())
+    names = [n for n, m in modules.items() if isinstance(m, CONVERTIBLE)]
+    ordered = [n for n in order if n in names] + [n for n in names if n not in order]
+    exclude = PatternSet(config.exclude, "exclude", model)
+    include = PatternSet(config.include, "include", model) if config.include is not None else None
+    if include is not None:
+        include.check_convertible_types()
+    grids = config.num_grids if isinstance(config.num_grids, Mapping) else {}
+    grid_patterns = PatternSet([k for k in grids if k != "default"], "num_grids", model)
+    executed = [n for n in ordered if n in order]
+    defaults = _default_skips(executed or ordered, modules) if config.skip_defaults else {}
+    candidates, total = [], 0
+    for name in ordered:
+        module = modules[name]
+        grid_key = grid_patterns.match(name)
+        g = int(grids[grid_key]) if grid_key is not None else config.default_num_grids()
+        cand = Candidate(name, module, num_grids=g, table_bytes=table_bytes(module, g))
+        cand.reason = _skip_reason(cand, config, modules, exclude, include, defaults, total)
+        cand.convert = not cand.reason
+        cand.shrinkable = cand.convert or cand.reason == defaults.get(name)
+        if cand.convert:
+            total += cand.table_bytes
+            cand.reason = "converted" + ("" if name in order else " (not executed by example_inputs: no shapes)")
+        candidates.append(cand)
+    warnings = exclude.unmatched_warnings() + grid_patterns.unmatched_warnings()
+    if include is not None:
+        warnings += include.unmatched_warnings()
+    return candidates, warnings
+
+
+def _skip_reason(cand: Candidate, config: LMKANConfig, modules: Mapping[str, nn.Module], exclude: PatternSet,
+                 include: PatternSet | None, defaults: Mapping[str, str], total: int) -> str:
+    """Why a candidate is skipped ('' when it converts); the first applicable reason wins."""
+    name, module = cand.name, cand.module
+    mha = _mha_parent(name, modules)
+    if mha is not None:
+        return (f"child of nn.MultiheadAttention '{mha}', which uses its weights functionally (with a packed "
+                "in_proj parameter); converting it would not change the attention")
+    base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    if type(module).forward is not base.forward:
+        return f"{type(module).__name__} overrides {base.__name__}.forward, so it is not a plain {base.__name__}"
+    pattern = exclude.match(name)
+    if pattern is not None:
+        return f"excluded by config.exclude pattern {pattern!r}"
+    if include is not None and include.match(name) is None:
+        return "not selected by config.include"
+    if name in defaults:
+        return defaults[name]
+    if module.weight.dtype not in SUPPORTED_DTYPES or module.weight.device.type == "meta":
+        return f"weight is {module.weight.dtype} on {module.weight.device}; lmKAN layers need float32/float64 data"
+    k = lookup_features(module)[0]
+    if k < config.min_features:
+        return f"lookup input has {k} features < config.min_features={config.min_features}"
+    mib = cand.table_bytes / 2**20
+    if cand.table_bytes > config.max_layer_table_bytes:
+        return (f"memory guard: table would take {mib:.1f} MiB (G={cand.num_grids}) > max_layer_table_bytes="
+                f"{config.max_layer_table_bytes / 2**20:.1f} MiB; lower num_grids for it or raise the budget")
+    if total + cand.table_bytes > config.max_total_table_bytes:
+        new_total = (total + cand.table_bytes) / 2**20
+        return (f"memory guard: table of {mib:.1f} MiB would bring the total to {new_total:.1f}"
+                f" MiB > max_total_table_bytes={config.max_total_table_bytes / 2**20:.1f} MiB")
+    return ""

@@ -1,0 +1,76 @@
+"""lmkanify in shrink mode: dependency-aware narrowing, FLOP target, local reconstruction, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import lmkan_surgery
+from lmkan_surgery import LMKANConfig, LMKANLinear, lmkanify
+from surgery_models import mlp3
+
+
+@pytest.fixture(scope="module")
+def shrunk_resnet18():
+    """(original, student, report) of resnet18 shrunk to a 0.5 formula-FLOP ratio with local reconstruction."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    calibration = [torch.randn(6, 3, 64, 64) for _ in range(5)]
+    config = LMKANConfig(num_grids=3, mode="shrink", width=0.5)
+    student, report = lmkanify(model, config, example_inputs=torch.randn(2, 3, 64, 64), calibration=calibration)
+    return model, student, report
+
+
+def test_resnet18_shrink_flops_and_reconstruction(shrunk_resnet18):
+    model, student, report = shrunk_resnet18
+    assert report.flop_ratio() <= 0.6
+    assert report.validation["heldout_correlation"] > 0.5 and report.validation["heldout_rel_error"] < 1.0
+    assert len(report.groups) == 8  # conv1 -> bn1 -> relu -> conv2 in each BasicBlock
+    group = report.groups[0]
+    assert group.members == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu", "layer1.0.conv2"]
+    assert group.boundary == ["layer1.0.conv2"] and group.kept < group.hidden
+    assert group.heldout_rel_error is not None
+    assert student.layer1[0].conv2.out_channels == 64  # residual-coupled channels are kept
+    assert student.layer1[0].bn1.num_features == student.layer1[0].conv1.out_channels == group.kept
+    assert report.row("layer2.0.downsample.0").status == "converted"
+    assert report.row("layer1.0.conv1").status == "shrunk" and report.row("layer1.0.conv1").group == "g0"
+    with torch.no_grad():
+        assert student.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+
+
+def test_shrunk_model_save_load_bitwise(shrunk_resnet18, tmp_path):
+    _, student, _ = shrunk_resnet18
+    path = tmp_path / "r18.lmkan"
+    lmkan_surgery.save(student, path)
+    restored = lmkan_surgery.load(path, torchvision.models.resnet18).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(student.eval()(x), restored(x))
+    assert restored.layer1[0].conv1.out_channels == student.layer1[0].conv1.out_channels
+
+
+def test_mlp_shrink_reaches_flop_target():
+    model = mlp3()
+    calibration = [torch.randn(64, 32) for _ in range(8)]
+    student, report = lmkanify(model, LMKANConfig(num_grids=3, mode="shrink", width=0.5),
+                               example_inputs=torch.randn(4, 32), calibration=calibration)
+    assert report.flop_ratio() <= 0.6
+    assert report.validation["heldout_correlation"] > 0.5 and report.validation["heldout_rel_error"] < 1.0
+    assert isinstance(student[0], LMKANLinear) and student[0].out_features == student[2].in_features < 256
+    assert isinstance(student[4], nn.Linear) and student[4].in_features == student[2].out_features
+    assert report.groups[0].boundary == ["4"]
+    data = json.loads(report.to_json())
+    assert data["groups"][0]["members"] == ["0", "1", "2", "3", "4"] and data["width_factor"] == report.width_factor
+    assert lmkan_surgery.LMKANConfig.from_dict(student.lmkan_spec["config"]).mode == "shrink"
+
+
+def test_mlp_shrink_by_channels():
+    model = mlp3()
+    calibration = [torch.randn(64, 32) for _ in range(4)]
+    student, report = lmkanify(model, LMKANConfig(num_grids=3, mode="shrink", width=0.5, width_mode="channels"),
+                               example_inputs=torch.randn(4, 32), calibration=calibration)
+    assert student[0].out_features == 128 and student[2].out_features == 128 and report.width_factor == 0.5
