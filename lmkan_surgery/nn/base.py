@@ -42,6 +42,26 @@ class LMKANLayer(nn.Module):
         self.input_scale.copy_(1.0 / std)
         self.input_shift.copy_(-mean.to(self.input_scale) / std)
 
+    @staticmethod
+    def _exact_statistics(features: int, input_mean, input_std, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """float64 (mean, std) of the inputs (zeros/ones when not given) and whether any was given."""
+        mean = torch.zeros(features, dtype=torch.float64, device=device)
+        std = torch.ones_like(mean)
+        if input_mean is not None:
+            mean = input_mean.detach().to(mean)
+        if input_std is not None:
+            std = input_std.detach().to(std)
+        return mean, std, input_mean is not None or input_std is not None
+
+    def _install_exact(self, table: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                       has_stats: bool) -> None:
+        """Materialise a layer built on the meta device with a precomputed table and bias (no random fill)."""
+        self.to_empty(device=table.device)
+        if has_stats:
+            self.set_input_statistics(mean, std)
+        self.table = nn.Parameter(table)
+        self.bias = nn.Parameter(bias.to(table.dtype))
+
     def _normalize(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
         if self.input_norm == "affine":
             shape = [1] * x.dim()

@@ -106,30 +106,19 @@ class LMKANConv2d(LMKANLayer):
         """An LMKANConv2d computing exactly conv(x); per-channel statistics normalise inputs onto the grid."""
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"from_conv expects nn.Conv2d, got {type(conv).__name__}")
-        weight, dtype = conv.weight.detach(), conv.weight.dtype
-        has_stats = input_mean is not None or input_std is not None
+        weight = conv.weight.detach()
+        mean, std, has_stats = cls._exact_statistics(conv.in_channels, input_mean, input_std, weight.device)
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, True, conv.padding_mode, num_grids, "affine" if has_stats else "none",
-                    device=weight.device, dtype=dtype)
-        mean = torch.zeros(conv.in_channels, dtype=torch.float64, device=weight.device)
-        std = torch.ones_like(mean)
-        if input_mean is not None:
-            mean = input_mean.detach().to(mean)
-        if input_std is not None:
-            std = input_std.detach().to(std)
-        if has_stats:
-            layer.set_input_statistics(mean, std)
+                    device="meta", dtype=weight.dtype)
         groups, out_g, in_g = conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups
         w64 = weight.to(torch.float64).reshape(groups, out_g, in_g, -1)  # [g, out_g, in_g, kh*kw]
-        taps = w64.shape[-1]
         bias = (w64.sum(-1) * mean.view(groups, 1, in_g)).sum(-1).reshape(-1)
         if conv.bias is not None:
             bias = bias + conv.bias.detach().to(torch.float64)
-        with torch.no_grad():
-            for g in range(groups):
-                patch_std = std.view(groups, in_g)[g].repeat_interleave(taps) if has_stats else None
-                layer.table[g].copy_(exact_linear_table(w64[g].reshape(out_g, -1), num_grids, patch_std, dtype))
-            layer.bias.copy_(bias.to(dtype))
+        patch_std = std.view(groups, in_g).repeat_interleave(w64.shape[-1], dim=1) if has_stats else None
+        table = exact_linear_table(w64.reshape(groups, out_g, -1), num_grids, patch_std, weight.dtype)
+        layer._install_exact(table, bias, mean, std, has_stats)
         return layer
 
     def extra_repr(self) -> str:

@@ -53,24 +53,15 @@ class LMKANLinear(LMKANLayer):
         """An LMKANLinear computing exactly linear(x) for every x (inputs normalised by the given statistics)."""
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"from_linear expects nn.Linear, got {type(linear).__name__}")
-        weight, dtype = linear.weight.detach(), linear.weight.dtype
-        has_stats = input_mean is not None or input_std is not None
+        weight = linear.weight.detach()
+        mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device)
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
-                    input_norm="affine" if has_stats else "none", device=weight.device, dtype=dtype)
-        mean = torch.zeros(linear.in_features, dtype=torch.float64, device=weight.device)
-        std = torch.ones_like(mean)
-        if input_mean is not None:
-            mean = input_mean.detach().to(mean)
-        if input_std is not None:
-            std = input_std.detach().to(std)
-        if has_stats:
-            layer.set_input_statistics(mean, std)
+                    input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype)
         bias = weight.to(torch.float64) @ mean
         if linear.bias is not None:
             bias = bias + linear.bias.detach().to(torch.float64)
-        with torch.no_grad():
-            layer.table.copy_(exact_linear_table(weight, num_grids, std if has_stats else None, dtype))
-            layer.bias.copy_(bias.to(dtype))
+        table = exact_linear_table(weight, num_grids, std if has_stats else None, weight.dtype)
+        layer._install_exact(table, bias, mean, std, has_stats)
         return layer
 
     @classmethod

@@ -38,34 +38,38 @@ def _mantissa_bits(dtype: torch.dtype) -> int:
     return round(-math.log2(torch.finfo(dtype).eps)) + 1
 
 
-def exact_linear_table(weight: torch.Tensor, num_grids: int, input_std: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """Table [P, G+1, G+1, N_out] reproducing x -> weight @ (std * x) exactly (no bias) in `dtype`.
+def _pad_pairs(w: torch.Tensor) -> torch.Tensor:
+    """Append a zero input column when the input count is odd (the constant-zero partner feature)."""
+    return torch.cat([w, w.new_zeros(*w.shape[:-1], 1)], dim=-1) if w.shape[-1] % 2 else w
 
-    weight is [N_out, N_in] (float64 recommended); input_std [N_in] rescales the normalised grid coordinate back to
-    the original input. Odd N_in gets a zero column for the padding partner.
+
+def exact_linear_table(weight: torch.Tensor, num_grids: int, input_std: torch.Tensor | None,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """Table [..., P, G+1, G+1, N_out] reproducing x -> weight @ (std * x) exactly (no bias) in `dtype`.
+
+    weight is [..., N_out, N_in]; input_std [..., N_in] rescales the normalised grid coordinate back to the original
+    input. Leading dims (conv groups) are built in one vectorised pass.
     """
     w = weight.detach().to(torch.float64)
     if input_std is not None:
-        w = w * input_std.detach().to(torch.float64).unsqueeze(0)
-    if w.shape[1] % 2:
-        w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
+        w = w * input_std.detach().to(torch.float64).unsqueeze(-2)
+    w = _pad_pairs(w)
     nodes = grid_nodes(num_grids, torch.float64, w.device)
-    w_a = w[:, 0::2].t()  # [P, N_out]
-    w_b = w[:, 1::2].t()
-    part_a = w_a.unsqueeze(1) * nodes.view(1, -1, 1)  # [P, G+1, N_out]
-    part_b = w_b.unsqueeze(1) * nodes.view(1, -1, 1)
-    magnitude = torch.maximum(part_a.abs().amax(1), part_b.abs().amax(1))  # [P, N_out]
-    q = _quantum(magnitude, _mantissa_bits(dtype)).unsqueeze(1)
-    part_a = (torch.round(part_a / q) * q).to(dtype)  # multiples of q below 2^(m-2) q: exact in dtype
-    part_b = (torch.round(part_b / q) * q).to(dtype)
-    return part_a.unsqueeze(2) + part_b.unsqueeze(1)  # [P, G+1, G+1, N_out]; the sums are exact in dtype too
+    w_a = w[..., 0::2].transpose(-1, -2)  # [..., P, N_out]
+    w_b = w[..., 1::2].transpose(-1, -2)
+    magnitude = torch.maximum(w_a.abs(), w_b.abs()) * nodes.abs().max()  # max over nodes of |w g|
+    q = _quantum(magnitude, _mantissa_bits(dtype)).unsqueeze(-2).to(dtype)  # [..., P, 1, N_out]
+    nodes = nodes.to(dtype).view(-1, 1)
+    # multiples of q below 2^(m-2) q: exact in dtype, and so are their sums and differences
+    part_a = torch.round(w_a.to(dtype).unsqueeze(-2) * nodes / q) * q  # [..., P, G+1, N_out]
+    part_b = torch.round(w_b.to(dtype).unsqueeze(-2) * nodes / q) * q
+    table = torch.empty(*part_a.shape[:-1], part_a.shape[-2], part_a.shape[-1], dtype=dtype, device=w.device)
+    return torch.add(part_a.unsqueeze(-2), part_b.unsqueeze(-3), out=table)  # [..., P, G+1, G+1, N_out]
 
 
 def relu_table(weight: torch.Tensor, num_grids: int) -> torch.Tensor:
     """Table of x -> weight @ relu(x) in float64; exact only for even G (0 is then a grid node)."""
-    w = weight.detach().to(torch.float64)
-    if w.shape[1] % 2:
-        w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
+    w = _pad_pairs(weight.detach().to(torch.float64))
     nodes = grid_nodes(num_grids, torch.float64, w.device).clamp_min(0.0)
     part_a = w[:, 0::2].t().unsqueeze(1) * nodes.view(1, -1, 1)
     part_b = w[:, 1::2].t().unsqueeze(1) * nodes.view(1, -1, 1)
