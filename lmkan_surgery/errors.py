@@ -33,3 +33,19 @@ class ConversionError(LMKANError, RuntimeError):
 
 class ConfigError(LMKANError, ValueError):
     """A configuration names something unknown or holds an invalid value."""
+
+
+class DataUnavailableError(LMKANError, RuntimeError):
+    """A data set is neither installed nor fetchable; the message names what to install."""
+
+
+class NonFiniteLossError(LMKANError, FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient; the message names the step and the offending module."""
+
+
+class CheckpointError(LMKANError, RuntimeError):
+    """A checkpoint is missing, unreadable or does not match the model / configuration being resumed."""
+
+
+class ModelError(LMKANError, TypeError):
+    """The object given as a model is not an nn.Module (or a factory returned something else)."""

@@ -1,0 +1,6 @@
+"""Recovery training (distill a converted student from its teacher) and from-scratch lmKAN training."""
+
+from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig
+from .engine import distill, evaluate, train_lmkan
+
+__all__ = ["DistillConfig", "DistillResult", "EpochRecord", "TrainConfig", "distill", "evaluate", "train_lmkan"]
