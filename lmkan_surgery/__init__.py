@@ -8,26 +8,39 @@ from .errors import (
     GridSizeError,
     KernelBuildError,
     LMKANError,
+    ModelError,
     ShapeError,
 )
 from .nn import LMKANConv2d, LMKANLayer, LMKANLinear, hessian_penalty, model_hessian_penalty
 from .ops import lmkan_lookup
+from .config import LMKANConfig
+from .conversion_report import ConversionReport, LayerRecord, ShrinkGroupRecord
+from .api import lmkanify
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "ConversionReport",
     "ConversionError",
     "DTypeError",
     "DeviceError",
     "GridSizeError",
     "KernelBuildError",
+    "LMKANConfig",
     "LMKANConv2d",
     "LMKANError",
     "LMKANLayer",
     "LMKANLinear",
+    "LayerRecord",
+    "ModelError",
     "ShapeError",
+    "ShrinkGroupRecord",
     "hessian_penalty",
     "lmkan_lookup",
+    "lmkanify",
+    "load",
     "model_hessian_penalty",
+    "save",
 ]

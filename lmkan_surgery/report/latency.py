@@ -1,4 +1,8 @@
-"""Measured latency: whole-model medians after warm-up, and per-layer times from forward hooks."""
+"""Measured latency: whole-model and per-layer (forward hooks) medians after warm-up.
+
+The models being compared run alternately, one forward each per round, so a machine that gets busier or quieter
+during the measurement affects both sides alike.
+"""
 
 from __future__ import annotations
 
@@ -26,63 +30,79 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_runs(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int,
-                budget_s: float) -> list[float]:
-    """Wall-clock seconds of `repeats` runs after `warmup`; stops early (>= 3 runs) once `budget_s` is spent."""
+def _rounds(runs: list[Callable[[], Any]], device: torch.device, warmup: int, repeats: int,
+            budget_s: float) -> list[list[float]]:
+    """Seconds of each run over up to `repeats` alternating rounds after `warmup`; >= 3 rounds, then `budget_s`."""
     for _ in range(warmup):
-        run()
+        for run in runs:
+            run()
     _sync(device)
-    times: list[float] = []
+    times: list[list[float]] = [[] for _ in runs]
     start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    while len(times[0]) < repeats and (len(times[0]) < 3 or time.perf_counter() - start < budget_s):
+        for run, bucket in zip(runs, times):
+            t0 = time.perf_counter()
+            run()
+            _sync(device)
+            bucket.append(time.perf_counter() - t0)
     return times
 
 
-def model_latency(model: nn.Module, inputs: tuple, device: torch.device, warmup: int = 2, repeats: int = 10,
-                  budget_s: float = 5.0) -> float:
-    """Median seconds per forward of `model` (already on `device`, eval mode) on `inputs`."""
+def model_latency(models: list[nn.Module], inputs: tuple, device: torch.device, warmup: int = 2,
+                  repeats: int = 10, budget_s: float = 5.0) -> list[float]:
+    """Median seconds per forward of each model (on `device`, eval mode) on the same `inputs`."""
+    runs = [lambda model=model: model(*inputs) for model in models]
     with torch.inference_mode():
-        return statistics.median(_timed_runs(lambda: model(*inputs), device, warmup, repeats, budget_s))
+        return [statistics.median(t) for t in _rounds(runs, device, warmup, repeats, budget_s)]
 
 
-def layer_latency(model: nn.Module, inputs: tuple, device: torch.device, names: list[str], warmup: int = 1,
-                  repeats: int = 5, budget_s: float = 5.0) -> dict[str, float]:
-    """Median seconds spent inside each named module per forward (summed over its calls), via forward hooks."""
-    modules = dict(model.named_modules())
-    starts: dict[str, float] = {}
-    current: dict[str, float] = {}
-    samples: dict[str, list[float]] = {name: [] for name in names if name in modules}
+class _LayerTimer:
+    """Forward pre/post hooks that add up the time spent inside each named module during one forward."""
 
-    def pre_hook(name: str) -> Callable[..., None]:
+    def __init__(self, model: nn.Module, names: list[str], device: torch.device) -> None:
+        self.model, self.device = model, device
+        modules = dict(model.named_modules())
+        self.samples: dict[str, list[float]] = {name: [] for name in names if name in modules}
+        self.starts: dict[str, float] = {}
+        self.current: dict[str, float] = {}
+        self.handles = []
+        for name in self.samples:
+            self.handles.append(modules[name].register_forward_pre_hook(self._enter(name)))
+            self.handles.append(modules[name].register_forward_hook(self._exit(name)))
+
+    def _enter(self, name: str) -> Callable[..., None]:
         def hook(_mod: nn.Module, _inp: Any) -> None:
-            _sync(device)
-            starts[name] = time.perf_counter()
+            _sync(self.device)
+            self.starts[name] = time.perf_counter()
         return hook
 
-    def post_hook(name: str) -> Callable[..., None]:
+    def _exit(self, name: str) -> Callable[..., None]:
         def hook(_mod: nn.Module, _inp: Any, _out: Any) -> None:
-            _sync(device)
-            current[name] = current.get(name, 0.0) + time.perf_counter() - starts[name]
+            _sync(self.device)
+            self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - self.starts[name]
         return hook
 
-    def run() -> None:
-        current.clear()
-        model(*inputs)
-        for name in samples:
-            samples[name].append(current.get(name, 0.0))
+    def run(self, inputs: tuple) -> None:
+        """One forward; records each layer's total time in it."""
+        self.current.clear()
+        self.model(*inputs)
+        for name, values in self.samples.items():
+            values.append(self.current.get(name, 0.0))
 
-    handles = []
-    for name in samples:
-        handles.append(modules[name].register_forward_pre_hook(pre_hook(name)))
-        handles.append(modules[name].register_forward_hook(post_hook(name)))
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self.handles:
+            handle.remove()
+
+
+def layer_latency(models: list[nn.Module], names: list[list[str]], inputs: tuple, device: torch.device,
+                  warmup: int = 1, repeats: int = 5, budget_s: float = 5.0) -> list[dict[str, float]]:
+    """Per model, median seconds spent inside each of its named modules per forward (summed over calls)."""
+    timers = [_LayerTimer(model, layer_names, device) for model, layer_names in zip(models, names)]
     try:
         with torch.inference_mode():
-            _timed_runs(run, device, warmup, repeats, budget_s)
+            _rounds([lambda timer=timer: timer.run(inputs) for timer in timers], device, warmup, repeats, budget_s)
     finally:
-        for handle in handles:
-            handle.remove()
-    return {name: statistics.median(values[warmup:]) for name, values in samples.items()}
+        for timer in timers:
+            timer.remove()
+    return [{name: statistics.median(values[warmup:]) for name, values in timer.samples.items()} for timer in timers]

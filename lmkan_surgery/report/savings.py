@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..nn import LMKANLayer
 from ..ops import dispatch
 from . import flops as flop_count
@@ -30,6 +31,7 @@ class ModelStats:
     params: int
     state_bytes: int
     uncounted_ops: dict[str, int] = field(default_factory=dict)
+    flops_by_module: dict[str, int] = field(default_factory=dict)  # fvcore's by_module(), every module
 
 
 @dataclass
@@ -111,6 +113,11 @@ class SavingsReport:
         """Names of converted layers whose measured latency grew by more than 10%."""
         return [row.name for row in self.layers if row.verdict == "SLOWER"]
 
+    def by_module(self) -> dict[str, tuple[int, int]]:
+        """fvcore MACs of every module name of either model: (original, converted), 0 where a model lacks it."""
+        before, after = self.original.flops_by_module, self.converted.flops_by_module
+        return {name: (before.get(name, 0), after.get(name, 0)) for name in {**before, **after}}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (ratios and verdicts included), as written to report.json."""
         data = asdict(self)
@@ -188,10 +195,12 @@ class _Side:
 
 
 class _OnDevice:
-    """Context: the model in eval mode on `device` (a deep copy when it lives elsewhere); restores train mode."""
+    """Context: the model in eval mode on `device` (a deep copy when it lives elsewhere); restores every module's
+    train/eval flag afterwards."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.model, self.device, self.training = model, device, model.training
+        self.model, self.device = model, device
+        self.modes = {module: module.training for module in model.modules()}
 
     def __enter__(self) -> nn.Module:
         same = _model_device(self.model) == self.device or (
@@ -200,7 +209,8 @@ class _OnDevice:
         return self.moved.eval()
 
     def __exit__(self, *exc: object) -> None:
-        self.model.train(self.training)
+        for module, training in self.modes.items():
+            module.training = training
 
 
 def _inputs_tuple(example_inputs: Any) -> tuple:
@@ -219,13 +229,11 @@ def _backend_names(devices: Iterable[torch.device]) -> dict[str, str]:
 def _measure(sides: tuple[_Side, _Side], inputs: tuple, devices: list[torch.device],
              batch_sizes: Iterable[int], opts: dict[str, Any]) -> Iterator[LatencyRow]:
     for device in devices:
-        for batch in batch_sizes:
-            batch_inputs = timing.batch_of(inputs, batch, device)
-            times = []
-            for side in sides:
-                with _OnDevice(side.model, device) as model:
-                    times.append(timing.model_latency(model, batch_inputs, device, **opts))
-            yield LatencyRow(str(device), batch, times[0], times[1])
+        with _OnDevice(sides[0].model, device) as first, _OnDevice(sides[1].model, device) as second:
+            for batch in batch_sizes:
+                before, after = timing.model_latency([first, second], timing.batch_of(inputs, batch, device),
+                                                     device, **opts)
+                yield LatencyRow(str(device), batch, before, after)
 
 
 def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, device: str | torch.device | None = None,
@@ -239,10 +247,13 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
     """
     inputs = _inputs_tuple(example_inputs)
     devices = _devices(device)
+    batch_sizes = tuple(batch_sizes)
+    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ConfigError(f"batch_sizes must be positive ints, got {batch_sizes!r}")
     sides = []
     for model in (original, converted):
         with _OnDevice(model, _model_device(model)) as ready:
-            on_model = timing.batch_of(inputs, inputs[0].shape[0], _model_device(model))
+            on_model = tuple(t.to(_model_device(model)) if isinstance(t, torch.Tensor) else t for t in inputs)
             counts = flop_count.count_flops(ready, on_model)
             formula = flop_count.cross_check(ready, on_model, counts)
         sides.append((_Side(model, _layers(model), counts), formula))
@@ -251,12 +262,12 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
     latency_rows = list(_measure((before, after), inputs, devices, batch_sizes, opts))
     names = list(before.layers) + [n for n in after.layers if n not in before.layers]
     layer_times: list[dict[str, float]] = [{}, {}]
-    first_batch = next(iter(batch_sizes))
+    first_batch = batch_sizes[0]
     if per_layer:
         batch_inputs = timing.batch_of(inputs, first_batch, devices[0])
-        for i, side in enumerate((before, after)):
-            with _OnDevice(side.model, devices[0]) as model:
-                layer_times[i] = timing.layer_latency(model, batch_inputs, devices[0], list(side.layers), **opts)
+        with _OnDevice(before.model, devices[0]) as first, _OnDevice(after.model, devices[0]) as second:
+            layer_times = timing.layer_latency([first, second], [list(before.layers), list(after.layers)],
+                                               batch_inputs, devices[0], **opts)
     rows = [_layer_row(name, before, after, formula.get(name), layer_times) for name in names]
     rows.append(_other_row(rows, before, after))
     return SavingsReport(
@@ -271,7 +282,8 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
 
 
 def _stats(side: _Side) -> ModelStats:
-    return ModelStats(side.counts.total, _params(side.model), _state_bytes(side.model), side.counts.uncounted_ops)
+    return ModelStats(side.counts.total, _params(side.model), _state_bytes(side.model), side.counts.uncounted_ops,
+                      side.counts.by_module)
 
 
 def _layer_row(name: str, before: _Side, after: _Side, formula: int | None,
