@@ -62,7 +62,7 @@ def locate(x: torch.Tensor, num_grids: int) -> tuple[torch.Tensor, torch.Tensor,
     nodes64 = grid_nodes(num_grids, torch.float64, x.device)
     inv_len = (1.0 / (nodes64[1:] - nodes64[:-1])).to(x.dtype)
     nodes = nodes64.to(x.dtype)
-    cell = torch.floor(sigma(x) * num_grids).clamp_(0, num_grids - 1).to(torch.int64)
+    cell = torch.floor(sigma(x) * num_grids).nan_to_num_(0.0).clamp_(0, num_grids - 1).to(torch.int64)  # NaN -> NaN out
     slope = inv_len[cell]
     t = (x - nodes[cell]) * slope
     return cell, t, slope

@@ -1,5 +1,6 @@
-"""Formula FLOPs: multiply-adds per sample, N_in * N_out per output position for a Linear/Conv2d (N_in =
-in_channels/groups * kh * kw), twice that for an lmKAN layer of the same shape."""
+"""Formula FLOPs, the one home of the lmKAN cost formula: multiply-adds per sample, N_in * N_out per output position
+for a Linear/Conv2d (N_in = in_channels/groups * kh * kw), and 2 * N_in' * N_out for an lmKAN layer, where N_in'
+is N_in rounded up to even (an odd layer pairs its last input with a constant zero and still does that lookup)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ def features(module: nn.Module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
-def macs_per_position(module: nn.Module) -> int:
-    """N_in * N_out summed over groups."""
+def lookup_width(in_features: int) -> int:
+    """The lmKAN lookup's input width: in_features (or a conv group's patch size) rounded up to even."""
+    return in_features + in_features % 2
+
+
+def macs_per_position(module: nn.Module, lmkan: bool = False) -> int:
+    """Multiply-adds per output position, summed over groups; `lmkan` charges the lmKAN formula for that shape."""
     n_in, n_out = features(module)
     if hasattr(module, "kernel_size"):
-        return n_in // module.groups * math.prod(module.kernel_size) * n_out
-    return n_in * n_out
+        n_in = n_in // module.groups * math.prod(module.kernel_size)
+    return 2 * lookup_width(n_in) * n_out if lmkan else n_in * n_out
 
 
 def positions(name: str, probe: Probe, conv: bool) -> int | None:
@@ -39,4 +45,4 @@ def positions(name: str, probe: Probe, conv: bool) -> int | None:
 def formula_flops(module: nn.Module, name: str, probe: Probe, lmkan: bool) -> int | None:
     """Formula multiply-adds per sample of `module` as recorded under `name` (x2 when it is or becomes lmKAN)."""
     count = positions(name, probe, hasattr(module, "kernel_size"))
-    return None if count is None else count * macs_per_position(module) * (2 if lmkan else 1)
+    return None if count is None else count * macs_per_position(module, lmkan)

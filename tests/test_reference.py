@@ -65,3 +65,9 @@ def test_low_precision_inputs_compute_in_float32():
         assert y.dtype == dtype and y.shape == (4, 3, 5)
         expected = lmkan_lookup(x.to(dtype).float(), table)
         assert torch.equal(y, expected.to(dtype))
+
+
+def test_non_finite_inputs_propagate_instead_of_crashing():
+    x = torch.tensor([[float("nan"), 1.0, 0.5, -0.25], [0.1, 0.2, 0.3, 0.4]])
+    y = lmkan_lookup(x, torch.randn(2, 9, 9, 3))
+    assert torch.isnan(y[0]).all() and torch.isfinite(y[1]).all()

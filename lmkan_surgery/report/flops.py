@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import LMKANError
 from ..nn import LMKANConv2d, LMKANLayer, LMKANLinear
+from ..passes.flops import macs_per_position
 
 LOOKUP_OP = "lmkan::lookup2d"
 LOOKUP_KEY = "lookup2d"  # fvcore's name for the op in by_operator()/by_module_and_operator()
@@ -49,19 +50,12 @@ def lookup_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return 2 * rows * width * out_features
 
 
-def lookup_width(in_features: int) -> int:
-    """N_in of the formula: the lookup's input width, in_features rounded up to even."""
-    return in_features + in_features % 2
-
-
 def lmkan_layer_macs(layer: LMKANLayer, output_shape: torch.Size | tuple[int, ...]) -> int:
     """The lmKAN formula for one call of `layer` that produced `output_shape`: 2 * N_in * N_out per position."""
     if isinstance(layer, LMKANLinear):
-        positions = math.prod(output_shape[:-1])
-        return 2 * positions * lookup_width(layer.in_features) * layer.out_features
+        return math.prod(output_shape[:-1]) * macs_per_position(layer, lmkan=True)
     if isinstance(layer, LMKANConv2d):
-        positions = output_shape[0] * output_shape[2] * output_shape[3]
-        return 2 * positions * lookup_width(layer.patch_features) * layer.out_channels
+        return output_shape[0] * output_shape[2] * output_shape[3] * macs_per_position(layer, lmkan=True)
     raise LMKANError(f"no FLOP formula for lmKAN layer type {type(layer).__name__}")
 
 
