@@ -41,6 +41,18 @@ def test_from_linear_without_bias_and_original_untouched():
     assert all(torch.equal(before[k], v) for k, v in linear.state_dict().items())
 
 
+def test_from_linear_with_zero_and_tiny_weights_stays_finite():
+    linear = nn.Linear(6, 4)
+    with torch.no_grad():
+        linear.weight[1] = 0.0  # a dead output (as shrink refits can produce)
+        linear.weight[:, 2:4] = 0.0  # a whole zero pair
+        linear.weight[2, 0] = 1e-39  # subnormal
+    layer = LMKANLinear.from_linear(linear, 8)
+    assert torch.isfinite(layer.table).all()
+    x = torch.randn(9, 6) * 100
+    assert rel_err(layer(x), linear(x)) < 1e-5
+
+
 CONV_VARIANTS = [
     dict(in_channels=3, out_channels=5, kernel_size=3),
     dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1),

@@ -27,10 +27,13 @@ def random_table(shape: tuple[int, ...], in_features: int, init_scale: float, dt
     return torch.empty(shape, dtype=dtype, device=device).uniform_(-bound, bound)
 
 
-def _quantum(magnitude: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
-    """A power of two q per function so that |A|, |B| <= 2^(mantissa_bits-2) q: sums and differences are exact."""
-    exponent = torch.ceil(torch.log2(magnitude.clamp_min(1e-300)))
-    return torch.exp2(exponent - (mantissa_bits - 2))
+def _quantum(magnitude: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A power of two q per function so that |A|, |B| <= 2^(m-2) q (m: significand bits of dtype), making sums and
+    differences exact; q is at least dtype's smallest normal number, so all-zero functions stay finite."""
+    shift = _mantissa_bits(dtype) - 2
+    floor = torch.finfo(dtype).tiny * 2.0**shift
+    exponent = torch.ceil(torch.log2(magnitude.clamp_min(floor)))
+    return torch.exp2(exponent - shift)
 
 
 def _mantissa_bits(dtype: torch.dtype) -> int:
@@ -58,7 +61,7 @@ def exact_linear_table(weight: torch.Tensor, num_grids: int, input_std: torch.Te
     w_a = w[..., 0::2].transpose(-1, -2)  # [..., P, N_out]
     w_b = w[..., 1::2].transpose(-1, -2)
     magnitude = torch.maximum(w_a.abs(), w_b.abs()) * nodes.abs().max()  # max over nodes of |w g|
-    q = _quantum(magnitude, _mantissa_bits(dtype)).unsqueeze(-2).to(dtype)  # [..., P, 1, N_out]
+    q = _quantum(magnitude, dtype).unsqueeze(-2).to(dtype)  # [..., P, 1, N_out]
     nodes = nodes.to(dtype).view(-1, 1)
     # multiples of q below 2^(m-2) q: exact in dtype, and so are their sums and differences
     part_a = torch.round(w_a.to(dtype).unsqueeze(-2) * nodes / q) * q  # [..., P, G+1, N_out]
