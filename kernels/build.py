@@ -4,7 +4,8 @@ Each kind is built once per (torch version, hash of its sources and flags) into
 ``$LMKAN_CACHE_DIR`` or ``~/.cache/lmkan_surgery/<torch version>/<name>-<hash>``, under a file lock so parallel
 processes (pytest-xdist, torchrun) do not collide; editing a source changes the hash and triggers a rebuild.
 ``LMKAN_DISABLE_NATIVE=1`` makes every load fail, which exercises the reference fallback. No ``-march=native``:
-the CPU library carries a generic and an AVX2 path and picks one at run time, so a cached binary can move machines.
+the CPU library carries generic, AVX2 and AVX-512 paths and picks one at run time, so a cached binary can move
+machines.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ SPECS: dict[str, ExtensionSpec] = {
     "cpu": ExtensionSpec(
         name="lmkan_cpu",
         sources=("cpu/torch_binding.cpp", "cpu/lmkan_cpu.cpp"),
-        depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_kernels.inc"),
+        depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_kernels.inc", "cpu/lmkan_cpu_backward.inc"),
         cflags=("-O3", "-fopenmp"),
         ldflags=("-fopenmp",),
         include_dirs=("cpu",),

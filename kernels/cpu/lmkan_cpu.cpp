@@ -1,6 +1,7 @@
 // Native CPU kernels of the lmKAN 2-D lookup: OpenMP drivers and runtime instruction-set dispatch.
-// The per-task kernels live in lmkan_cpu_kernels.inc, compiled twice: a generic baseline and an AVX2+FMA path
-// chosen at run time by CPUID. See lmkan_cpu.h for the contract.
+// The per-task kernels live in lmkan_cpu_kernels.inc, compiled three times: a generic baseline, an AVX2+FMA path
+// and an AVX-512F/VL path, chosen at run time by CPUID (and XGETBV for the OS-enabled register state); the
+// backward drivers in lmkan_cpu_backward.inc. See lmkan_cpu.h for the contract.
 #include "lmkan_cpu.h"
 
 #include <algorithm>
@@ -12,6 +13,10 @@
 #include <memory>
 #include <new>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -37,27 +42,36 @@ struct BwdRec {
     float t1, t2;
 };
 
+// Table-gradient record, sorted by cell: corner row, sample index within its block and the 4 weights (00, 01, 10, 11).
+struct CellRec {
+    int32_t row, b;
+    float w[4];
+};
+
 struct Isa {
     const char* name;
+    int64_t sweep;  // widest table-gradient sweep (output columns): 4 corners x sweep / 8 vectors fit the registers
     void (*precompute_fwd)(const float*, FwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
     void (*precompute_bwd)(const float*, BwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
     void (*forward)(const FwdRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
                     int64_t, const Dims&, bool);
-    void (*grad_table)(const BwdRec*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&);
+    void (*grad_table)(const CellRec*, int64_t, const float*, float*, int64_t, int64_t, const Dims&);
     void (*grad_x)(const BwdRec*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                    const Dims&, const float*);
 };
 
 namespace generic {
 #define ISA_NAME "generic"
+#define ISA_SWEEP 16
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace generic
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LMKAN_HAVE_AVX2 1
+#define LMKAN_HAVE_X86_PATHS 1
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -66,31 +80,62 @@ namespace generic {
 #endif
 namespace avx2 {
 #define ISA_NAME "avx2"
+#define ISA_SWEEP 16
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#endif
+// The same 8-lane code with AVX-512VL: 32 vector registers, so the table gradient sweeps 32 columns at a time.
+namespace avx512 {
+#define ISA_NAME "avx512"
+#define ISA_SWEEP 32
+#include "lmkan_cpu_kernels.inc"
+#undef ISA_SWEEP
+#undef ISA_NAME
+}  // namespace avx512
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
 #pragma GCC pop_options
 #endif
-#endif
 
 bool avx2_supported() {
-#ifdef LMKAN_HAVE_AVX2
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return false;
-#endif
 }
 
-const Isa* best_isa() {
-#ifdef LMKAN_HAVE_AVX2
-    if (avx2_supported()) return &avx2::kIsa;
-#endif
-    return &generic::kIsa;
+// AVX-512F/VL in the CPU and the opmask and upper-ZMM register state enabled by the OS (XCR0 bits 1, 2, 5, 6, 7).
+bool avx512_supported() {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!avx2_supported() || !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl") ||
+        !__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE))
+        return false;
+    uint32_t lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xe6) == 0xe6;
 }
+#endif
+
+// The paths this CPU and OS support, best first (the generic one always last).
+std::vector<const Isa*> supported_isas() {
+    std::vector<const Isa*> out;
+#ifdef LMKAN_HAVE_X86_PATHS
+    if (avx512_supported()) out.push_back(&avx512::kIsa);
+    if (avx2_supported()) out.push_back(&avx2::kIsa);
+#endif
+    out.push_back(&generic::kIsa);
+    return out;
+}
+
+const Isa* best_isa() { return supported_isas().front(); }
 
 std::atomic<const Isa*> g_isa{nullptr};
 
@@ -321,61 +366,7 @@ extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, i
                  : forward_streamed(active_isa(), x, table, y, d, grid, chunk, nt);
 }
 
-extern "C" int lmkan_cpu_backward(const float* grad_out, const float* x, const float* table, float* grad_x,
-                                  float* grad_table, int64_t batch, int64_t pairs, int64_t grids, int64_t n_out,
-                                  int num_threads) {
-    if (!valid(batch, pairs, grids, n_out)) return LMKAN_CPU_EINVAL;
-    if (batch > 0 && (!x || !table || (n_out > 0 && !grad_out))) return LMKAN_CPU_EINVAL;
-    const Dims d{batch, pairs, grids, grids + 1, (grids + 1) * (grids + 1), n_out};
-    if (grad_table && (batch == 0 || n_out == 0)) std::memset(grad_table, 0, sizeof(float) * pairs * d.n2 * n_out);
-    if (grad_x && batch > 0 && n_out == 0) std::memset(grad_x, 0, sizeof(float) * batch * 2 * pairs);
-    if (batch == 0 || n_out == 0 || pairs == 0 || (!grad_x && !grad_table)) return LMKAN_CPU_OK;
-    const Grid grid(grids);
-    const int nt = thread_count(num_threads);
-    const Isa& isa = active_isa();
-    const BwdRec* rec = batch_records<BwdRec>(x, d, grid, pairs, nt, isa.precompute_bwd);
-    if (rec == nullptr) return LMKAN_CPU_ENOMEM;
-    if (grad_x) {
-        // One batch block per thread (each sweeps the table once, chunk by chunk); any split gives the same bits.
-        const int64_t block = ceil_div(batch, nt);
-        const int64_t chunk = pair_chunk(d, 4 * n_out);
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-        for (int64_t task = 0; task < nt; ++task) {
-            const int64_t b0 = task * block, b1 = std::min(batch, b0 + block);
-            for (int64_t p0 = 0; p0 < pairs && b0 < b1; p0 += chunk)
-                isa.grad_x(rec, table, grad_out, grad_x, b0, b1, p0, std::min(pairs, p0 + chunk), d,
-                           grid.inv_len.data());
-        }
-    }
-    if (grad_table) {
-        // Each task owns one (pair chunk, output tile) slice of the gradient: no atomics, fixed summation order.
-        // Slices of wide tables are accumulated in a dense per-thread buffer, then copied out.
-        const auto tiles = output_tiles(n_out);
-        // Chunks are also capped so that small tables still give every thread work (any chunking gives the same bits).
-        const int64_t chunk = std::min(pair_chunk(d, 4 * kTile), ceil_div(pairs, 2 * static_cast<int64_t>(nt)));
-        const int64_t n_chunks = ceil_div(pairs, chunk);
-        const int64_t tasks = n_chunks * static_cast<int64_t>(tiles.size());
-        const bool pack = n_out > kTile;
-        bool failed = false;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t task = 0; task < tasks; ++task) {
-            const int64_t o0 = tiles[task % tiles.size()].first, width = tiles[task % tiles.size()].second;
-            const int64_t p0 = (task / tiles.size()) * chunk, p1 = std::min(pairs, p0 + chunk);
-            float* buf = pack ? slice_buffer(chunk * d.n2 * width) : nullptr;
-            if (pack && buf == nullptr) {
-#pragma omp atomic write
-                failed = true;
-            } else if (pack) {
-                isa.grad_table(rec, grad_out, buf, width, p0, p1, o0, width, d);
-                unpack_slice(buf, grad_table, p0, p1, o0, width, d);
-            } else {
-                isa.grad_table(rec, grad_out, grad_table + p0 * d.n2 * n_out + o0, n_out, p0, p1, o0, width, d);
-            }
-        }
-        if (failed) return LMKAN_CPU_ENOMEM;
-    }
-    return LMKAN_CPU_OK;
-}
+#include "lmkan_cpu_backward.inc"
 
 extern "C" const char* lmkan_cpu_isa(void) { return active_isa().name; }
 
@@ -383,16 +374,14 @@ extern "C" int lmkan_cpu_select_isa(const char* name) {
     if (name == nullptr) return LMKAN_CPU_EINVAL;
     if (std::strcmp(name, "auto") == 0) {
         g_isa.store(best_isa(), std::memory_order_release);
-    } else if (std::strcmp(name, "generic") == 0) {
-        g_isa.store(&generic::kIsa, std::memory_order_release);
-#ifdef LMKAN_HAVE_AVX2
-    } else if (std::strcmp(name, "avx2") == 0 && avx2_supported()) {
-        g_isa.store(&avx2::kIsa, std::memory_order_release);
-#endif
-    } else {
-        return LMKAN_CPU_EINVAL;
+        return LMKAN_CPU_OK;
     }
-    return LMKAN_CPU_OK;
+    for (const Isa* isa : supported_isas())
+        if (std::strcmp(name, isa->name) == 0) {
+            g_isa.store(isa, std::memory_order_release);
+            return LMKAN_CPU_OK;
+        }
+    return LMKAN_CPU_EINVAL;
 }
 
 extern "C" const char* lmkan_cpu_error_string(int code) {

@@ -37,10 +37,10 @@ int lmkan_cpu_forward(const float* x, const float* table, float* y, int64_t batc
 int lmkan_cpu_backward(const float* grad_out, const float* x, const float* table, float* grad_x, float* grad_table,
                        int64_t batch, int64_t pairs, int64_t grids, int64_t n_out, int num_threads);
 
-/* Name of the active instruction-set path: "avx2" or "generic". */
+/* Name of the active instruction-set path: "avx512", "avx2" or "generic". */
 const char* lmkan_cpu_isa(void);
 
-/* Force an instruction-set path ("avx2", "generic" or "auto"); returns LMKAN_CPU_EINVAL if unknown/unsupported. */
+/* Force an instruction-set path ("avx512", "avx2", "generic" or "auto"); LMKAN_CPU_EINVAL if unknown/unsupported. */
 int lmkan_cpu_select_isa(const char* name);
 
 /* A static description of an error code. */

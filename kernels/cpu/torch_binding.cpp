@@ -68,5 +68,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out])");
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
-    m.def("select_isa", &select_isa, "force 'avx2', 'generic' or 'auto'");
+    m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");
 }

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..kernels.build import CACHE_ENV, KERNELS_DIR, LOCK_TIMEOUT_S, native_disabled
+from ..kernels.build import CACHE_ENV, KERNELS_DIR, LOCK_TIMEOUT_S, SPECS, native_disabled
 from .errors import CustomOpLibraryError
 
 INCLUDE_ENV = "ONNXRUNTIME_INCLUDE_DIR"
@@ -24,10 +24,17 @@ HEADERS_DEB_VERSION = "1.21.0+dfsg-1"
 MIN_API_VERSION = 21
 LIBRARY_NAME = "liblmkan_ort.so"
 
-_CPU_SOURCES = ("ort/lmkan_ort.cpp", "cpu/lmkan_cpu.cpp")
-_CPU_DEPENDS = ("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_kernels.inc")
-_CUDA_SOURCES = ("cuda/lmkan_cuda.cu",)
-_CUDA_DEPENDS = ("cuda/lmkan_cuda.cuh", "cuda/lmkan_device.cuh")
+
+
+def _kernel_core(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sources, headers) of a torch extension spec minus its torch binding: the kernels both front-ends share."""
+    spec = SPECS[kind]
+    return tuple(src for src in spec.sources if not src.endswith("torch_binding.cpp")), spec.depends
+
+
+_CPU_CORE, _CPU_DEPENDS = _kernel_core("cpu")
+_CPU_SOURCES = ("ort/lmkan_ort.cpp", *_CPU_CORE)
+_CUDA_SOURCES, _CUDA_DEPENDS = _kernel_core("cuda")
 _CXX_FLAGS = ("-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-Wno-psabi")
 _NVCC_FLAGS = ("-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden")
 _VERSION_SCRIPT = "{ global: RegisterCustomOps; local: *; };\n"
