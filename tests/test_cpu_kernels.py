@@ -116,6 +116,30 @@ def test_special_inputs(native):
     _assert_as_accurate(native.forward(x, table), forward_reference(x, table), forward_reference(x.double(), table.double()))
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_forward_pair_groups_and_nan_rows(native, isa):
+    """The forward pre-pass works on groups of 8 pairs (the last one zero-padded): P around multiples of 8 match the
+    reference, and a NaN (inf) input makes its sample's outputs NaN (non-finite) without touching the other samples."""
+    try:
+        native.select_isa(isa)
+    except RuntimeError:
+        native.select_isa("auto")
+        pytest.skip(f"the {isa} path is not supported on this CPU")
+    try:
+        for pairs in (7, 8, 9, 16, 17):
+            x, table, _ = _inputs((23, pairs, 8, 24), seed=pairs)
+            x[5, 2 * pairs - 1] = float("nan")
+            x[9, 0] = float("inf")
+            y = native.forward(x, table)
+            assert torch.isnan(y[5]).all() and not torch.isfinite(y[9]).any()  # inf extrapolates to +-inf or NaN
+            keep = torch.ones(23, dtype=torch.bool)
+            keep[[5, 9]] = False
+            xk = x[keep]
+            _assert_as_accurate(y[keep], forward_reference(xk, table), forward_reference(xk.double(), table.double()))
+    finally:
+        native.select_isa("auto")
+
+
 def test_exact_linear_table_survives_extrapolation(native):
     """A table T = A[i] + B[j] with zero cross term stays exact to 1e-5 for |x| up to 1e3 (exact-init layers)."""
     pairs, grids, n_out, batch = 8, 8, 16, 256

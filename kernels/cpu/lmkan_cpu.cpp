@@ -29,6 +29,9 @@ struct Dims {
     int64_t B, P, G, n, n2, N;
 };
 
+// P rounded up to a multiple of 8: the per-sample scratch arrays take whole 8-pair vectors.
+constexpr int64_t padded_pairs(int64_t P) { return (P + 7) / 8 * 8; }
+
 // Forward record per (sample, pair): corner row i1 * n + i2 and the 4 bilinear weights (00, 01, 10, 11); for a pair
 // with a coordinate outside [0, 1], row is bit-inverted (negative) and w[0], w[1] hold t1, t2.
 struct FwdRec {
@@ -215,7 +218,7 @@ T* scratch(std::unique_ptr<T[]>& buf, size_t& capacity, size_t count) {
     return buf.get();
 }
 
-// Per-thread scratch: cell indices and local coordinates of one sample.
+// Per-thread scratch of one sample (see locate_pairs): 3 padded_pairs(P) int32 and 6 padded_pairs(P) floats.
 struct SampleScratch {
     int32_t* cell;
     float* t;
@@ -225,8 +228,8 @@ bool sample_scratch(int64_t P, SampleScratch& out) {
     thread_local std::unique_ptr<int32_t[]> cell_buf;
     thread_local std::unique_ptr<float[]> t_buf;
     thread_local size_t cell_cap = 0, t_cap = 0;
-    out.cell = scratch(cell_buf, cell_cap, static_cast<size_t>(2 * P));
-    out.t = scratch(t_buf, t_cap, static_cast<size_t>(2 * P));
+    out.cell = scratch(cell_buf, cell_cap, static_cast<size_t>(3 * padded_pairs(P)));
+    out.t = scratch(t_buf, t_cap, static_cast<size_t>(6 * padded_pairs(P)));
     return out.cell != nullptr && out.t != nullptr;
 }
 
