@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -58,21 +59,28 @@ def _assert_as_accurate(out, ref32, ref64, rel=1e-5):
     assert err <= rel * scale + 2 * own, f"error {err:.3g} vs scale {scale:.3g} (float32 reference error {own:.3g})"
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_forward_and_gradients_match_reference(native, shape, isa):
-    """Every instruction-set path this machine supports (the others are skipped)."""
-    x, table, grad_out = _inputs(shape, seed=hash(shape) % 1000)
+@contextlib.contextmanager
+def isa_path(native, isa: str):
+    """Run the block on one instruction-set path (skipping the test where this CPU lacks it), then back to auto."""
     try:
         native.select_isa(isa)
     except RuntimeError:
         native.select_isa("auto")
         pytest.skip(f"the {isa} path is not supported on this CPU")
     try:
-        y = native.forward(x, table)
-        grad_x, grad_table = native.backward(grad_out, x, table, True, True)
+        yield
     finally:
         native.select_isa("auto")
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_gradients_match_reference(native, shape, isa):
+    """Every instruction-set path this machine supports (the others are skipped)."""
+    x, table, grad_out = _inputs(shape, seed=hash(shape) % 1000)
+    with isa_path(native, isa):
+        y = native.forward(x, table)
+        grad_x, grad_table = native.backward(grad_out, x, table, True, True)
     _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
     gx32, gt32 = backward_reference(grad_out, x, table)
     gx64, gt64 = backward_reference(grad_out.double(), x.double(), table.double())
@@ -120,12 +128,7 @@ def test_special_inputs(native):
 def test_forward_pair_groups_and_nan_rows(native, isa):
     """The forward pre-pass works on groups of 8 pairs (the last one zero-padded): P around multiples of 8 match the
     reference, and a NaN (inf) input makes its sample's outputs NaN (non-finite) without touching the other samples."""
-    try:
-        native.select_isa(isa)
-    except RuntimeError:
-        native.select_isa("auto")
-        pytest.skip(f"the {isa} path is not supported on this CPU")
-    try:
+    with isa_path(native, isa):
         for pairs in (7, 8, 9, 16, 17):
             x, table, _ = _inputs((23, pairs, 8, 24), seed=pairs)
             x[5, 2 * pairs - 1] = float("nan")
@@ -136,8 +139,6 @@ def test_forward_pair_groups_and_nan_rows(native, isa):
             keep[[5, 9]] = False
             xk = x[keep]
             _assert_as_accurate(y[keep], forward_reference(xk, table), forward_reference(xk.double(), table.double()))
-    finally:
-        native.select_isa("auto")
 
 
 def test_exact_linear_table_survives_extrapolation(native):

@@ -48,6 +48,22 @@ Call check_inputs(const Ort::ConstValue& x, const Ort::ConstValue& table, int64_
     return Call{xs[0], ts[0], num_grids, ts[3]};
 }
 
+// One call's data pointers and shapes: inputs checked, output Y [B, N_out] allocated. Shared by both providers.
+struct Bound {
+    const float* x;
+    const float* table;
+    float* y;
+    Call call;
+};
+
+Bound bind(Ort::KernelContext& ctx, int64_t num_grids) {
+    const auto x = ctx.GetInput(0);
+    const auto table = ctx.GetInput(1);
+    const Call call = check_inputs(x, table, num_grids);
+    auto y = ctx.GetOutput(0, std::vector<int64_t>{call.batch, call.outputs});
+    return Bound{x.GetTensorData<float>(), table.GetTensorData<float>(), y.GetTensorMutableData<float>(), call};
+}
+
 void check_rc(int rc) {
     if (rc != LMKAN_CPU_OK)
         ORT_CXX_API_THROW(std::string("lmkan cpu kernel failed: ") + lmkan_cpu_error_string(rc), ORT_RUNTIME_EXCEPTION);
@@ -82,15 +98,12 @@ struct CpuKernel {
 
     void Compute(OrtKernelContext* context) {
         Ort::KernelContext ctx(context);
-        const auto x = ctx.GetInput(0);
-        const auto table = ctx.GetInput(1);
-        const Call call = check_inputs(x, table, num_grids_);
-        auto y = ctx.GetOutput(0, std::vector<int64_t>{call.batch, call.outputs});
+        const Bound io = bind(ctx, num_grids_);
+        const Call& call = io.call;
         if (call.batch == 0) return;
         const int64_t tasks_wanted = std::max<int64_t>(1, call.batch / kRowsPerTask);
         const int64_t rows = (call.batch + tasks_wanted - 1) / tasks_wanted;
-        CpuBlocks blocks{x.GetTensorData<float>(), table.GetTensorData<float>(), y.GetTensorMutableData<float>(),
-                         call, rows, LMKAN_CPU_OK};
+        CpuBlocks blocks{io.x, io.table, io.y, call, rows, LMKAN_CPU_OK};
         const int64_t tasks = (call.batch + rows - 1) / rows;
         if (tasks == 1)
             run_cpu_block(&blocks, 0);
@@ -109,14 +122,11 @@ struct CudaKernel {
 
     void Compute(OrtKernelContext* context) {
         Ort::KernelContext ctx(context);
-        const auto x = ctx.GetInput(0);
-        const auto table = ctx.GetInput(1);
-        const Call call = check_inputs(x, table, num_grids_);
-        auto y = ctx.GetOutput(0, std::vector<int64_t>{call.batch, call.outputs});
+        const Bound io = bind(ctx, num_grids_);
+        const Call& call = io.call;
         if (call.batch == 0) return;
         auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-        const cudaError_t err = lmkan_cuda_forward(x.GetTensorData<float>(), table.GetTensorData<float>(), false,
-                                                   y.GetTensorMutableData<float>(), call.batch, call.pairs,
+        const cudaError_t err = lmkan_cuda_forward(io.x, io.table, false, io.y, call.batch, call.pairs,
                                                    static_cast<int>(call.grids), call.outputs, stream);
         if (err != cudaSuccess)
             ORT_CXX_API_THROW(std::string("lmkan cuda kernel failed: ") + cudaGetErrorString(err),
