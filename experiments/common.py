@@ -7,8 +7,9 @@ import copy
 import json
 import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -16,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkan_surgery import LMKANLayer, LMKANLinear, model_hessian_penalty
+from lmkan_surgery import LMKANLayer, LMKANLinear
+from lmkan_surgery.distill import AugmentedTensors, TrainConfig, train_lmkan
 from lmkan_surgery.report.flops import lmkan_layer_macs
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def seed_all(seed: int) -> None:
@@ -62,68 +63,16 @@ def mode_of(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- training
 
 
-@dataclass
-class FitConfig:
-    """A training run: AdamW + cosine LR; for lmKAN models the paper's gamma ramp and Hessian-lambda decay."""
-
-    steps: int
-    batch_size: int
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    gamma_final: float = 0.3  # ReLU-first preconditioning: gamma ramps 0 -> gamma_final ...
-    gamma_ramp: tuple[float, float] = (0.05, 0.2)  # ... between these fractions of the run
-    hessian_start: float = 1.0  # lambda decays log-linearly from here ...
-    hessian_decades: float = 8.0  # ... by this many decades ...
-    hessian_until: float = 0.5  # ... up to this fraction of the run, then stays at hessian_final
-    hessian_final: float = 0.0
-
-
-def set_gamma(model: nn.Module, value: float) -> None:
-    """Set gamma of every preconditioned LMKANLinear."""
-    for module in model.modules():
-        if isinstance(module, LMKANLinear) and module.relu_branch is not None:
-            module.gamma.fill_(value)
-
-
-def has_lmkan(model: nn.Module) -> bool:
-    """Whether the model holds any lmKAN layer."""
-    return any(isinstance(m, LMKANLayer) for m in model.modules())
-
-
-def schedule(cfg: FitConfig, step: int) -> tuple[float, float]:
-    """(gamma, hessian lambda) at a step."""
-    frac = step / max(1, cfg.steps)
-    lo, hi = cfg.gamma_ramp
-    gamma = cfg.gamma_final * min(1.0, max(0.0, (frac - lo) / max(1e-9, hi - lo)))
-    if frac < cfg.hessian_until:
-        lam = cfg.hessian_start * 10.0 ** (-cfg.hessian_decades * frac / cfg.hessian_until)
-    else:
-        lam = cfg.hessian_final
-    return gamma, lam
-
-
-def fit(model: nn.Module, next_batch: Callable[[int], Batch], loss_fn: LossFn, cfg: FitConfig) -> list[float]:
-    """Train in place for cfg.steps minibatches drawn by next_batch(step); returns the loss every 1% of the run."""
-    lmkan = has_lmkan(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
-    model.train()
-    history = []
-    for step in range(cfg.steps):
-        gamma, lam = schedule(cfg, step)
-        if lmkan:
-            set_gamma(model, gamma)
-        x, y = next_batch(step)
-        loss = loss_fn(model(x), y)
-        total = loss + lam * model_hessian_penalty(model) if lmkan and lam > 0 else loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        sched.step()
-        if step % max(1, cfg.steps // 100) == 0:
-            history.append(loss.item())
-    model.eval()
-    return history
+def paper_schedule(epochs: int, batch_size: int, lr: float, task: str, weight_decay: float = 0.0,
+                   seed: int = 0) -> TrainConfig:
+    """The paper README's recipe compressed to `epochs`, for `train_lmkan`: Hessian lambda decays log-linearly from 1
+    by 8 decades over the first half, then 0; LR constant, then a cosine to 0 over the second half; gamma of the
+    preconditioned layers ramps 0 -> 0.3 between 5% and 20% of the run. MLPs get the same LR schedule."""
+    half = epochs / 2
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, task=task,
+                       warmup=0.0, cosine_start=0.5, hessian_start=1.0, hessian_decay_epochs=half / 8,
+                       hessian_off_epoch=half, gamma_target=0.3, gamma_start_epoch=0.05 * epochs,
+                       gamma_ramp_epochs=0.15 * epochs, seed=seed, device="cpu", progress=sys.stderr.isatty())
 
 
 @torch.no_grad()
@@ -139,66 +88,73 @@ def mlp_student(in_dim: int, width: int, out_dim: int = 1) -> nn.Sequential:
                          nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, out_dim))
 
 
-def lmkan_student(in_dim: int, width: int, num_grids: int, out_dim: int = 1) -> nn.Sequential:
-    """The paper's lmKAN student: (lmKAN-BN(affine=False)) x2 then lmKAN, ReLU-first preconditioned.
+def lmkan_student(in_dim: int, width: int, num_grids: int, out_dim: int = 1,
+                  preconditioning: str = "relu_first") -> nn.Sequential:
+    """The paper's lmKAN student: (lmKAN-BN(affine=False)) x2 then lmKAN, with the paper's preconditioning.
 
-    As in the paper's ReLU-first form, the first layer has no ReLU: it starts as the exact lmKAN form of a
-    default-initialised Linear; the other two carry the Linear(ReLU(u)) branch with gamma ramped from 0, so the
-    network starts as the MLP student (folded into the tables at inference).
+    ReLU-first (Eq. 12b): the ReLU sits in every layer but the first, which gets a plain linear branch; ReLU-last
+    (Eq. 12a): in every layer but the last. gamma starts at 0, so the network starts as the MLP student; the linear
+    and ReLU-first branches are folded into the tables at inference, a ReLU-last branch costs one Linear more.
     """
-    def layer(a: int, b: int) -> LMKANLinear:
-        return LMKANLinear(a, b, num_grids, bias=False, relu_branch=True)
-
-    first = LMKANLinear.from_linear(nn.Linear(in_dim, width), num_grids)
-    return nn.Sequential(first, nn.BatchNorm1d(width, affine=False),
-                         layer(width, width), nn.BatchNorm1d(width, affine=False), layer(width, out_dim))
+    kinds = {"relu_first": ("linear", "relu_first", "relu_first"), "relu_last": ("relu_last", "relu_last", "linear")}
+    first, middle, last = kinds[preconditioning]
+    return nn.Sequential(LMKANLinear(in_dim, width, num_grids, bias=False, preconditioning=first),
+                         nn.BatchNorm1d(width, affine=False),
+                         LMKANLinear(width, width, num_grids, bias=False, preconditioning=middle),
+                         nn.BatchNorm1d(width, affine=False),
+                         LMKANLinear(width, out_dim, num_grids, bias=False, preconditioning=last))
 
 
 def student_sweep(run: Callable[[str, Callable[[], nn.Module]], dict], in_dim: int, mlp_widths: list[int],
-                  lmkan_widths: list[int], num_grids: int, out_dim: int = 1) -> tuple[list[dict], list[dict]]:
+                  lmkan_widths: list[int], num_grids: int, out_dim: int = 1,
+                  preconditioning: str = "relu_first") -> tuple[list[dict], list[dict]]:
     """run(label, build) over both student families; returns (MLP rows, lmKAN rows), each row with its width."""
     mlp = [dict(run(f"MLP h={w}", lambda: mlp_student(in_dim, w, out_dim)), width=w) for w in mlp_widths]
-    lmkan = [dict(run(f"lmKAN h={w} G={num_grids}", lambda: lmkan_student(in_dim, w, num_grids, out_dim)), width=w)
+    tag = "" if preconditioning == "relu_first" else " ReLU-last"
+    lmkan = [dict(run(f"lmKAN h={w} G={num_grids}{tag}",
+                      lambda: lmkan_student(in_dim, w, num_grids, out_dim, preconditioning)), width=w)
              for w in lmkan_widths]
     return mlp, lmkan
 
 
-def fashion_mnist(n_train: int | None, flatten: bool, pad_to: int = 28) -> tuple[Batch, Batch]:
+def fashion_mnist(n_train: int | None, flatten: bool, pad_to: int = 28, synthetic: bool = False,
+                  seed: int = 0) -> tuple[Batch, Batch]:
     """Normalised Fashion-MNIST ((x_train, y_train), (x_test, y_test)): the first n_train training images, padded
-    with the background value to pad_to x pad_to or flattened."""
+    with the background value to pad_to x pad_to or flattened. synthetic=True gives as many random images with
+    random labels instead (the smoke configs need no data set)."""
     from lmkan_surgery.data import load_fashion_mnist
 
     splits = []
     for split in ("train", "test"):
-        x, y = load_fashion_mnist(split, as_dataset=False)
-        if split == "train" and n_train is not None:
-            x, y = x[:n_train], y[:n_train]
-        pad = (pad_to - x.shape[-1]) // 2
-        if pad:
-            x = nn.functional.pad(x, (pad, pad, pad, pad), value=float(x.min()))
+        if synthetic:
+            gen = torch.Generator().manual_seed(seed + len(splits))
+            x = torch.randn(n_train, 1, pad_to, pad_to, generator=gen)
+            y = torch.randint(0, 10, (n_train,), generator=gen)
+        else:
+            x, y = load_fashion_mnist(split, as_dataset=False)
+            if split == "train" and n_train is not None:
+                x, y = x[:n_train], y[:n_train]
+            pad = (pad_to - x.shape[-1]) // 2
+            if pad:
+                x = nn.functional.pad(x, (pad, pad, pad, pad), value=float(x.min()))
         splits.append((x.reshape(len(x), -1) if flatten else x, y))
     return splits[0], splits[1]
 
 
-def classifier_task(train: Batch, test: Batch, batch_size: int, hflip: bool = False
-                    ) -> tuple[Callable[[int], Batch], Callable[[nn.Module], dict]]:
-    """(next_batch, evaluate) for a classification set: random minibatches (optionally h-flipped images) and
-    test accuracy / error."""
-    x_train, y_train = train
+def classifier_task(train: Batch, test: Batch, hflip: bool = False) -> tuple[object, Callable[[nn.Module], dict]]:
+    """(training data for train_lmkan, evaluate) of a classification set: the training tensors (with random
+    horizontal flips of half of every batch's images if asked) and test accuracy / error."""
 
-    def next_batch(step: int) -> Batch:
-        idx = torch.randint(0, len(x_train), (batch_size,))
-        x = x_train[idx]
-        if hflip:
-            flip = torch.rand(len(x)) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        return x, y_train[idx]
+    def flip(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x, y = batch
+        flipped = torch.rand(len(x)) < 0.5
+        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x), y
 
     def evaluate(model: nn.Module) -> dict:
         accuracy = float((predict(model, test[0]).argmax(1) == test[1]).float().mean())
         return {"test_accuracy": accuracy, "test_error": 1.0 - accuracy}
 
-    return next_batch, evaluate
+    return (AugmentedTensors(*train, augment=flip) if hflip else train), evaluate
 
 
 # ---------------------------------------------------------------- cost: FLOPs and time
@@ -221,8 +177,10 @@ def model_flops(model: nn.Module, example: torch.Tensor) -> int:
         elif isinstance(module, nn.Conv2d):
             total += output[0, 0].numel() * module.weight[0].numel() * module.out_channels
 
-    # the ReLU-first branch Linears are folded into the tables at inference: they cost nothing
-    inner = {id(m.relu_branch) for m in model.modules() if isinstance(m, LMKANLinear) and m.relu_branch is not None}
+    # foldable preconditioning branches are merged into the tables at inference: they cost nothing (a ReLU-last
+    # branch stays and is counted as the Linear it is)
+    inner = {id(m.branch) for m in model.modules() if isinstance(m, LMKANLinear) and m.branch is not None
+             and m.foldable}
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if (isinstance(m, (nn.Linear, nn.Conv2d, LMKANLayer)) or hasattr(m, "macs_per_sample"))
                and id(m) not in inner]
@@ -241,10 +199,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy for timing: ReLU-first branches folded into the tables, Linear/Conv + BN pairs fused."""
+    """An eval-mode copy for timing: foldable preconditioning branches folded into the tables, Linear/Conv + BN pairs
+    fused."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
-        if isinstance(module, LMKANLinear):
+        if isinstance(module, LMKANLinear) and module.foldable:
             module.fold()
     return _fuse_bn(model)
 
@@ -417,25 +376,27 @@ class ModelStore:
         torch.save({"model": model, "row": row}, self._path(label))
 
 
-def train_and_measure(label: str, build: Callable[[], nn.Module], next_batch: Callable[[int], Batch],
-                      loss_fn: LossFn, cfg: FitConfig, evaluate: Callable[[nn.Module], dict], example: torch.Tensor,
-                      args: argparse.Namespace, store: ModelStore) -> dict:
-    """Train one model (or reuse the stored one when retiming), then record its cost (params, FLOPs, CPU time
-    per sample with args.timing_threads threads) and evaluate(model)'s metrics."""
+def train_and_measure(label: str, build: Callable[[], nn.Module], train_data: object, cfg: TrainConfig,
+                      evaluate: Callable[[nn.Module], dict], example: torch.Tensor, args: argparse.Namespace,
+                      store: ModelStore) -> dict:
+    """Train one model with `train_lmkan` (or reuse the stored one when retiming), then record its cost (params,
+    FLOPs, CPU time per sample with args.timing_threads threads) and evaluate(model)'s metrics."""
     cached = store.load(label)
-    if cached is not None:
+    if cached is not None:  # re-evaluated, so metrics added since the model was trained are filled in
         model, row = cached
+        row.update(evaluate(model))
     else:
         seed_all(args.seed)
         model = build()
         start = time.perf_counter()
-        history = fit(model, next_batch, loss_fn, cfg)
+        result = train_lmkan(model, train_data, None, cfg)
+        model.eval()
         row = {
             "label": label,
             "params": count_parameters(model),
             "flops": model_flops(model, example),
             "train_seconds": round(time.perf_counter() - start, 1),
-            "final_train_loss": history[-1],
+            "final_train_loss": result.history[-1].terms["label"],
         }
         row.update(evaluate(model))
         store.save(label, model, row)

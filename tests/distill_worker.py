@@ -26,7 +26,7 @@ def tiny_problem(dtype: torch.dtype = torch.float32, n: int = 96) -> tuple[nn.Mo
         teacher[1].running_var.uniform_(0.5, 1.5)
     teacher.eval()
     student = copy.deepcopy(teacher)
-    student[3] = LMKANLinear(8, 8, num_grids=4, relu_branch=True, dtype=dtype)
+    student[3] = LMKANLinear(8, 8, num_grids=4, preconditioning="relu_first", dtype=dtype)
     return student, teacher, (x, y)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery import LMKANLinear
-from lmkan_surgery.distill import DistillConfig, TrainConfig, distill, train_lmkan
+from lmkan_surgery.distill import AugmentedTensors, DistillConfig, TrainConfig, distill, train_lmkan
 from lmkan_surgery.distill.config import WarmupCosine
 from lmkan_surgery.distill.losses import LayerMatcher, logits_kd
 from lmkan_surgery.errors import ConfigError, NonFiniteLossError
@@ -28,6 +28,10 @@ def test_hessian_lambda_schedule_follows_readme_recipe():
     assert held.hessian_lambda(3.0) == pytest.approx(0.2)
     assert held.hessian_lambda(100.0) == 1e-3
     assert TrainConfig(hessian_start=0.0).hessian_lambda(0) == 0.0
+    off = TrainConfig(hessian_decay_epochs=1.0, hessian_off_epoch=4.0)
+    assert off.hessian_lambda(3.99) == pytest.approx(10 ** -3.99) and off.hessian_lambda(4.0) == 0.0
+    with pytest.raises(ConfigError, match="hessian_off_epoch"):
+        TrainConfig(hessian_off_epoch=-1.0)
 
 
 def test_gamma_ramp_and_lr_schedule():
@@ -129,8 +133,8 @@ def test_train_lmkan_from_scratch_learns():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 4, generator=gen)
     y = (x[:, 0] * x[:, 1] > 0).long()
-    model = nn.Sequential(LMKANLinear(4, 8, 6, input_norm="batchnorm", relu_branch=True),
-                          LMKANLinear(8, 2, 6, input_norm="batchnorm", relu_branch=True))
+    model = nn.Sequential(LMKANLinear(4, 8, 6, input_norm="batchnorm", preconditioning="relu_first"),
+                          LMKANLinear(8, 2, 6, input_norm="batchnorm", preconditioning="relu_first"))
     cfg = TrainConfig(epochs=20, batch_size=32, lr=1e-2, hessian_decay_epochs=2.0, gamma_ramp_epochs=2.0,
                       progress=False)
     result = train_lmkan(model, (x, y), (x, y), cfg)
@@ -153,3 +157,22 @@ def test_nonfinite_loss_names_step_and_module_and_keeps_checkpoint(tmp_path):
     assert "checkpoint.pt" in str(info.value)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["step"] == 3 and torch.isfinite(saved["model"]["3.table"]).all()
+
+
+def test_augmented_tensors_augment_training_batches_only():
+    x = torch.arange(64, dtype=torch.float32).view(32, 2)
+    y = x.sum(1, keepdim=True)
+    seen_train, seen_val = [], []
+
+    def negate(batch):
+        seen_train.append(batch[0].clone())
+        return -batch[0], batch[1]
+
+    model = nn.Linear(2, 1)
+    model.register_forward_hook(lambda m, args, out: (seen_val if not m.training else []).append(args[0].clone()))
+    cfg = TrainConfig(epochs=1, batch_size=8, task="regression", hessian_start=0.0, gamma_target=None,
+                      progress=False)
+    train_lmkan(model, AugmentedTensors(x, y, augment=negate), (x, y), cfg)
+    assert len(seen_train) == 4  # every training batch went through augment, and each holds rows of x
+    assert sorted(torch.cat(seen_train)[:, 0].tolist()) == x[:, 0].tolist()
+    assert torch.equal(torch.cat(seen_val), x)  # validation batches are not augmented

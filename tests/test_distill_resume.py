@@ -57,8 +57,8 @@ def test_resumed_distill_matches_uninterrupted_run(tmp_path):
 def test_resume_restores_dropout_rng_in_train_lmkan(tmp_path):
     def build() -> nn.Module:
         torch.manual_seed(7)
-        return nn.Sequential(LMKANLinear(4, 8, 4, relu_branch=True), nn.Dropout(0.3),
-                             LMKANLinear(8, 2, 4, relu_branch=True))
+        return nn.Sequential(LMKANLinear(4, 8, 4, preconditioning="relu_first"), nn.Dropout(0.3),
+                             LMKANLinear(8, 2, 4, preconditioning="relu_first"))
 
     gen = torch.Generator().manual_seed(1)
     data = (torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen))

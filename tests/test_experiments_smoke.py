@@ -42,13 +42,52 @@ def test_student_sweeps(name, metric, isolated):
 
 def test_methane(isolated):
     pytest.importorskip("tblite")
-    results = _load("methane").main(["--smoke", "--out", str(isolated)])
+    pytest.importorskip("pyscf")
+    methane = _load("methane")
+    assert methane.dft_check_set(methane.CONFIGS["smoke"], 0) is None  # not labelled yet: the run goes on without
+    sys.path.insert(0, str(EXPERIMENTS / "methane"))
+    from dft_data import label_check_set
+
+    check = label_check_set(methane.CONFIGS["smoke"]["dft_check"], 0, progress=False)
+    assert len(check["energies_dft"]) == 3 and all(abs(check["energies_dft"] - check["energies_xtb"]) > 1.0)
+    results = methane.main(["--smoke", "--out", str(isolated)])
+    assert results["preconditioning"] == "relu_last" and results["dft_check"]["count"] == 3
     for representation in ("cartesian", "distances"):
         block = results["representations"][representation]
-        assert all(math.isfinite(r["relative_rmse"]) for r in block["mlp"] + block["lmkan"])
+        assert all(math.isfinite(r["relative_rmse"]) and math.isfinite(r["check_vs_dft"]["pearson"])
+                   for r in block["mlp"] + block["lmkan"])
         assert (isolated / f"pareto_{representation}.png").exists()
-    manifest = next((isolated.parent / "cache" / "methane").glob("*.json"))
-    assert json.loads(manifest.read_text())["method"] == "GFN2-xTB"
+    manifests = [json.loads(p.read_text()) for p in (isolated.parent / "cache" / "methane").glob("*.json")]
+    assert sorted(m["method"] for m in manifests) == ["B3LYP/def2-SVP (pyscf RKS) and GFN2-xTB (tblite)", "GFN2-xTB"]
+
+
+def test_tracking_ignores_a_constant_offset():
+    import torch
+
+    methane = _load("methane")
+    reference = torch.randn(100, dtype=torch.float64)
+    assert methane.tracking(reference - 37.5, reference) == pytest.approx({"relative_rmse": 0.0, "pearson": 1.0})
+    noisy = reference + 0.5 * torch.randn(100, dtype=torch.float64)
+    got = methane.tracking(noisy, reference)
+    assert got["relative_rmse"] == pytest.approx(float((noisy - reference).std(correction=0) / reference.std(correction=0)))
+
+
+def test_student_flops_count_only_unfoldable_branches():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        from common import lmkan_student, model_flops
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    import torch
+
+    lookups = 2 * (4 * 8 + 8 * 8 + 8 * 1)
+    example = torch.randn(3, 4)
+    first = lmkan_student(4, 8, 4, preconditioning="relu_first")
+    assert [m.preconditioning for m in first[::2]] == ["linear", "relu_first", "relu_first"]
+    assert model_flops(first, example) == lookups
+    last = lmkan_student(4, 8, 4, preconditioning="relu_last")
+    assert [m.preconditioning for m in last[::2]] == ["relu_last", "relu_last", "linear"]
+    assert model_flops(last, example) == lookups + 4 * 8 + 8 * 8
 
 
 def test_fastkan(isolated):

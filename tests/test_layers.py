@@ -33,19 +33,63 @@ def test_from_official_matches_batch_last_formula_and_round_trips():
 
 @pytest.mark.parametrize("g", [4, 8, 12])
 def test_relu_fold_is_exact_for_even_grids(g):
-    layer = LMKANLinear(7, 5, num_grids=g, relu_branch=True, dtype=torch.float64)
+    layer = LMKANLinear(7, 5, num_grids=g, preconditioning="relu_first", dtype=torch.float64)
     layer.gamma.fill_(0.37)
     x = torch.randn(40, 7, dtype=torch.float64) * 4
     x[0] = 200.0
     x[1] = -200.0
     before = layer(x)
     layer.fold()
-    assert layer.relu_branch is None
+    assert layer.branch is None
     assert rel_err(layer(x), before) < 1e-12
 
 
+def _branch_oracle(layer: LMKANLinear, x: torch.Tensor) -> torch.Tensor:
+    """gamma * pure lookup + the branch, each computed independently of the module's forward."""
+    lookup = lmkan_lookup(x, layer.table) + layer.bias
+    w, b = layer.branch.weight, layer.branch.bias
+    branch = {"linear": x @ w.t() + b, "relu_first": x.clamp_min(0) @ w.t() + b,
+              "relu_last": (x @ w.t() + b).clamp_min(0)}[layer.preconditioning]
+    return layer.gamma * (lookup - layer.bias) + layer.bias + branch
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu_first", "relu_last"])
+def test_preconditioning_branches_follow_the_paper_equations(kind):
+    layer = LMKANLinear(6, 4, num_grids=6, preconditioning=kind, dtype=torch.float64)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(30, 6, dtype=torch.float64) * 3
+    assert layer.gamma.item() == 0.0  # starts as the pure branch (an MLP layer)
+    layer.gamma.fill_(0.3)
+    assert rel_err(layer(x), _branch_oracle(layer, x)) < 1e-12
+    assert f"preconditioning={kind}" in repr(layer)
+
+
+@pytest.mark.parametrize("g", [5, 8])
+def test_linear_branch_folds_exactly_for_any_grid(g):
+    layer = LMKANLinear(5, 3, num_grids=g, preconditioning="linear", dtype=torch.float64)
+    layer.gamma.fill_(0.3)
+    x = torch.randn(50, 5, dtype=torch.float64) * 5
+    x[0] = 300.0
+    before = layer(x)
+    assert layer.foldable
+    layer.fold()
+    assert layer.branch is None and layer.preconditioning is None
+    assert rel_err(layer(x), before) < 1e-12
+
+
+def test_relu_last_branch_cannot_be_folded():
+    layer = LMKANLinear(4, 2, num_grids=8, preconditioning="relu_last")
+    assert not layer.foldable
+    with pytest.raises(ConfigError, match="relu_last"):
+        layer.fold()
+    assert layer.branch is not None  # untouched
+    with pytest.raises(ConfigError, match="preconditioning"):
+        LMKANLinear(4, 2, preconditioning="relu_middle")
+
+
 def test_relu_fold_refuses_odd_grids():
-    layer = LMKANLinear(4, 2, num_grids=7, relu_branch=True)
+    layer = LMKANLinear(4, 2, num_grids=7, preconditioning="relu_first")
     with pytest.raises(ConfigError, match="even"):
         layer.fold()
 
@@ -58,8 +102,8 @@ def test_batchnorm_option_normalises_over_features():
 
 
 def test_state_dict_round_trip_and_repr():
-    layer = LMKANLinear(5, 3, num_grids=6, input_norm="affine", relu_branch=True)
-    clone = LMKANLinear(5, 3, num_grids=6, input_norm="affine", relu_branch=True)
+    layer = LMKANLinear(5, 3, num_grids=6, input_norm="affine", preconditioning="relu_first")
+    clone = LMKANLinear(5, 3, num_grids=6, input_norm="affine", preconditioning="relu_first")
     clone.load_state_dict(layer.state_dict())
     x = torch.randn(4, 5)
     assert torch.equal(clone(x), layer(x))

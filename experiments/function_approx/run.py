@@ -17,20 +17,20 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (FitConfig, ModelStore, base_parser, cache_dir, lmkan_backend_name, matched_ratios,  # noqa: E402
-                    mode_of, output_dir, plot_pareto, student_sweep, train_and_measure, write_results)
+from common import (ModelStore, base_parser, cache_dir, lmkan_backend_name, matched_ratios, mode_of,  # noqa: E402
+                    output_dir, paper_schedule, plot_pareto, student_sweep, train_and_measure, write_results)
 
 IN_DIM = 32
 CONFIGS = {
     # teacher, labelled set, student widths, lmKAN grid, training (run times: docs/experiments.md)
     "smoke": dict(teacher_width=64, teacher_depth=3, n_train=2048, n_test=512, mlp_widths=[8, 16],
-                  lmkan_widths=[8], num_grids=4, steps=20, batch=256),
+                  lmkan_widths=[8], num_grids=4, epochs=2, batch=256),
     "quick": dict(teacher_width=1024, teacher_depth=10, n_train=500_000, n_test=10_000,
-                  mlp_widths=[16, 32, 64, 128, 256, 512], lmkan_widths=[16, 32, 64], num_grids=12, steps=2000,
+                  mlp_widths=[16, 32, 64, 128, 256, 512], lmkan_widths=[16, 32, 64], num_grids=12, epochs=10,
                   batch=512),
     "full": dict(teacher_width=1024, teacher_depth=10, n_train=2_000_000, n_test=50_000,
                  mlp_widths=[32, 64, 128, 256, 512, 1024], lmkan_widths=[16, 32, 64, 128, 256], num_grids=12,
-                 steps=30_000, batch=1024),
+                 epochs=15, batch=1024),
 }
 
 
@@ -83,11 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     y = (y - mean) / std  # students fit the standardised target; MSE is reported in the teacher's units
     x_train, y_train = x[:cfg["n_train"]], y[:cfg["n_train"]]
     x_test, y_test = x[cfg["n_train"]:], y[cfg["n_train"]:]
-    fit_cfg = FitConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=args.lr or 2e-3)
-
-    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(x_train), (fit_cfg.batch_size,))
-        return x_train[idx], y_train[idx]
+    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 2e-3, "regression", seed=args.seed)
 
     def evaluate(model: nn.Module) -> dict:
         with torch.no_grad():
@@ -98,8 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = ModelStore(out, args.retime)
 
     def run(label: str, build: Callable[[], nn.Module]) -> dict:
-        return train_and_measure(label, build, next_batch, nn.functional.mse_loss, fit_cfg, evaluate, x_test, args,
-                                 store)
+        return train_and_measure(label, build, (x_train, y_train), fit_cfg, evaluate, x_test, args, store)
 
     mlp, lmkan = student_sweep(run, IN_DIM, cfg["mlp_widths"], cfg["lmkan_widths"], cfg["num_grids"])
     results = {"experiment": "function_approx", "mode": mode, "config": cfg, "fit": fit_cfg, "seed": args.seed,

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (FitConfig, ModelStore, base_parser, classifier_task, fashion_mnist,  # noqa: E402
-                    lmkan_backend_name, matched_ratios, mode_of, output_dir, plot_pareto, train_and_measure,
+from common import (ModelStore, base_parser, classifier_task, fashion_mnist, lmkan_backend_name,  # noqa: E402
+                    matched_ratios, mode_of, output_dir, paper_schedule, plot_pareto, train_and_measure,
                     write_results)
 
 from lmkan_surgery import LMKANConv2d, LMKANLinear  # noqa: E402
@@ -20,7 +20,7 @@ from lmkan_surgery import LMKANConv2d, LMKANLinear  # noqa: E402
 N_CONVS = 5
 CONFIGS = {
     "smoke": dict(n_train=512, widths=[8], lmkan_widths=[8], num_grids=4, epochs=1, batch=128, synthetic=True),
-    "quick": dict(n_train=10_000, widths=[8, 16, 32], lmkan_widths=[8, 16], num_grids=8, epochs=3, batch=128,
+    "quick": dict(n_train=None, widths=[8, 16, 32], lmkan_widths=[8, 16, 32], num_grids=8, epochs=5, batch=128,
                   synthetic=False),
     "full": dict(n_train=None, widths=[8, 16, 32, 64], lmkan_widths=[8, 16, 32, 64], num_grids=8, epochs=60,
                  batch=128, synthetic=False),
@@ -54,31 +54,22 @@ def lmkan_cnn(width: int, num_grids: int, in_channels: int = 1) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
-def synthetic_images(n: int, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Random 32x32 images with random labels: the smoke config needs no data set."""
-    gen = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(2 * n, 1, 32, 32, generator=gen), torch.randint(0, 10, (2 * n,), generator=gen)
-    return (x[:n], y[:n]), (x[n:], y[n:])
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Train both CNN families over the widths; write results.json and pareto.png."""
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
     mode = mode_of(args)
     cfg = CONFIGS[mode]
     torch.set_num_threads(args.threads)
-    train, test = (synthetic_images(cfg["n_train"], args.seed) if cfg["synthetic"]
-                   else fashion_mnist(cfg["n_train"], flatten=False, pad_to=32))
-    next_batch, evaluate = classifier_task(train, test, cfg["batch"], hflip=True)
-    steps = cfg["epochs"] * len(train[0]) // cfg["batch"]
-    fit_cfg = FitConfig(steps=steps, batch_size=cfg["batch"], lr=args.lr or 3e-3, weight_decay=1e-4)
+    train, test = fashion_mnist(cfg["n_train"], flatten=False, pad_to=32, synthetic=cfg["synthetic"], seed=args.seed)
+    train_data, evaluate = classifier_task(train, test, hflip=True)
+    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 3e-3, "classification", weight_decay=1e-4,
+                             seed=args.seed)
 
     out = output_dir(args, "lmkan_cnn")
     store = ModelStore(out, args.retime)
 
     def run(label: str, build: Callable[[], nn.Module]) -> dict:
-        return train_and_measure(label, build, next_batch, nn.functional.cross_entropy, fit_cfg, evaluate,
-                                 test[0][:1024], args, store)
+        return train_and_measure(label, build, train_data, fit_cfg, evaluate, test[0][:1024], args, store)
 
     mlp = [dict(run(f"MLP-CNN W={w}", lambda: mlp_cnn(w)), width=w) for w in cfg["widths"]]
     lmkan = [dict(run(f"lmKAN-CNN W={w} G={cfg['num_grids']}", lambda: lmkan_cnn(w, cfg["num_grids"])), width=w)

@@ -62,6 +62,16 @@ def _label_chunk(positions: np.ndarray) -> np.ndarray:
     return energies
 
 
+def label_xtb(positions: np.ndarray, workers: int = 1) -> np.ndarray:
+    """GFN2-xTB energies (Hartree) of positions [N, 5, 3] in Angstrom, over `workers` processes; NaN where the SCF
+    fails."""
+    chunks = np.array_split(positions, max(1, workers * 8))
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            return np.concatenate(pool.map(_label_chunk, chunks))
+    return np.concatenate([_label_chunk(c) for c in chunks])
+
+
 def load_or_generate(count: int, seed: int, cache: Path, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Positions [N, 5, 3] (Angstrom) and energies [N] (Hartree) of `count` labelled configurations (cached).
 
@@ -73,12 +83,7 @@ def load_or_generate(count: int, seed: int, cache: Path, workers: int = 1) -> tu
         return data["positions"], data["energies"]
     start = time.perf_counter()
     positions = random_configurations(count, seed)
-    chunks = np.array_split(positions, max(1, workers * 8))
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            energies = np.concatenate(pool.map(_label_chunk, chunks))
-    else:
-        energies = np.concatenate([_label_chunk(c) for c in chunks])
+    energies = label_xtb(positions, workers)
     ok = np.isfinite(energies)
     positions, energies = positions[ok].astype(np.float32), energies[ok]
     np.savez_compressed(path, positions=positions, energies=energies)

@@ -21,19 +21,22 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (FitConfig, ModelStore, base_parser, cache_dir, lmkan_backend_name, matched_ratios,  # noqa: E402
-                    mode_of, output_dir, plot_pareto, student_sweep, train_and_measure, write_results)
+from common import (ModelStore, base_parser, cache_dir, lmkan_backend_name, matched_ratios, mode_of,  # noqa: E402
+                    output_dir, paper_schedule, plot_pareto, student_sweep, train_and_measure, write_results)
+
+from lmkan_surgery.distill import AugmentedTensors  # noqa: E402
 from ch4_data import load_or_generate  # noqa: E402
+from dft_data import BASIS, FUNCTIONAL, load_check_set  # noqa: E402
 
 H_PAIRS = [(i, j) for i in range(4) for j in range(i + 1, 4)]
 REPRESENTATIONS = {"cartesian": 12, "distances": 10, "inverse_distances": 10}
 CONFIGS = {
-    "smoke": dict(count=600, n_test=100, mlp_widths=[8, 16], lmkan_widths=[8], num_grids=4, steps=20, batch=64,
-                  workers=1),
-    "quick": dict(count=100_000, n_test=10_000, mlp_widths=[16, 64, 256, 1024], lmkan_widths=[8, 16, 32], num_grids=16,
-                  steps=2000, batch=512, workers=1),
+    "smoke": dict(count=600, n_test=100, mlp_widths=[8, 16], lmkan_widths=[8], num_grids=4, epochs=3, batch=64,
+                  workers=1, dft_check=3),
+    "quick": dict(count=100_000, n_test=10_000, mlp_widths=[16, 64, 256, 1024], lmkan_widths=[8, 16, 32], num_grids=28,
+                  epochs=11, batch=512, workers=1, dft_check=1500),
     "full": dict(count=1_000_000, n_test=50_000, mlp_widths=[16, 32, 64, 128, 256, 512, 1024],
-                 lmkan_widths=[8, 16, 32, 64, 128], num_grids=28, steps=100_000, batch=1024, workers=2),
+                 lmkan_widths=[8, 16, 32, 64, 128], num_grids=28, epochs=100, batch=1024, workers=2, dft_check=1500),
 }
 PAPER = {"cartesian": {"flops_reduction": 78.0, "h100_walltime_gain": 12.9},
          "distances": {"flops_reduction": 1021.5, "h100_walltime_gain": 71.6},
@@ -66,9 +69,19 @@ def features(vectors: torch.Tensor, representation: str) -> torch.Tensor:
     return 1.0 / distances if representation == "inverse_distances" else distances
 
 
+def tracking(prediction: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How well energies track a reference up to a constant offset (two levels of theory differ by one): RMSE of
+    the offset-removed difference / std of the reference, and the Pearson correlation."""
+    prediction, reference = prediction.double().flatten(), reference.double().flatten()
+    diff = prediction - reference
+    pearson = torch.corrcoef(torch.stack([prediction, reference]))[0, 1]
+    return {"relative_rmse": float(diff.std(correction=0) / reference.std(correction=0)), "pearson": float(pearson)}
+
+
 def run_representation(representation: str, vectors: torch.Tensor, energies: torch.Tensor, cfg: dict,
-                       args: argparse.Namespace, store: ModelStore) -> dict:
-    """Train both families on one representation; returns its results block."""
+                       args: argparse.Namespace, store: ModelStore, check: dict[str, torch.Tensor] | None) -> dict:
+    """Train both families on one representation; returns its results block. With a DFT check set, every model is
+    also scored against its GFN2-xTB and its DFT energies."""
     n_train = len(vectors) - cfg["n_test"]
     train_v, test_v = vectors[:n_train], vectors[n_train:]
     mean, std = energies[:n_train].mean(), energies[:n_train].std()
@@ -79,32 +92,56 @@ def run_representation(representation: str, vectors: torch.Tensor, energies: tor
     reference = features(augment(train_v, rotate, gen), representation)
     f_mean, f_std = reference.mean(0), reference.std(0)
     x_test = (features(test_v, representation) - f_mean) / f_std
-    fit_cfg = FitConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=args.lr or 1e-3)
+    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 1e-3, "regression", seed=args.seed)
 
-    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, n_train, (fit_cfg.batch_size,))
-        x = (features(augment(train_v[idx], rotate), representation) - f_mean) / f_std
-        return x, train_y[idx]
+    def featurize(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        vectors, y = batch
+        return (features(augment(vectors, rotate), representation) - f_mean) / f_std, y
+
+    train_data = AugmentedTensors(train_v, train_y, augment=featurize)
 
     def evaluate(model: nn.Module) -> dict:
         with torch.no_grad():
             rel_mse = float(nn.functional.mse_loss(model.eval()(x_test), test_y))
-        return {"relative_rmse": rel_mse ** 0.5, "rmse_hartree": rel_mse ** 0.5 * float(std)}
+            row = {"relative_rmse": rel_mse ** 0.5, "rmse_hartree": rel_mse ** 0.5 * float(std)}
+            if check is not None:
+                x_check = (features(check["vectors"], representation) - f_mean) / f_std
+                energy = model(x_check) * std + mean
+                row["check_vs_xtb"] = tracking(energy, check["xtb"])
+                row["check_vs_dft"] = tracking(energy, check["dft"])
+        return row
 
     def run(label: str, build: Callable[[], nn.Module]) -> dict:
-        return train_and_measure(f"{representation}: {label}", build, next_batch, nn.functional.mse_loss,
-                                 fit_cfg, evaluate, x_test, args, store)
+        return train_and_measure(f"{representation}: {label}", build, train_data, fit_cfg, evaluate, x_test, args,
+                                 store)
 
     dim = REPRESENTATIONS[representation]
-    mlp, lmkan = student_sweep(run, dim, cfg["mlp_widths"], cfg["lmkan_widths"], cfg["num_grids"])
+    mlp, lmkan = student_sweep(run, dim, cfg["mlp_widths"], cfg["lmkan_widths"], cfg["num_grids"],
+                               preconditioning=args.preconditioning)
     return {"n_features": dim, "target_std_hartree": float(std), "fit": fit_cfg, "mlp": mlp, "lmkan": lmkan,
             "matched": matched_ratios(mlp, lmkan, "relative_rmse"), "paper": PAPER[representation]}
+
+
+def dft_check_set(cfg: dict, seed: int) -> dict[str, torch.Tensor] | None:
+    """The cached DFT check set (C->H vectors, xTB and DFT energies), or None with a note on how to make it."""
+    if not cfg["dft_check"]:
+        return None
+    data = load_check_set(cfg["dft_check"], seed)
+    if data is None:
+        print(f"no DFT check set cached: `python experiments/methane/dft_data.py --count {cfg['dft_check']} "
+              f"--seed {seed}` makes one (pyscf, ~2 s per configuration); continuing without it", flush=True)
+        return None
+    positions = torch.from_numpy(data["positions"])
+    return {"vectors": positions[:, 1:] - positions[:, :1], "xtb": torch.from_numpy(data["energies_xtb"]),
+            "dft": torch.from_numpy(data["energies_dft"])}
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Label (or load) the configurations, run both representations, write results.json and the Pareto plots."""
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--representations", nargs="+", default=list(REPRESENTATIONS), choices=list(REPRESENTATIONS))
+    parser.add_argument("--preconditioning", choices=["relu_last", "relu_first"], default="relu_last",
+                        help="the paper used ReLU-last for every methane model (default)")
     args = parser.parse_args(argv)
     mode = mode_of(args)
     cfg = CONFIGS[mode]
@@ -114,10 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     energies_t = torch.from_numpy(energies).float().unsqueeze(1)
     out = output_dir(args, "methane")
     store = ModelStore(out, args.retime)
+    check = dft_check_set(cfg, args.seed)
     results = {"experiment": "methane", "mode": mode, "config": cfg, "seed": args.seed, "count": len(vectors),
-               "lmkan_backend": lmkan_backend_name(), "representations": {}}
+               "preconditioning": args.preconditioning, "lmkan_backend": lmkan_backend_name(), "representations": {}}
+    if check is not None:
+        results["dft_check"] = {"method": f"{FUNCTIONAL}/{BASIS}", "count": len(check["dft"]),
+                                "xtb_vs_dft": tracking(check["xtb"], check["dft"])}
     for representation in args.representations:
-        block = run_representation(representation, vectors, energies_t, cfg, args, store)
+        block = run_representation(representation, vectors, energies_t, cfg, args, store, check)
         results["representations"][representation] = block
         plot_pareto({"MLP": block["mlp"], "lmKAN": block["lmkan"]}, "relative_rmse", "test RMSE / std",
                     out / f"pareto_{representation}.png", f"CH4 GFN2-xTB, {representation} ({mode})")

@@ -2,5 +2,7 @@
 
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig
 from .engine import distill, evaluate, train_lmkan
+from .runtime import AugmentedTensors
 
-__all__ = ["DistillConfig", "DistillResult", "EpochRecord", "TrainConfig", "distill", "evaluate", "train_lmkan"]
+__all__ = ["AugmentedTensors", "DistillConfig", "DistillResult", "EpochRecord", "TrainConfig", "distill", "evaluate",
+           "train_lmkan"]

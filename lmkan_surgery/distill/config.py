@@ -16,7 +16,8 @@ class TrainConfig:
     """Training recipe shared by `train_lmkan` and `distill`; defaults follow the paper README's simple schedule.
 
     Lambda (Hessian weight) = hessian_start * 10^(-max(0, epoch - hessian_hold_epochs) / hessian_decay_epochs),
-    held at hessian_floor once it gets there. Gamma (ReLU-first branch layers) is 0 until gamma_start_epoch, then
+    held at hessian_floor once it gets there, and 0 from hessian_off_epoch on when that is set (the paper README's
+    second half; the penalty is then not computed at all). Gamma (preconditioned layers) is 0 until gamma_start_epoch, then
     rises linearly to gamma_target over gamma_ramp_epochs. The LR warms up linearly over `warmup` (a fraction of all
     steps), stays constant until `cosine_start` (a fraction) and then follows a cosine to lr * min_lr_ratio.
     Epoch-valued settings are continuous: a step counts as 1 / steps_per_epoch of an epoch.
@@ -35,6 +36,7 @@ class TrainConfig:
     hessian_decay_epochs: float = 30.0
     hessian_hold_epochs: float = 0.0
     hessian_floor: float = 0.0
+    hessian_off_epoch: float | None = None
     gamma_target: float | None = 0.3
     gamma_start_epoch: float = 0.0
     gamma_ramp_epochs: float = 1.0
@@ -60,6 +62,7 @@ class TrainConfig:
             (self.task in TASKS, f"task must be one of {TASKS}"),
             (self.hessian_start >= 0 and self.hessian_floor >= 0, "hessian_start and hessian_floor must be >= 0"),
             (self.hessian_decay_epochs > 0, "hessian_decay_epochs (epochs per factor 10) must be positive"),
+            (self.hessian_off_epoch is None or self.hessian_off_epoch >= 0, "hessian_off_epoch must be >= 0 or None"),
             (self.gamma_ramp_epochs >= 0 and self.gamma_start_epoch >= 0, "gamma epochs must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: only at the end)"),
             (not self.resume or self.checkpoint_dir, "resume=True needs checkpoint_dir"),
@@ -70,13 +73,13 @@ class TrainConfig:
 
     def hessian_lambda(self, epoch: float) -> float:
         """Hessian-regularizer weight at a (fractional) epoch: geometric decay, then held at the floor."""
-        if self.hessian_start == 0:
+        if self.hessian_start == 0 or (self.hessian_off_epoch is not None and epoch >= self.hessian_off_epoch):
             return 0.0
         decades = max(0.0, epoch - self.hessian_hold_epochs) / self.hessian_decay_epochs
         return max(self.hessian_floor, self.hessian_start * 10.0 ** (-decades))
 
     def gamma(self, epoch: float) -> float | None:
-        """Weight of the lmKAN part of ReLU-first layers at a (fractional) epoch; None leaves gamma untouched."""
+        """Weight of the lmKAN part of preconditioned layers at a (fractional) epoch; None leaves gamma untouched."""
         if self.gamma_target is None:
             return None
         if self.gamma_ramp_epochs == 0:

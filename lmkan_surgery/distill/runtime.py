@@ -6,7 +6,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -90,7 +90,21 @@ class ShardedBatches:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
         for k in range(start_step, self.steps_per_epoch):
             chunk = order[k * self.global_batch:(k + 1) * self.global_batch]
-            yield fetch(self.dataset, chunk[self.env.rank::self.env.world_size])
+            batch = fetch(self.dataset, chunk[self.env.rank::self.env.world_size])
+            yield self.dataset.augment(batch) if isinstance(self.dataset, AugmentedTensors) else batch
+
+
+class AugmentedTensors(TensorDataset):
+    """Equally long tensors plus a batch-level augmentation: training batches pass through augment(batch) (e.g.
+    random rotations, flips, permutations), drawn from torch's global RNG, which checkpoints save and resume.
+
+    Evaluation batches are not augmented. augment takes and returns a tuple of tensors with the batch first.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, augment: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
+                 ) -> None:
+        super().__init__(*tensors)
+        self.augment = augment
 
 
 def fetch(dataset: Dataset, indices: torch.Tensor) -> Any:

@@ -8,31 +8,38 @@ from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from .base import LMKANLayer
-from .tables import exact_linear_table, random_table, relu_table, table_shape
+from .tables import branch_table, exact_linear_table, random_table, table_shape
+
+PRECONDITIONING = ("linear", "relu_first", "relu_last")
 
 
 class LMKANLinear(LMKANLayer):
     """y = sum_p f_{o,p}(u[2p], u[2p+1]) + bias with u the (optionally normalised) input; (*, in) -> (*, out).
 
-    An odd in_features gets a constant-zero partner for its last feature. With ``relu_branch=True`` the paper's
-    ReLU-first preconditioning is added: y = gamma * lmKAN(u) + Linear(ReLU(u)); ``fold()`` merges it exactly into
-    the table when G is even.
+    An odd in_features gets a constant-zero partner for its last feature. ``preconditioning`` adds the paper's
+    linear branch, y = gamma * lmKAN(u) + branch(u), with gamma (a buffer, 0 at init) ramped up by the training
+    schedule: "relu_first" Linear(ReLU(u)), "relu_last" ReLU(Linear(u)), "linear" Linear(u) (the paper's
+    ReLU-first first layer and ReLU-last last layer). ``fold()`` merges "linear" and, for even G, "relu_first"
+    exactly into the table; "relu_last" cannot be folded and keeps costing one Linear at inference.
     """
 
     def __init__(self, in_features: int, out_features: int, num_grids: int = 8, bias: bool = True,
-                 input_norm: str = "none", relu_branch: bool = False, init_scale: float = 0.1,
+                 input_norm: str = "none", preconditioning: str | None = None, init_scale: float = 0.1,
                  device=None, dtype=None) -> None:
         factory = {"device": device, "dtype": dtype}
         super().__init__(num_grids, input_norm, in_features, nn.BatchNorm1d, factory)
         if in_features < 1 or out_features < 1:
             raise ShapeError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
+        if preconditioning is not None and preconditioning not in PRECONDITIONING:
+            raise ConfigError(f"preconditioning must be None or one of {PRECONDITIONING}, got {preconditioning!r}")
         self.in_features = in_features
         self.out_features = out_features
+        self.preconditioning = preconditioning
         shape = table_shape(in_features, out_features, self.num_grids)
         self.table = nn.Parameter(random_table(shape, in_features, init_scale, **factory))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
-        self.relu_branch = nn.Linear(in_features, out_features, bias=True, **factory) if relu_branch else None
-        if relu_branch:
+        self.branch = nn.Linear(in_features, out_features, bias=True, **factory) if preconditioning else None
+        if preconditioning:
             self.register_buffer("gamma", torch.zeros((), **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,9 +50,22 @@ class LMKANLinear(LMKANLayer):
             )
         u = self._normalize(x, x.dim() - 1)
         y = self._lookup(u, self.table)
-        if self.relu_branch is not None:
-            y = self.gamma * y + self.relu_branch(torch.relu(u))
+        if self.branch is not None:
+            y = self.gamma * y + self._branch(u)
         return y + self.bias if self.bias is not None else y
+
+    def _branch(self, u: torch.Tensor) -> torch.Tensor:
+        if self.preconditioning == "relu_first":
+            return self.branch(torch.relu(u))
+        if self.preconditioning == "relu_last":
+            return torch.relu(self.branch(u))
+        return self.branch(u)
+
+    @property
+    def foldable(self) -> bool:
+        """Whether fold() can merge the preconditioning branch exactly into the table (always true without one)."""
+        return self.preconditioning in (None, "linear") or (self.preconditioning == "relu_first"
+                                                           and self.num_grids % 2 == 0)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_grids: int = 8, input_mean: torch.Tensor | None = None,
@@ -78,26 +98,33 @@ class LMKANLinear(LMKANLayer):
 
     def official_parameter(self) -> torch.Tensor:
         """The table in the official [G+1, G+1, out, in/2] layout (a copy)."""
-        if self.in_features % 2 or self.input_norm != "none" or self.relu_branch is not None:
-            raise ConfigError("only an even-width layer without normalisation or ReLU branch has an official form")
+        if self.in_features % 2 or self.input_norm != "none" or self.branch is not None:
+            raise ConfigError("only an even-width layer without normalisation or preconditioning branch has an "
+                              "official form")
         return self.table.detach().permute(1, 2, 3, 0).contiguous()
 
     @torch.no_grad()
     def fold(self) -> "LMKANLinear":
-        """Merge the ReLU-first branch into the table (exact for even G) so inference is one lookup."""
-        if self.relu_branch is None:
+        """Merge a "linear" or "relu_first" branch into the table (exact; ReLU-first needs even G) so that
+        inference is one lookup."""
+        if self.branch is None:
             return self
-        if self.num_grids % 2:
-            raise ConfigError(f"fold() is exact only for even num_grids (0 must be a node), got {self.num_grids}")
+        if self.preconditioning == "relu_last":
+            raise ConfigError("a relu_last branch, ReLU(Linear(u)), is not a sum of pairwise functions and cannot "
+                              "be folded; keep it (inference then costs one extra Linear)")
+        if not self.foldable:
+            raise ConfigError(f"fold() of a relu_first branch is exact only for even num_grids (0 must be a node), "
+                              f"got {self.num_grids}")
         folded = self.gamma.to(torch.float64) * self.table.to(torch.float64)
-        folded = folded + relu_table(self.relu_branch.weight, self.num_grids)
+        folded = folded + branch_table(self.branch.weight, self.num_grids, self.preconditioning == "relu_first")
         self.table.copy_(folded.to(self.table.dtype))
-        branch_bias = self.relu_branch.bias.detach()
+        branch_bias = self.branch.bias.detach()
         if self.bias is None:
             self.bias = nn.Parameter(branch_bias.clone())
         else:
             self.bias.add_(branch_bias)
-        self.relu_branch = None
+        self.branch = None
+        self.preconditioning = None
         del self.gamma
         return self
 
@@ -106,4 +133,6 @@ class LMKANLinear(LMKANLayer):
                  f"num_grids={self.num_grids}", f"bias={self.bias is not None}"]
         if self.input_norm != "none":
             parts.append(f"input_norm={self.input_norm}")
+        if self.preconditioning:
+            parts.append(f"preconditioning={self.preconditioning}")
         return ", ".join(parts)
