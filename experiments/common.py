@@ -49,10 +49,20 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--timing-threads", type=int, default=2, help="torch threads for inference timing")
     parser.add_argument("--lr", type=float, default=None, help="override the experiment's learning rate")
+    parser.add_argument("--hessian-floor", type=_fraction, default=0.0,
+                        help="hold the Hessian weight at this value after its decay instead of switching it off")
     parser.add_argument("--retime", action="store_true",
                         help="reuse the models a previous run of the same config stored under <out>/models (only "
                              "re-measuring their time); train only the missing ones")
     return parser
+
+
+def _fraction(text: str) -> float:
+    """A float in [0, 1) (argparse type)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def mode_of(args: argparse.Namespace) -> str:
@@ -63,16 +73,21 @@ def mode_of(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- training
 
 
-def paper_schedule(epochs: int, batch_size: int, lr: float, task: str, weight_decay: float = 0.0,
-                   seed: int = 0) -> TrainConfig:
+def paper_schedule(args: argparse.Namespace, epochs: int, batch_size: int, default_lr: float, task: str,
+                   weight_decay: float = 0.0) -> TrainConfig:
     """The paper README's recipe compressed to `epochs`, for `train_lmkan`: Hessian lambda decays log-linearly from 1
-    by 8 decades over the first half, then 0; LR constant, then a cosine to 0 over the second half; gamma of the
-    preconditioned layers ramps 0 -> 0.3 between 5% and 20% of the run. MLPs get the same LR schedule."""
+    by 8 decades over the first half, then 0 (or, with --hessian-floor, is held at that floor from there on, the
+    paper's remedy for overfitting a fixed data set); LR (--lr or default_lr) constant, then a cosine to 0 over the
+    second half; gamma of the preconditioned layers ramps 0 -> 0.3 between 5% and 20% of the run. MLPs get the
+    same LR schedule."""
     half = epochs / 2
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, task=task,
-                       warmup=0.0, cosine_start=0.5, hessian_start=1.0, hessian_decay_epochs=half / 8,
-                       hessian_off_epoch=half, gamma_target=0.3, gamma_start_epoch=0.05 * epochs,
-                       gamma_ramp_epochs=0.15 * epochs, seed=seed, device="cpu", progress=sys.stderr.isatty())
+    floor = args.hessian_floor
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=args.lr or default_lr, weight_decay=weight_decay,
+                       task=task, warmup=0.0, cosine_start=0.5, hessian_start=1.0,
+                       hessian_decay_epochs=half / math.log10(1.0 / floor) if floor else half / 8,
+                       hessian_floor=floor, hessian_off_epoch=None if floor else half, gamma_target=0.3,
+                       gamma_start_epoch=0.05 * epochs, gamma_ramp_epochs=0.15 * epochs, seed=args.seed,
+                       device="cpu", progress=sys.stderr.isatty())
 
 
 @torch.no_grad()

@@ -37,6 +37,22 @@ def matched_table(matched: list[dict], error_key: str) -> str:
     return "\n".join(lines)
 
 
+def dft_check_table(results: dict) -> str:
+    """Per methane model: how its energies track the GFN2-xTB labels and the DFT labels of the check set (offset
+    removed; RMSE / std of the reference), next to how GFN2-xTB itself tracks DFT."""
+    check = results["dft_check"]
+    base = check["xtb_vs_dft"]
+    lines = [f"DFT check set: {check['count']} configurations, {check['method']}; GFN2-xTB itself vs DFT: relative "
+             f"RMSE {base['relative_rmse']:.3f}, Pearson r {base['pearson']:.4f}.", "",
+             "| model | rel. RMSE vs xTB | rel. RMSE vs DFT | Pearson r vs DFT |", "|---|---|---|---|"]
+    for block in results["representations"].values():
+        for r in block["mlp"] + block["lmkan"]:
+            if "check_vs_dft" in r:
+                lines.append(f"| {r['label']} | {r['check_vs_xtb']['relative_rmse']:.3f} | "
+                             f"{r['check_vs_dft']['relative_rmse']:.3f} | {r['check_vs_dft']['pearson']:.4f} |")
+    return "\n".join(lines)
+
+
 def summarize(path: Path) -> str:
     """Markdown for one results.json."""
     results = json.loads(path.read_text())
@@ -47,6 +63,8 @@ def summarize(path: Path) -> str:
         for rep, block in results["representations"].items():
             parts += [f"#### {rep}", model_table(block["mlp"] + block["lmkan"], key),
                       matched_table(block["matched"], key)]
+        if "dft_check" in results:
+            parts.append(dft_check_table(results))
     elif name == "fastkan":
         rows = [dict(r, label=f"{r['label']} ({r['params_per_function']} p/f)")
                 for series in results["series"].values() for r in series]

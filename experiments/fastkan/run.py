@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     train, test = fashion_mnist(cfg["n_train"], flatten=True, synthetic=cfg["synthetic"], seed=args.seed)
     train_data, evaluate = classifier_task(train, test)
-    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 1e-3, "classification", weight_decay=1e-4,
-                             seed=args.seed)
+    fit_cfg = paper_schedule(args, cfg["epochs"], cfg["batch"], 1e-3, "classification", weight_decay=1e-4)
     h = cfg["hidden"]
 
     out = output_dir(args, "fastkan")

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     y = (y - mean) / std  # students fit the standardised target; MSE is reported in the teacher's units
     x_train, y_train = x[:cfg["n_train"]], y[:cfg["n_train"]]
     x_test, y_test = x[cfg["n_train"]:], y[cfg["n_train"]:]
-    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 2e-3, "regression", seed=args.seed)
+    fit_cfg = paper_schedule(args, cfg["epochs"], cfg["batch"], 2e-3, "regression")
 
     def evaluate(model: nn.Module) -> dict:
         with torch.no_grad():

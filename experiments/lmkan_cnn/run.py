@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     train, test = fashion_mnist(cfg["n_train"], flatten=False, pad_to=32, synthetic=cfg["synthetic"], seed=args.seed)
     train_data, evaluate = classifier_task(train, test, hflip=True)
-    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 3e-3, "classification", weight_decay=1e-4,
-                             seed=args.seed)
+    fit_cfg = paper_schedule(args, cfg["epochs"], cfg["batch"], 3e-3, "classification", weight_decay=1e-4)
 
     out = output_dir(args, "lmkan_cnn")
     store = ModelStore(out, args.retime)

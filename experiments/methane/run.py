@@ -92,7 +92,7 @@ def run_representation(representation: str, vectors: torch.Tensor, energies: tor
     reference = features(augment(train_v, rotate, gen), representation)
     f_mean, f_std = reference.mean(0), reference.std(0)
     x_test = (features(test_v, representation) - f_mean) / f_std
-    fit_cfg = paper_schedule(cfg["epochs"], cfg["batch"], args.lr or 1e-3, "regression", seed=args.seed)
+    fit_cfg = paper_schedule(args, cfg["epochs"], cfg["batch"], 1e-3, "regression")
 
     def featurize(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         vectors, y = batch
