@@ -194,7 +194,7 @@ def model_flops(model: nn.Module, example: torch.Tensor) -> int:
 
     # foldable preconditioning branches are merged into the tables at inference: they cost nothing (a ReLU-last
     # branch stays and is counted as the Linear it is)
-    inner = {id(m.branch) for m in model.modules() if isinstance(m, LMKANLinear) and m.branch is not None
+    inner = {id(m.branch) for m in model.modules() if isinstance(m, LMKANLayer) and m.branch is not None
              and m.foldable}
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if (isinstance(m, (nn.Linear, nn.Conv2d, LMKANLayer)) or hasattr(m, "macs_per_sample"))
@@ -218,7 +218,7 @@ def inference_copy(model: nn.Module) -> nn.Module:
     fused."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
-        if isinstance(module, LMKANLinear) and module.foldable:
+        if isinstance(module, LMKANLayer) and module.foldable:
             module.fold()
     return _fuse_bn(model)
 

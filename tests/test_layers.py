@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmkan_surgery import (ConfigError, DTypeError, GridSizeError, LMKANConv2d, LMKANLinear, ShapeError,
@@ -86,6 +87,29 @@ def test_relu_last_branch_cannot_be_folded():
     assert layer.branch is not None  # untouched
     with pytest.raises(ConfigError, match="preconditioning"):
         LMKANLinear(4, 2, preconditioning="relu_middle")
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu_first", "relu_last"])
+def test_conv_preconditioning_matches_lookup_plus_a_plain_conv(kind):
+    args = dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2, num_grids=6,
+                dtype=torch.float64)
+    layer = LMKANConv2d(**args, preconditioning=kind)
+    plain = LMKANConv2d(**args)
+    with torch.no_grad():
+        plain.table.copy_(layer.table)
+        plain.bias.copy_(layer.bias.normal_())
+    layer.gamma.fill_(0.3)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64) * 3
+    w, b = layer.branch.weight, layer.branch.bias
+    conv = dict(stride=2, padding=1, groups=2)
+    branch = {"linear": F.conv2d(x, w, b, **conv), "relu_first": F.conv2d(x.clamp_min(0), w, b, **conv),
+              "relu_last": F.conv2d(x, w, b, **conv).clamp_min(0)}[kind]
+    bias = layer.bias.view(1, -1, 1, 1)
+    assert rel_err(layer(x), 0.3 * (plain(x) - bias) + bias + branch) < 1e-12
+    if kind != "relu_last":
+        before = layer(x * 50)
+        layer.fold()
+        assert layer.branch is None and rel_err(layer(x * 50), before) < 1e-12
 
 
 def test_relu_fold_refuses_odd_grids():

@@ -38,19 +38,19 @@ def mlp_cnn(width: int, in_channels: int = 1) -> nn.Sequential:
 
 
 def lmkan_cnn(width: int, num_grids: int, in_channels: int = 1) -> nn.Sequential:
-    """The same backbone with every layer an lmKAN layer behind BN(affine=False), no activations.
-
-    Each lmKAN layer starts as the exact lmKAN form of a default-initialised Conv2d/Linear (a linear network), which
-    trains far better here than the small random tables; the splines then bend away from linear during training.
-    """
+    """The same backbone with every layer an lmKAN layer behind BN(affine=False), no activations, ReLU-first
+    preconditioned as in the paper: a linear branch on the first layer, Conv/Linear(ReLU(u)) on the others, so the
+    network starts as a ReLU CNN (gamma = 0) and the branches fold into the tables at inference."""
     layers: list[nn.Module] = []
     for i in range(N_CONVS):
         c_in = in_channels if i == 0 else width
         layers += [nn.BatchNorm2d(c_in, affine=False),
-                   LMKANConv2d.from_conv(nn.Conv2d(c_in, width, 2, stride=2), num_grids)]
+                   LMKANConv2d(c_in, width, 2, stride=2, num_grids=num_grids,
+                               preconditioning="linear" if i == 0 else "relu_first")]
     layers.append(nn.Flatten())
     for c_out in (width, 10):
-        layers += [nn.BatchNorm1d(width, affine=False), LMKANLinear.from_linear(nn.Linear(width, c_out), num_grids)]
+        layers += [nn.BatchNorm1d(width, affine=False),
+                   LMKANLinear(width, c_out, num_grids, preconditioning="relu_first")]
     return nn.Sequential(*layers)
 
 

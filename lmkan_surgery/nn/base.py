@@ -10,14 +10,22 @@ from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
 from .hessian import hessian_penalty
+from .tables import branch_table
 
 INPUT_NORMS = ("none", "affine", "batchnorm")
+PRECONDITIONING = ("linear", "relu_first", "relu_last")
 
 
 class LMKANLayer(nn.Module):
-    """Base of LMKANLinear and LMKANConv2d; `table` holds [*, P, G+1, G+1, N_out] in the canonical layout."""
+    """Base of LMKANLinear and LMKANConv2d; `table` holds [*, P, G+1, G+1, N_out] in the canonical layout.
+
+    Optional preconditioning (the paper's Eq. 12): y = gamma * lmKAN(u) + branch(u), with `branch` the layer's own
+    linear map (nn.Linear / nn.Conv2d) applied as Linear(ReLU(u)) ("relu_first"), ReLU(Linear(u)) ("relu_last") or
+    Linear(u) ("linear"), and gamma a buffer, 0 at init, ramped up by the training schedule.
+    """
 
     table: nn.Parameter
+    branch: nn.Module | None
 
     def __init__(self, num_grids: int, input_norm: str, norm_features: int, batchnorm: type[nn.Module],
                  factory: dict) -> None:
@@ -31,6 +39,59 @@ class LMKANLayer(nn.Module):
             self.register_buffer("input_shift", torch.zeros(norm_features, **factory))
         elif input_norm == "batchnorm":
             self.norm = batchnorm(norm_features, affine=False, **factory)
+
+    def _init_preconditioning(self, preconditioning: str | None, branch: nn.Module | None, factory: dict) -> None:
+        if preconditioning is not None and preconditioning not in PRECONDITIONING:
+            raise ConfigError(f"preconditioning must be None or one of {PRECONDITIONING}, got {preconditioning!r}")
+        self.preconditioning = preconditioning
+        self.branch = branch if preconditioning else None
+        if preconditioning:
+            self.register_buffer("gamma", torch.zeros((), **factory))
+
+    def _add_branch(self, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """gamma * y + branch(u) in the configured form (y and the branch output share their layout)."""
+        if self.preconditioning == "relu_first":
+            out = self.branch(torch.relu(u))
+        elif self.preconditioning == "relu_last":
+            out = torch.relu(self.branch(u))
+        else:
+            out = self.branch(u)
+        return self.gamma * y + out
+
+    @property
+    def foldable(self) -> bool:
+        """Whether fold() can merge the preconditioning branch exactly into the table (always true without one)."""
+        return self.preconditioning in (None, "linear") or (self.preconditioning == "relu_first"
+                                                           and self.num_grids % 2 == 0)
+
+    def _branch_matrix(self) -> torch.Tensor:
+        """The branch weight as [*, N_out, N_in] in the table's pair order (per group for convolutions)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fold(self) -> "LMKANLayer":
+        """Merge a "linear" or "relu_first" branch into the table (exact; ReLU-first needs even G) so that
+        inference is one lookup."""
+        if self.branch is None:
+            return self
+        if self.preconditioning == "relu_last":
+            raise ConfigError("a relu_last branch, ReLU(Linear(u)), is not a sum of pairwise functions and cannot "
+                              "be folded; keep it (inference then costs one extra Linear/Conv2d)")
+        if not self.foldable:
+            raise ConfigError(f"fold() of a relu_first branch is exact only for even num_grids (0 must be a node), "
+                              f"got {self.num_grids}")
+        folded = self.gamma.to(torch.float64) * self.table.to(torch.float64)
+        folded = folded + branch_table(self._branch_matrix(), self.num_grids, self.preconditioning == "relu_first")
+        self.table.copy_(folded.to(self.table.dtype))
+        branch_bias = self.branch.bias.detach()
+        if self.bias is None:
+            self.bias = nn.Parameter(branch_bias.clone())
+        else:
+            self.bias.add_(branch_bias)
+        self.branch = None
+        self.preconditioning = None
+        del self.gamma
+        return self
 
     def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store a fixed affine normalisation u = (x - mean) / std (needs input_norm='affine')."""

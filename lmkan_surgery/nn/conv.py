@@ -17,11 +17,17 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class LMKANConv2d(LMKANLayer):
-    """Each output pixel is sum_p f_{o,p} over adjacent pairs of the (c, ky, kx)-ordered patch of its group."""
+    """Each output pixel is sum_p f_{o,p} over adjacent pairs of the (c, ky, kx)-ordered patch of its group.
+
+    ``preconditioning`` ("relu_first", "relu_last", "linear") adds the paper's branch, an nn.Conv2d of the same
+    geometry applied to the same (padded, normalised) input; ``fold()`` merges "linear" and, for even G,
+    "relu_first" exactly into the table.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", num_grids: int = 8,
-                 input_norm: str = "none", init_scale: float = 0.1, device=None, dtype=None) -> None:
+                 input_norm: str = "none", preconditioning: str | None = None, init_scale: float = 0.1,
+                 device=None, dtype=None) -> None:
         factory = {"device": device, "dtype": dtype}
         super().__init__(num_grids, input_norm, in_channels, nn.BatchNorm2d, factory)
         if groups < 1 or in_channels % groups or out_channels % groups:
@@ -42,6 +48,9 @@ class LMKANConv2d(LMKANLayer):
         shape = (groups, *table_shape(patch, out_channels // groups, self.num_grids))
         self.table = nn.Parameter(random_table(shape, patch, init_scale, **factory))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        branch = nn.Conv2d(in_channels, out_channels, self.kernel_size, self.stride, 0, self.dilation, groups,
+                           bias=True, **factory) if preconditioning else None  # runs on the already padded input
+        self._init_preconditioning(preconditioning, branch, factory)
 
     def _pads(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) padding, as F.pad wants it, matching nn.Conv2d incl. 'same'."""
@@ -80,6 +89,8 @@ class LMKANConv2d(LMKANLayer):
             step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
             outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, x.shape[0], step)]
             y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if self.branch is not None:
+            y = self._add_branch(y, x)
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 
     def _patches(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
@@ -99,6 +110,9 @@ class LMKANConv2d(LMKANLayer):
         else:
             y = torch.cat([self._lookup(patches[:, :, g], self.table[g]) for g in range(self.groups)], dim=-1)
         return y.view(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()  # [N, out, oh, ow]
+
+    def _branch_matrix(self) -> torch.Tensor:
+        return self.branch.weight.reshape(self.groups, self.out_channels // self.groups, self.patch_features)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, num_grids: int = 8, input_mean: torch.Tensor | None = None,
@@ -132,4 +146,6 @@ class LMKANConv2d(LMKANLayer):
             parts.append(f"padding_mode={self.padding_mode}")
         if self.bias is None:
             parts.append("bias=False")
+        if self.preconditioning:
+            parts.append(f"preconditioning={self.preconditioning}")
         return ", ".join(parts)

@@ -8,9 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from .base import LMKANLayer
-from .tables import branch_table, exact_linear_table, random_table, table_shape
-
-PRECONDITIONING = ("linear", "relu_first", "relu_last")
+from .tables import exact_linear_table, random_table, table_shape
 
 
 class LMKANLinear(LMKANLayer):
@@ -30,17 +28,13 @@ class LMKANLinear(LMKANLayer):
         super().__init__(num_grids, input_norm, in_features, nn.BatchNorm1d, factory)
         if in_features < 1 or out_features < 1:
             raise ShapeError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
-        if preconditioning is not None and preconditioning not in PRECONDITIONING:
-            raise ConfigError(f"preconditioning must be None or one of {PRECONDITIONING}, got {preconditioning!r}")
         self.in_features = in_features
         self.out_features = out_features
-        self.preconditioning = preconditioning
         shape = table_shape(in_features, out_features, self.num_grids)
         self.table = nn.Parameter(random_table(shape, in_features, init_scale, **factory))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
-        self.branch = nn.Linear(in_features, out_features, bias=True, **factory) if preconditioning else None
-        if preconditioning:
-            self.register_buffer("gamma", torch.zeros((), **factory))
+        branch = nn.Linear(in_features, out_features, bias=True, **factory) if preconditioning else None
+        self._init_preconditioning(preconditioning, branch, factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_floating(x, "LMKANLinear")
@@ -51,21 +45,11 @@ class LMKANLinear(LMKANLayer):
         u = self._normalize(x, x.dim() - 1)
         y = self._lookup(u, self.table)
         if self.branch is not None:
-            y = self.gamma * y + self._branch(u)
+            y = self._add_branch(y, u)
         return y + self.bias if self.bias is not None else y
 
-    def _branch(self, u: torch.Tensor) -> torch.Tensor:
-        if self.preconditioning == "relu_first":
-            return self.branch(torch.relu(u))
-        if self.preconditioning == "relu_last":
-            return torch.relu(self.branch(u))
-        return self.branch(u)
-
-    @property
-    def foldable(self) -> bool:
-        """Whether fold() can merge the preconditioning branch exactly into the table (always true without one)."""
-        return self.preconditioning in (None, "linear") or (self.preconditioning == "relu_first"
-                                                           and self.num_grids % 2 == 0)
+    def _branch_matrix(self) -> torch.Tensor:
+        return self.branch.weight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_grids: int = 8, input_mean: torch.Tensor | None = None,
@@ -102,31 +86,6 @@ class LMKANLinear(LMKANLayer):
             raise ConfigError("only an even-width layer without normalisation or preconditioning branch has an "
                               "official form")
         return self.table.detach().permute(1, 2, 3, 0).contiguous()
-
-    @torch.no_grad()
-    def fold(self) -> "LMKANLinear":
-        """Merge a "linear" or "relu_first" branch into the table (exact; ReLU-first needs even G) so that
-        inference is one lookup."""
-        if self.branch is None:
-            return self
-        if self.preconditioning == "relu_last":
-            raise ConfigError("a relu_last branch, ReLU(Linear(u)), is not a sum of pairwise functions and cannot "
-                              "be folded; keep it (inference then costs one extra Linear)")
-        if not self.foldable:
-            raise ConfigError(f"fold() of a relu_first branch is exact only for even num_grids (0 must be a node), "
-                              f"got {self.num_grids}")
-        folded = self.gamma.to(torch.float64) * self.table.to(torch.float64)
-        folded = folded + branch_table(self.branch.weight, self.num_grids, self.preconditioning == "relu_first")
-        self.table.copy_(folded.to(self.table.dtype))
-        branch_bias = self.branch.bias.detach()
-        if self.bias is None:
-            self.bias = nn.Parameter(branch_bias.clone())
-        else:
-            self.bias.add_(branch_bias)
-        self.branch = None
-        self.preconditioning = None
-        del self.gamma
-        return self
 
     def extra_repr(self) -> str:
         parts = [f"in_features={self.in_features}", f"out_features={self.out_features}",

@@ -71,12 +71,13 @@ def exact_linear_table(weight: torch.Tensor, num_grids: int, input_std: torch.Te
 
 
 def branch_table(weight: torch.Tensor, num_grids: int, relu_inputs: bool) -> torch.Tensor:
-    """Table of x -> weight @ x (or weight @ relu(x)) in float64; the ReLU form is exact only for even G (0 is then
-    a grid node), the linear form for every G."""
+    """Table [..., P, G+1, G+1, N_out] of x -> weight @ x (or weight @ relu(x)) in float64, for weight
+    [..., N_out, N_in]; the ReLU form is exact only for even G (0 is then a grid node), the linear form for every G."""
     w = _pad_pairs(weight.detach().to(torch.float64))
     nodes = grid_nodes(num_grids, torch.float64, w.device)
     if relu_inputs:
         nodes = nodes.clamp_min(0.0)
-    part_a = w[:, 0::2].t().unsqueeze(1) * nodes.view(1, -1, 1)
-    part_b = w[:, 1::2].t().unsqueeze(1) * nodes.view(1, -1, 1)
-    return part_a.unsqueeze(2) + part_b.unsqueeze(1)
+    nodes = nodes.view(-1, 1)
+    part_a = w[..., 0::2].transpose(-1, -2).unsqueeze(-2) * nodes  # [..., P, G+1, N_out]
+    part_b = w[..., 1::2].transpose(-1, -2).unsqueeze(-2) * nodes
+    return part_a.unsqueeze(-2) + part_b.unsqueeze(-3)
