@@ -34,7 +34,7 @@ CONFIGS = {
     "smoke": dict(count=600, n_test=100, mlp_widths=[8, 16], lmkan_widths=[8], num_grids=4, epochs=3, batch=64,
                   workers=1, dft_check=3),
     "quick": dict(count=100_000, n_test=10_000, mlp_widths=[16, 64, 256, 1024], lmkan_widths=[8, 16, 32], num_grids=28,
-                  epochs=11, batch=512, workers=1, dft_check=1500),
+                  epochs=11, batch=512, workers=2, dft_check=1500),
     "full": dict(count=1_000_000, n_test=50_000, mlp_widths=[16, 32, 64, 128, 256, 512, 1024],
                  lmkan_widths=[8, 16, 32, 64, 128], num_grids=28, epochs=100, batch=1024, workers=2, dft_check=1500),
 }
