@@ -19,6 +19,64 @@ using namespace lmkan_dev;
 
 namespace {
 
+// Where a block and its lane sit, as every kernel derives it: the shared-memory carve-up (grid nodes, inverse cell
+// lengths, then the table or gradient slice), the block's (output tile of kRowBytes, pair chunk), the lane's output
+// columns in that tile and the batch range the block walks (from this lane's quarter warp's first sample).
+template <typename T>
+struct BlockPlan {
+  static constexpr int V = Vec<T>::n;
+  float* node;
+  float* inv_len;
+  T* tile;
+  int nodes, rows, o0, p0, npc, l, q, o, valid;
+  int64_t b_begin, b_end, b_first;
+
+  __device__ BlockPlan(unsigned char* smem, const Problem& pb, const GridParams& gp) {
+    nodes = gp.grids + 1;
+    rows = nodes * nodes;  // (i, j) node rows per pair
+    node = reinterpret_cast<float*>(smem);
+    inv_len = node + nodes;
+    tile = reinterpret_cast<T*>(smem + grid_smem_bytes(gp.grids));
+    o0 = (blockIdx.x % pb.out_tiles) * (kRowBytes / static_cast<int>(sizeof(T)));
+    p0 = (blockIdx.x / pb.out_tiles) * pb.pair_chunk;
+    npc = min(pb.pair_chunk, pb.pairs - p0);
+    const int lane = threadIdx.x & 31;
+    l = lane & (kLanesPerSample - 1);
+    q = lane / kLanesPerSample;
+    o = o0 + l * V;
+    valid = min(max(pb.outputs - o, 0), V);
+    b_begin = blockIdx.y * pb.chunk;
+    b_end = min(pb.batch, b_begin + pb.chunk);
+    b_first = b_begin + (threadIdx.x >> 5) * kSamplesPerWarp;
+  }
+
+  // Elements between consecutive node rows, and this lane's first column of the pair chunk's slice: in the shared
+  // tile, or (slow path) in the global table / gradient itself.
+  template <bool kShared>
+  __device__ int64_t row_stride(const Problem& pb) const {
+    return kShared ? kRowBytes / static_cast<int>(sizeof(T)) : pb.outputs;
+  }
+  template <bool kShared, typename P>
+  __device__ P* slice(P* global, const Problem& pb) const {
+    return kShared ? tile + l * V : global + static_cast<int64_t>(p0) * rows * pb.outputs + o;
+  }
+
+  // This lane's x pair of sample b (prefetched one step ahead by the loops).
+  __device__ float2 pair_of(const float* x, int64_t b, const Problem& pb) const {
+    return load_pair(x, b, b_end, pb.pairs, p0 + l, l < npc);
+  }
+};
+
+// The four corner rows (00, 01, 10, 11) of a cell whose 00 row starts at r00, `row` elements per node row.
+template <bool kShared, typename T>
+__device__ __forceinline__ void load_cell(const T* r00, int64_t row, int nodes, int valid, bool vec,
+                                          float (&c)[4][Vec<T>::n]) {
+  load_corner<kShared>(r00, valid, vec, c[0]);
+  load_corner<kShared>(r00 + row, valid, vec, c[1]);
+  load_corner<kShared>(r00 + nodes * row, valid, vec, c[2]);
+  load_corner<kShared>(r00 + (nodes + 1) * row, valid, vec, c[3]);
+}
+
 // y[b, o0 : o0 + tile] (+)= sum over the block's pairs. Block = (out tile, pair chunk) x batch range.
 template <typename T, bool kShared>
 __global__ void __launch_bounds__(kForwardThreads<T>)
@@ -26,44 +84,31 @@ __global__ void __launch_bounds__(kForwardThreads<T>)
                    GridParams gp) {
   constexpr int V = Vec<T>::n;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int nodes = gp.grids + 1, rows = nodes * nodes;  // rows: (i, j) node rows per pair
-  float* node = reinterpret_cast<float*>(smem);
-  float* inv_len = node + nodes;
-  T* tile = reinterpret_cast<T*>(smem + grid_smem_bytes(gp.grids));
-  const int o0 = (blockIdx.x % pb.out_tiles) * V * kLanesPerSample;
-  const int p0 = (blockIdx.x / pb.out_tiles) * pb.pair_chunk;
-  const int npc = min(pb.pair_chunk, pb.pairs - p0);
-  stage_grid(node, inv_len, gp);
-  if (kShared) stage_table(tile, table, p0, npc, rows, o0, pb);
+  const BlockPlan<T> bp(smem, pb, gp);
+  stage_grid(bp.node, bp.inv_len, gp);
+  if (kShared) stage_table(bp.tile, table, bp.p0, bp.npc, bp.rows, bp.o0, pb);
   __syncthreads();
 
-  const int lane = threadIdx.x & 31, l = lane & (kLanesPerSample - 1), q = lane / kLanesPerSample;
-  const int o = o0 + l * V;
-  const int valid = min(max(pb.outputs - o, 0), V);
-  const int64_t row = kShared ? kRowBytes / sizeof(T) : pb.outputs;
-  const T* base = kShared ? tile + l * V : table + static_cast<int64_t>(p0) * rows * pb.outputs + o;
-  const int64_t b_begin = blockIdx.y * pb.chunk, b_end = min(pb.batch, b_begin + pb.chunk);
+  const int64_t row = bp.template row_stride<kShared>(pb);
+  const T* base = bp.template slice<kShared>(table, pb);
   constexpr int kStep = samples_per_block(kForwardThreads<T>);
-  float2 x_next = load_pair(x, b_begin + (threadIdx.x >> 5) * kSamplesPerWarp + q, b_end, pb.pairs, p0 + l, l < npc);
-  for (int64_t b0 = b_begin + (threadIdx.x >> 5) * kSamplesPerWarp; b0 < b_end; b0 += kStep) {
-    const int64_t b = b0 + q;
-    const bool active = b < b_end;
-    const Record rec = make_record(x_next, node, inv_len, gp.grids);
-    x_next = load_pair(x, b + kStep, b_end, pb.pairs, p0 + l, l < npc);
+  float2 x_next = bp.pair_of(x, bp.b_first + bp.q, pb);
+  for (int64_t b0 = bp.b_first; b0 < bp.b_end; b0 += kStep) {
+    const int64_t b = b0 + bp.q;
+    const bool active = b < bp.b_end;
+    const Record rec = make_record(x_next, bp.node, bp.inv_len, gp.grids);
+    x_next = bp.pair_of(x, b + kStep, pb);
     float acc[V] = {};
 #pragma unroll
     for (int p = 0; p < kMaxPairChunk; ++p) {
-      if (p >= npc) break;
+      if (p >= bp.npc) break;
       float t1, t2;
       int idx;
       bool outside;
       fetch_record(rec, p, t1, t2, idx, outside);
-      const T* r00 = base + (p * rows + idx) * row;
-      float c00[V], c01[V], c10[V], c11[V];
-      load_corner<kShared>(r00, valid, pb.vec_table, c00);
-      load_corner<kShared>(r00 + row, valid, pb.vec_table, c01);
-      load_corner<kShared>(r00 + nodes * row, valid, pb.vec_table, c10);
-      load_corner<kShared>(r00 + (nodes + 1) * row, valid, pb.vec_table, c11);
+      float c[4][V];
+      load_cell<kShared>(base + (p * bp.rows + idx) * row, row, bp.nodes, bp.valid, pb.vec_table, c);
+      const auto &c00 = c[0], &c01 = c[1], &c10 = c[2], &c11 = c[3];
       if (outside) {
         const float t12 = t1 * t2;
 #pragma unroll
@@ -87,7 +132,7 @@ __global__ void __launch_bounds__(kForwardThreads<T>)
         }
       }
     }
-    if (active) write_row<V>(y + b * pb.outputs + o, acc, valid, pb.vec_rows, pb.accumulate);
+    if (active) write_row<V>(y + b * pb.outputs + bp.o, acc, bp.valid, pb.vec_rows, pb.accumulate);
   }
 }
 
@@ -101,47 +146,34 @@ __global__ void __launch_bounds__(kGradXThreads<kShared>) grad_x_kernel(const fl
                                                           float* __restrict__ grad_x, Problem pb, GridParams gp) {
   constexpr int V = Vec<float>::n;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int nodes = gp.grids + 1, rows = nodes * nodes;  // rows: (i, j) node rows per pair
-  float* node = reinterpret_cast<float*>(smem);
-  float* inv_len = node + nodes;
-  float* tile = reinterpret_cast<float*>(smem + grid_smem_bytes(gp.grids));
-  const int o0 = (blockIdx.x % pb.out_tiles) * V * kLanesPerSample;
-  const int p0 = (blockIdx.x / pb.out_tiles) * pb.pair_chunk;
-  const int npc = min(pb.pair_chunk, pb.pairs - p0);
-  stage_grid(node, inv_len, gp);
-  if (kShared) stage_table(tile, table, p0, npc, rows, o0, pb);
+  const BlockPlan<float> bp(smem, pb, gp);
+  stage_grid(bp.node, bp.inv_len, gp);
+  if (kShared) stage_table(bp.tile, table, bp.p0, bp.npc, bp.rows, bp.o0, pb);
   __syncthreads();
 
-  const int lane = threadIdx.x & 31, l = lane & (kLanesPerSample - 1), q = lane / kLanesPerSample;
-  const int o = o0 + l * V;
-  const int valid = min(max(pb.outputs - o, 0), V);
-  const int64_t row = kShared ? kRowBytes / sizeof(float) : pb.outputs;
-  const float* base = kShared ? tile + l * V : table + static_cast<int64_t>(p0) * rows * pb.outputs + o;
-  const int64_t b_begin = blockIdx.y * pb.chunk, b_end = min(pb.batch, b_begin + pb.chunk);
+  const int64_t row = bp.row_stride<kShared>(pb);
+  const float* base = bp.slice<kShared>(table, pb);
   constexpr int kStep = samples_per_block(kGradXThreads<kShared>);
-  float2 x_next = load_pair(x, b_begin + (threadIdx.x >> 5) * kSamplesPerWarp + q, b_end, pb.pairs, p0 + l, l < npc);
-  for (int64_t b0 = b_begin + (threadIdx.x >> 5) * kSamplesPerWarp; b0 < b_end; b0 += kStep) {
-    const int64_t b = b0 + q;
-    const bool active = b < b_end;
-    const Record rec = make_record(x_next, node, inv_len, gp.grids);
-    x_next = load_pair(x, b + kStep, b_end, pb.pairs, p0 + l, l < npc);
+  float2 x_next = bp.pair_of(x, bp.b_first + bp.q, pb);
+  for (int64_t b0 = bp.b_first; b0 < bp.b_end; b0 += kStep) {
+    const int64_t b = b0 + bp.q;
+    const bool active = b < bp.b_end;
+    const Record rec = make_record(x_next, bp.node, bp.inv_len, gp.grids);
+    x_next = bp.pair_of(x, b + kStep, pb);
     float gy[V] = {};
-    if (active) load_global(grad_out + b * pb.outputs + o, valid, pb.vec_rows, gy);
+    if (active) load_global(grad_out + b * pb.outputs + bp.o, bp.valid, pb.vec_rows, gy);
     float g1[kMaxPairChunk], g2[kMaxPairChunk];
 #pragma unroll
     for (int p = 0; p < kMaxPairChunk; ++p) {
       g1[p] = g2[p] = 0.0f;
-      if (p >= npc) continue;
+      if (p >= bp.npc) continue;
       float t1, t2;
       int idx;
       bool outside;
       fetch_record(rec, p, t1, t2, idx, outside);
-      const float* r00 = base + (p * rows + idx) * row;
-      float c00[V], c01[V], c10[V], c11[V];
-      load_corner<kShared>(r00, valid, pb.vec_table, c00);
-      load_corner<kShared>(r00 + row, valid, pb.vec_table, c01);
-      load_corner<kShared>(r00 + nodes * row, valid, pb.vec_table, c10);
-      load_corner<kShared>(r00 + (nodes + 1) * row, valid, pb.vec_table, c11);
+      float c[4][V];
+      load_cell<kShared>(base + (p * bp.rows + idx) * row, row, bp.nodes, bp.valid, pb.vec_table, c);
+      const auto &c00 = c[0], &c01 = c[1], &c10 = c[2], &c11 = c[3];
       float s1 = 0.0f, s2 = 0.0f, sc = 0.0f;  // sum_o gy * (d1, d2, cross)
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -156,8 +188,8 @@ __global__ void __launch_bounds__(kGradXThreads<kShared>) grad_x_kernel(const fl
     }
     const float total1 = quarter_reduce_scatter(g1);
     const float total2 = quarter_reduce_scatter(g2);
-    if (active && l < npc) {
-      write_pair(grad_x + b * 2 * pb.pairs + 2 * (p0 + l), rec.s1 * total1, rec.s2 * total2, pb.vec_pairs,
+    if (active && bp.l < bp.npc) {
+      write_pair(grad_x + b * 2 * pb.pairs + 2 * (bp.p0 + bp.l), rec.s1 * total1, rec.s2 * total2, pb.vec_pairs,
                  pb.accumulate);
     }
   }
@@ -174,34 +206,26 @@ __global__ void __launch_bounds__(kGradTableThreads) grad_table_kernel(const flo
   constexpr int V = Vec<float>::n;
   constexpr int kRow = kRowBytes / sizeof(float);
   extern __shared__ __align__(16) unsigned char smem[];
-  const int nodes = gp.grids + 1, rows = nodes * nodes;  // rows: (i, j) node rows per pair
-  float* node = reinterpret_cast<float*>(smem);
-  float* inv_len = node + nodes;
-  float* tile = reinterpret_cast<float*>(smem + grid_smem_bytes(gp.grids));
-  const int o0 = (blockIdx.x % pb.out_tiles) * kRow;
-  const int p0 = (blockIdx.x / pb.out_tiles) * pb.pair_chunk;
-  const int npc = min(pb.pair_chunk, pb.pairs - p0);
-  stage_grid(node, inv_len, gp);
+  const BlockPlan<float> bp(smem, pb, gp);
+  const int rows = bp.rows, p0 = bp.p0, npc = bp.npc, o0 = bp.o0, q = bp.q;
+  float* tile = bp.tile;
+  stage_grid(bp.node, bp.inv_len, gp);
   if (kShared) {
     for (int i = threadIdx.x; i < npc * rows * kRow; i += blockDim.x) tile[i] = 0.0f;
   }
   __syncthreads();
 
-  const int lane = threadIdx.x & 31, l = lane & (kLanesPerSample - 1), q = lane / kLanesPerSample;
-  const int o = o0 + l * V;
-  const int valid = min(max(pb.outputs - o, 0), V);
-  const int64_t row = kShared ? kRow : pb.outputs;
-  float* base = kShared ? tile + l * V : grad_table + static_cast<int64_t>(p0) * rows * pb.outputs + o;
-  const int64_t b_begin = blockIdx.y * pb.chunk, b_end = min(pb.batch, b_begin + pb.chunk);
+  const int64_t row = bp.row_stride<kShared>(pb);
+  float* base = bp.slice<kShared>(grad_table, pb);
   constexpr int kStep = samples_per_block(kGradTableThreads);
-  float2 x_next = load_pair(x, b_begin + (threadIdx.x >> 5) * kSamplesPerWarp + q, b_end, pb.pairs, p0 + l, l < npc);
-  for (int64_t b0 = b_begin + (threadIdx.x >> 5) * kSamplesPerWarp; b0 < b_end; b0 += kStep) {
+  float2 x_next = bp.pair_of(x, bp.b_first + q, pb);
+  for (int64_t b0 = bp.b_first; b0 < bp.b_end; b0 += kStep) {
     const int64_t b = b0 + q;
-    const bool active = b < b_end;
-    const Record rec = make_record(x_next, node, inv_len, gp.grids);
-    x_next = load_pair(x, b + kStep, b_end, pb.pairs, p0 + l, l < npc);
+    const bool active = b < bp.b_end;
+    const Record rec = make_record(x_next, bp.node, bp.inv_len, gp.grids);
+    x_next = bp.pair_of(x, b + kStep, pb);
     float gy[V] = {};
-    if (active) load_global(grad_out + b * pb.outputs + o, valid, pb.vec_rows, gy);
+    if (active) load_global(grad_out + b * pb.outputs + bp.o, bp.valid, pb.vec_rows, gy);
     float gyr[V];  // gy rotated by q: gyr[v] = gy[(v + q) % 4] (compile-time register indices only)
 #pragma unroll
     for (int v = 0; v < V; ++v) {
@@ -215,15 +239,15 @@ __global__ void __launch_bounds__(kGradTableThreads) grad_table_kernel(const flo
       int idx;
       bool outside;
       fetch_record(rec, p, t1, t2, idx, outside);
-      if (!active || valid == 0) continue;
+      if (!active || bp.valid == 0) continue;
       float w[4];
       bilinear_weights(t1, t2, w);
       float* r00 = base + (p * rows + idx) * row;
-      float* corner[4] = {r00, r00 + row, r00 + nodes * row, r00 + (nodes + 1) * row};
+      float* corner[4] = {r00, r00 + row, r00 + bp.nodes * row, r00 + (bp.nodes + 1) * row};
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         const int col = (v + q) & (V - 1);
-        if (!kShared && col >= valid) continue;
+        if (!kShared && col >= bp.valid) continue;
 #pragma unroll
         for (int c = 0; c < 4; ++c) atomicAdd(corner[c] + col, w[c] * gyr[v]);
       }
