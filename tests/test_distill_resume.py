@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery import LMKANLinear
-from lmkan_surgery.distill import TrainConfig, distill, train_lmkan
+from lmkan_surgery.distill import AugmentedTensors, TrainConfig, distill, train_lmkan
 from lmkan_surgery.errors import CheckpointError
 
 from distill_worker import tiny_config, tiny_problem
@@ -54,14 +54,15 @@ def test_resumed_distill_matches_uninterrupted_run(tmp_path):
     assert again.steps == full.steps
 
 
-def test_resume_restores_dropout_rng_in_train_lmkan(tmp_path):
+def test_resume_restores_dropout_and_augmentation_rng_in_train_lmkan(tmp_path):
     def build() -> nn.Module:
         torch.manual_seed(7)
         return nn.Sequential(LMKANLinear(4, 8, 4, preconditioning="relu_first"), nn.Dropout(0.3),
                              LMKANLinear(8, 2, 4, preconditioning="relu_first"))
 
     gen = torch.Generator().manual_seed(1)
-    data = (torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen))
+    data = AugmentedTensors(torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen),
+                            augment=lambda batch: (batch[0] + 0.1 * torch.randn_like(batch[0]), batch[1]))
     cfg = dict(epochs=2, batch_size=16, hessian_decay_epochs=1.0, progress=False)
     model = build()
     train_lmkan(model, data, None, TrainConfig(**cfg))
