@@ -61,9 +61,23 @@ struct BlockPlan {
     return kShared ? tile + l * V : global + static_cast<int64_t>(p0) * rows * pb.outputs + o;
   }
 
-  // This lane's x pair of sample b (prefetched one step ahead by the loops).
+  // This lane's x pair of sample b (prefetched one step ahead by for_each_sample).
   __device__ float2 pair_of(const float* x, int64_t b, const Problem& pb) const {
     return load_pair(x, b, b_end, pb.pairs, p0 + l, l < npc);
+  }
+
+  // Walk this lane's samples kStep apart, prefetching the next x pair, and call body(b, active, record); inactive
+  // lanes (b past the range) still take part in the warp's shuffles.
+  template <int kStep, typename Body>
+  __device__ __forceinline__ void for_each_sample(const float* x, const Problem& pb, const GridParams& gp,
+                                                  Body&& body) const {
+    float2 x_next = pair_of(x, b_first + q, pb);
+    for (int64_t b0 = b_first; b0 < b_end; b0 += kStep) {
+      const int64_t b = b0 + q;
+      const Record rec = make_record(x_next, node, inv_len, gp.grids);
+      x_next = pair_of(x, b + kStep, pb);
+      body(b, b < b_end, rec);
+    }
   }
 };
 
@@ -92,12 +106,7 @@ __global__ void __launch_bounds__(kForwardThreads<T>)
   const int64_t row = bp.template row_stride<kShared>(pb);
   const T* base = bp.template slice<kShared>(table, pb);
   constexpr int kStep = samples_per_block(kForwardThreads<T>);
-  float2 x_next = bp.pair_of(x, bp.b_first + bp.q, pb);
-  for (int64_t b0 = bp.b_first; b0 < bp.b_end; b0 += kStep) {
-    const int64_t b = b0 + bp.q;
-    const bool active = b < bp.b_end;
-    const Record rec = make_record(x_next, bp.node, bp.inv_len, gp.grids);
-    x_next = bp.pair_of(x, b + kStep, pb);
+  bp.template for_each_sample<kStep>(x, pb, gp, [&](int64_t b, bool active, const Record& rec) {
     float acc[V] = {};
 #pragma unroll
     for (int p = 0; p < kMaxPairChunk; ++p) {
@@ -133,7 +142,7 @@ __global__ void __launch_bounds__(kForwardThreads<T>)
       }
     }
     if (active) write_row<V>(y + b * pb.outputs + bp.o, acc, bp.valid, pb.vec_rows, pb.accumulate);
-  }
+  });
 }
 
 // grad_x[b, 2p], grad_x[b, 2p+1] (+)= contributions of the block's 32 outputs (float32 table).
@@ -154,12 +163,7 @@ __global__ void __launch_bounds__(kGradXThreads<kShared>) grad_x_kernel(const fl
   const int64_t row = bp.row_stride<kShared>(pb);
   const float* base = bp.slice<kShared>(table, pb);
   constexpr int kStep = samples_per_block(kGradXThreads<kShared>);
-  float2 x_next = bp.pair_of(x, bp.b_first + bp.q, pb);
-  for (int64_t b0 = bp.b_first; b0 < bp.b_end; b0 += kStep) {
-    const int64_t b = b0 + bp.q;
-    const bool active = b < bp.b_end;
-    const Record rec = make_record(x_next, bp.node, bp.inv_len, gp.grids);
-    x_next = bp.pair_of(x, b + kStep, pb);
+  bp.for_each_sample<kStep>(x, pb, gp, [&](int64_t b, bool active, const Record& rec) {
     float gy[V] = {};
     if (active) load_global(grad_out + b * pb.outputs + bp.o, bp.valid, pb.vec_rows, gy);
     float g1[kMaxPairChunk], g2[kMaxPairChunk];
@@ -192,7 +196,7 @@ __global__ void __launch_bounds__(kGradXThreads<kShared>) grad_x_kernel(const fl
       write_pair(grad_x + b * 2 * pb.pairs + 2 * (bp.p0 + bp.l), rec.s1 * total1, rec.s2 * total2, pb.vec_pairs,
                  pb.accumulate);
     }
-  }
+  });
 }
 
 // grad_table[p, i, j, o0 : o0 + 32] (+)= sum over the block's batch range of gy * bilinear weight.
@@ -218,12 +222,7 @@ __global__ void __launch_bounds__(kGradTableThreads) grad_table_kernel(const flo
   const int64_t row = bp.row_stride<kShared>(pb);
   float* base = bp.slice<kShared>(grad_table, pb);
   constexpr int kStep = samples_per_block(kGradTableThreads);
-  float2 x_next = bp.pair_of(x, bp.b_first + q, pb);
-  for (int64_t b0 = bp.b_first; b0 < bp.b_end; b0 += kStep) {
-    const int64_t b = b0 + q;
-    const bool active = b < bp.b_end;
-    const Record rec = make_record(x_next, bp.node, bp.inv_len, gp.grids);
-    x_next = bp.pair_of(x, b + kStep, pb);
+  bp.for_each_sample<kStep>(x, pb, gp, [&](int64_t b, bool active, const Record& rec) {
     float gy[V] = {};
     if (active) load_global(grad_out + b * pb.outputs + bp.o, bp.valid, pb.vec_rows, gy);
     float gyr[V];  // gy rotated by q: gyr[v] = gy[(v + q) % 4] (compile-time register indices only)
@@ -252,7 +251,7 @@ __global__ void __launch_bounds__(kGradTableThreads) grad_table_kernel(const flo
         for (int c = 0; c < 4; ++c) atomicAdd(corner[c] + col, w[c] * gyr[v]);
       }
     }
-  }
+  });
   if (!kShared) return;
   __syncthreads();
   for (int i = threadIdx.x; i < npc * rows * kRow; i += blockDim.x) {
