@@ -19,6 +19,15 @@ using namespace lmkan_dev;
 
 namespace {
 
+// One pair's cell for this lane: fractional positions, whether x lies outside the grid, and the four corner rows
+// (00, 01, 10, 11) of the lane's output columns.
+template <typename T>
+struct Cell {
+  float t1, t2;
+  bool outside;
+  float c[4][Vec<T>::n];
+};
+
 // Where a block and its lane sit, as every kernel derives it: the shared-memory carve-up (grid nodes, inverse cell
 // lengths, then the table or gradient slice), the block's (output tile of kRowBytes, pair chunk), the lane's output
 // columns in that tile and the batch range the block walks (from this lane's quarter warp's first sample).
@@ -61,6 +70,19 @@ struct BlockPlan {
     return kShared ? tile + l * V : global + static_cast<int64_t>(p0) * rows * pb.outputs + o;
   }
 
+  // Pair p's cell of a sample (its record rec) from the slice at base, `row` elements per node row.
+  template <bool kShared>
+  __device__ __forceinline__ void load_cell(const Record& rec, int p, const T* base, int64_t row, bool vec,
+                                            Cell<T>& cell) const {
+    int idx;
+    fetch_record(rec, p, cell.t1, cell.t2, idx, cell.outside);
+    const T* r00 = base + (p * rows + idx) * row;
+    load_corner<kShared>(r00, valid, vec, cell.c[0]);
+    load_corner<kShared>(r00 + row, valid, vec, cell.c[1]);
+    load_corner<kShared>(r00 + nodes * row, valid, vec, cell.c[2]);
+    load_corner<kShared>(r00 + (nodes + 1) * row, valid, vec, cell.c[3]);
+  }
+
   // This lane's x pair of sample b (prefetched one step ahead by for_each_sample).
   __device__ float2 pair_of(const float* x, int64_t b, const Problem& pb) const {
     return load_pair(x, b, b_end, pb.pairs, p0 + l, l < npc);
@@ -81,15 +103,6 @@ struct BlockPlan {
   }
 };
 
-// The four corner rows (00, 01, 10, 11) of a cell whose 00 row starts at r00, `row` elements per node row.
-template <bool kShared, typename T>
-__device__ __forceinline__ void load_cell(const T* r00, int64_t row, int nodes, int valid, bool vec,
-                                          float (&c)[4][Vec<T>::n]) {
-  load_corner<kShared>(r00, valid, vec, c[0]);
-  load_corner<kShared>(r00 + row, valid, vec, c[1]);
-  load_corner<kShared>(r00 + nodes * row, valid, vec, c[2]);
-  load_corner<kShared>(r00 + (nodes + 1) * row, valid, vec, c[3]);
-}
 
 // y[b, o0 : o0 + tile] (+)= sum over the block's pairs. Block = (out tile, pair chunk) x batch range.
 template <typename T, bool kShared>
@@ -111,14 +124,11 @@ __global__ void __launch_bounds__(kForwardThreads<T>)
 #pragma unroll
     for (int p = 0; p < kMaxPairChunk; ++p) {
       if (p >= bp.npc) break;
-      float t1, t2;
-      int idx;
-      bool outside;
-      fetch_record(rec, p, t1, t2, idx, outside);
-      float c[4][V];
-      load_cell<kShared>(base + (p * bp.rows + idx) * row, row, bp.nodes, bp.valid, pb.vec_table, c);
-      const auto &c00 = c[0], &c01 = c[1], &c10 = c[2], &c11 = c[3];
-      if (outside) {
+      Cell<T> cell;
+      bp.template load_cell<kShared>(rec, p, base, row, pb.vec_table, cell);
+      const float t1 = cell.t1, t2 = cell.t2;
+      const auto &c00 = cell.c[0], &c01 = cell.c[1], &c10 = cell.c[2], &c11 = cell.c[3];
+      if (cell.outside) {
         const float t12 = t1 * t2;
 #pragma unroll
         for (int v = 0; v < V; ++v) {
@@ -171,13 +181,10 @@ __global__ void __launch_bounds__(kGradXThreads<kShared>) grad_x_kernel(const fl
     for (int p = 0; p < kMaxPairChunk; ++p) {
       g1[p] = g2[p] = 0.0f;
       if (p >= bp.npc) continue;
-      float t1, t2;
-      int idx;
-      bool outside;
-      fetch_record(rec, p, t1, t2, idx, outside);
-      float c[4][V];
-      load_cell<kShared>(base + (p * bp.rows + idx) * row, row, bp.nodes, bp.valid, pb.vec_table, c);
-      const auto &c00 = c[0], &c01 = c[1], &c10 = c[2], &c11 = c[3];
+      Cell<float> cell;
+      bp.load_cell<kShared>(rec, p, base, row, pb.vec_table, cell);
+      const float t1 = cell.t1, t2 = cell.t2;
+      const auto &c00 = cell.c[0], &c01 = cell.c[1], &c10 = cell.c[2], &c11 = cell.c[3];
       float s1 = 0.0f, s2 = 0.0f, sc = 0.0f;  // sum_o gy * (d1, d2, cross)
 #pragma unroll
       for (int v = 0; v < V; ++v) {
