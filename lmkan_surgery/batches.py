@@ -8,6 +8,7 @@ import inspect
 from typing import Any, Callable
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from .errors import BatchError
@@ -39,35 +40,44 @@ def describe(inputs: Any) -> str:
     return ", ".join(items)
 
 
+def tensors(inputs: Any) -> list[torch.Tensor]:
+    """Every tensor of a batch, nested containers included, in the order exporters flatten them."""
+    return [leaf for leaf in pytree.tree_leaves(inputs) if isinstance(leaf, torch.Tensor)]
+
+
 def batch_size(inputs: Any) -> int:
     """Leading dimension of the first tensor in a batch (1 when there is none)."""
-    args, kwargs = as_args(inputs)
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return 1
-
-
-def tensors(inputs: Any) -> list[torch.Tensor]:
-    """The tensors of a batch, positional first, then keywords in order."""
-    args, kwargs = as_args(inputs)
-    return [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    return next((int(t.shape[0]) for t in tensors(as_args(inputs)) if t.dim() > 0), 1)
 
 
 def map_tensors(inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """The batch with fn applied to each of its tensors, in the same form (tensor, tuple, list or dict)."""
-    if isinstance(inputs, torch.Tensor):
-        return fn(inputs)
-    if isinstance(inputs, dict):
-        return {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(fn(v) if isinstance(v, torch.Tensor) else v for v in inputs)
-    return inputs
+    """The batch with fn applied to each of its tensors, nesting and containers kept."""
+    return pytree.tree_map(lambda leaf: fn(leaf) if isinstance(leaf, torch.Tensor) else leaf, inputs)
 
 
 def to_device(inputs: Any, device: torch.device | str) -> Any:
     """The batch with its tensors on `device`."""
     return map_tensors(inputs, lambda t: t.to(device))
+
+
+def positional(model: nn.Module, inputs: Any, who: str) -> tuple:
+    """The batch as positional arguments of model.forward (tracers such as fvcore and the ONNX exporters take a
+    tuple): a dict of keyword arguments is bound to the forward's parameters by name."""
+    args, kwargs = as_args(inputs)
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as err:
+        raise BatchError(f"{who}: the inputs ({describe(inputs)}) do not fit {type(model).__name__}.forward: {err}. "
+                         f"Pass a tensor, a tuple of positional arguments or a dict keyed by forward's parameter "
+                         f"names") from None
+    if bound.kwargs:
+        bound.apply_defaults()  # a skipped optional parameter in the middle: pass its default positionally
+    if bound.kwargs:
+        raise BatchError(f"{who} needs inputs it can pass positionally; {', '.join(bound.kwargs)} of "
+                         f"{type(model).__name__}.forward are keyword-only")
+    return tuple(bound.args)
 
 
 def positional_capacity(model: nn.Module) -> int | None:
