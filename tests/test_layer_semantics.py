@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmkan_surgery import LMKANConv2d, LMKANLinear
+from lmkan_surgery import LMKANConv2d, LMKANLinear, ShapeError
 
 LOW = [torch.float16, torch.bfloat16]
 
@@ -60,7 +60,7 @@ def test_conv_unbatched_chw_input():
     y = layer(x)
     assert y.shape == conv(x).shape == (5, 8, 6)
     assert torch.equal(y, layer(x.unsqueeze(0))[0]) and rel(y, conv(x)) < 1e-5
-    with pytest.raises(Exception, match=r"NCHW \(or unbatched CHW\) input with C=3"):
+    with pytest.raises(ShapeError, match=r"NCHW \(or unbatched CHW\) input with C=3"):
         layer(torch.randn(3, 8))
 
 

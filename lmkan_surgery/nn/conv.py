@@ -71,7 +71,8 @@ class LMKANConv2d(LMKANLayer):
         if unbatched:
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ShapeError(f"LMKANConv2d expects NCHW (or unbatched CHW) input with C={self.in_channels}, got {tuple(x.shape)}")
+            raise ShapeError(f"LMKANConv2d expects NCHW (or unbatched CHW) input with C={self.in_channels}, "
+                             f"got {tuple(x.shape)}")
         dtype = x.dtype
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if self.input_norm == "batchnorm":
