@@ -97,3 +97,33 @@ def test_cpu_run_prints_no_cuda_probe_line(built):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "No CUDA runtime" not in proc.stderr + proc.stdout
+
+
+def test_onnxruntime_library_cache_is_verified_too(tmp_path, monkeypatch):
+    from lmkan_surgery.onnx import CustomOpLibraryError, library
+
+    builds = []
+
+    def fake_compile(out_dir, headers, cuda, compiler):  # the compiler itself is not under test here
+        builds.append(out_dir)
+        (out_dir / library.LIBRARY_NAME).write_bytes(b"\x7fELF" + bytes(range(256)) * 64)
+
+    monkeypatch.setattr(library, "_compile", fake_compile)
+    out_dir = tmp_path / "lmkan_ort-test"
+    out_dir.mkdir()
+    library._verified_build(out_dir, tmp_path, False, "c++")
+    library._verified_build(out_dir, tmp_path, False, "c++")  # verified: no second build
+    lib = out_dir / library.LIBRARY_NAME
+    assert len(builds) == 1 and cache.damage(out_dir, lib.stem) is None
+    os.truncate(lib, 100)
+    with pytest.warns(UserWarning, match=r"onnxruntime library in .*lmkan_ort-test was damaged.*100 bytes"):
+        library._verified_build(out_dir, tmp_path, False, "c++")
+    assert len(builds) == 2 and lib.stat().st_size > 100
+
+    def failing_compile(out_dir, headers, cuda, compiler):
+        raise CustomOpLibraryError("compiler crashed")
+
+    monkeypatch.setattr(library, "_compile", failing_compile)
+    lib.write_bytes(b"garbage")
+    with pytest.warns(UserWarning), pytest.raises(CustomOpLibraryError, match=f"delete the folder {out_dir}"):
+        library._verified_build(out_dir, tmp_path, False, "c++")

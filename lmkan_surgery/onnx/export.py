@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,13 +141,13 @@ def _export_torchscript(model: torch.nn.Module, inputs: tuple, opset: int, dynam
     out_names = [f"output_{i}" for i in range(n_out)]
     axes = {name: {0: "batch"} for name in names + out_names} if dynamic_batch else None
     torch.onnx.register_custom_op_symbolic("lmkan::lookup2d", _torchscript_symbolic, opset)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="lmkan_onnx_") as folder:
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, _exporter_args(inputs), buffer, dynamo=False, opset_version=opset,
+        file = os.path.join(folder, "model.onnx")  # a file, not a buffer: past 2 GB torch adds external data
+        torch.onnx.export(model, _exporter_args(inputs), file, dynamo=False, opset_version=opset,
                           input_names=names,
                           output_names=out_names, dynamic_axes=axes, custom_opsets={DOMAIN: DOMAIN_VERSION})
-    return onnx.load_from_string(buffer.getvalue())
+        return onnx.load(file)
 
 
 def _lmkan_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
