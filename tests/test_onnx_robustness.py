@@ -74,6 +74,7 @@ def test_external_data_is_written_validated_and_loaded(tmp_path):
     data = tmp_path / "big.onnx.data"
     assert result.external_data == data and data.stat().st_size >= (model.a.table.numel() + model.b.table.numel()) * 4
     assert "big.onnx.data" in str(result) and result.validation[0].max_rel < 1e-4
+    assert data.stat().st_mode & 0o777 == (tmp_path / "big.onnx").stat().st_mode & 0o777
     graph = onnx.load(str(tmp_path / "big.onnx"), load_external_data=False)
     external = [t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer
                 if 4 * torch.Size(t.dims).numel() >= storage.EXTERNAL_THRESHOLD]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, default_mode
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # initializer bytes above which tables go to an external data file
 EXTERNAL_THRESHOLD = 1024  # tensors smaller than this stay inside the .onnx file
@@ -42,5 +42,6 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool | None =
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
                     size_threshold=EXTERNAL_THRESHOLD)
+    data.chmod(default_mode())  # onnx creates it private (0600); give it the .onnx file's usual mode
     onnx.checker.check_model(str(path))  # by path: the checker then works past 2 GB
     return data
