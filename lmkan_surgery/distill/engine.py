@@ -230,13 +230,14 @@ class _Run:
         (ShapeError naming both otherwise), so a mismatch fails before the student changes."""
         if self.teacher is None or len(self.train_set) == 0:
             return
-        sample = rt.default_collate([self.train_set[i] for i in range(min(2, len(self.train_set)))])
-        inputs, _ = rt.split_batch(batches.to_device(sample, self.device))
-        modes = {m: m.training for m in self.student.modules()}
-        self.student.eval()
-        try:
+        rngs, modes = rt.rng_state(), {m: m.training for m in self.student.modules()}
+        try:  # an augmenting dataset draws random numbers: the run must not see this look-ahead
+            sample = rt.fetch(self.train_set, torch.arange(min(2, len(self.train_set))))
+            inputs, _ = rt.split_batch(batches.to_device(sample, self.device))
+            self.student.eval()
             check_same_outputs(batches.call(self.student, inputs), batches.call(self.teacher, inputs))
         finally:
+            rt.set_rng_state(rngs)
             for module, mode in modes.items():
                 module.training = mode
 
