@@ -3,6 +3,8 @@
 Each kind is built once per (torch version, hash of its sources and flags) into
 ``$LMKAN_CACHE_DIR`` or ``~/.cache/lmkan_surgery/<torch version>/<name>-<hash>``, under a file lock so parallel
 processes (pytest-xdist, torchrun) do not collide; editing a source changes the hash and triggers a rebuild.
+Every entry is verified before it is loaded (size + hash recorded at build time, see cache.py): a damaged one is
+rebuilt, and only the few most recently used entries per kind are kept.
 ``LMKAN_DISABLE_NATIVE=1`` makes every load fail, which exercises the reference fallback. No ``-march=native``:
 the CPU library carries generic, AVX2 and AVX-512 paths and picks one at run time, so a cached binary can move
 machines.
@@ -11,10 +13,12 @@ machines.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +26,13 @@ from types import ModuleType
 from typing import Callable
 
 from ..errors import KernelBuildError
+from . import cache
 
 KERNELS_DIR = Path(__file__).resolve().parent
 CACHE_ENV = "LMKAN_CACHE_DIR"
 DISABLE_ENV = "LMKAN_DISABLE_NATIVE"
 LOCK_TIMEOUT_S = 1800
+_BUILD_ERRORS = (RuntimeError, OSError, ImportError, SystemExit, subprocess.SubprocessError)  # what a build raises
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,6 @@ def _cuda_home() -> Path | None:
 def _require_nvcc() -> None:
     """Raise KernelBuildError unless torch has CUDA and an nvcc of the same CUDA major.minor exists; point torch's
     extension builder at that toolkit (a wrapper nvcc on PATH otherwise makes it guess a folder without headers)."""
-    import subprocess
-
     import torch
     from torch.utils import cpp_extension
 
@@ -183,8 +187,79 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def _import_cpp_extension(cuda: bool) -> ModuleType:
+    """torch.utils.cpp_extension; for a CPU build its import-time CUDA probe ("No CUDA runtime is found") is muted:
+    CUDA is looked for only when a CUDA build is asked for."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    if not cuda:
+        logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
+def _compile(spec: ExtensionSpec, build_dir: Path, module_name: str) -> ModuleType:
+    """Run torch's extension builder (ninja decides what is out of date) and import the library."""
+    cpp_extension = _import_cpp_extension(_is_cuda(spec))
+    cache.remove_stale_baton(build_dir)
+    return cpp_extension.load(
+        name=module_name,
+        sources=[str(KERNELS_DIR / src) for src in spec.sources],
+        extra_cflags=list(spec.cflags),
+        extra_ldflags=list(spec.ldflags),
+        extra_cuda_cflags=list(spec.cuda_cflags),
+        extra_include_paths=[str(KERNELS_DIR / inc) for inc in spec.include_dirs],
+        build_directory=str(build_dir),
+        with_cuda=_is_cuda(spec),
+        verbose=False,
+    )
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def _load_verified(kind: str, spec: ExtensionSpec, build_dir: Path) -> ModuleType:
+    """Load the cache entry, first rebuilding it when its library does not match its build record (a relink,
+    then a build from scratch); record the library of every build. Caller holds the entry's lock."""
+    module_name = f"{spec.name}_{build_dir.name.rsplit('-', 1)[1]}"
+    damaged = cache.damage(build_dir, module_name)
+    if damaged is not None:
+        import warnings
+
+        warnings.warn(f"lmkan: the cached {kind} kernels in {build_dir} were damaged ({damaged}); rebuilding them",
+                      stacklevel=4)
+        cache.discard_library(build_dir, module_name)
+    library = cache.library_path(build_dir, module_name)
+    before = _stat(library)
+    try:
+        module = _compile(spec, build_dir, module_name)
+    except _BUILD_ERRORS as err:
+        if damaged is None:
+            raise
+        cache.wipe(build_dir)  # the objects may be damaged too
+        try:
+            module = _compile(spec, build_dir, module_name)
+        except _BUILD_ERRORS as again:
+            raise KernelBuildError(
+                f"rebuilding the damaged {kind} kernel cache in {build_dir} failed ({_error_excerpt(str(again))}); "
+                f"delete the folder {build_dir} and retry (first error: {str(err).splitlines()[0]})") from again
+    if _stat(library) != before:  # built or relinked by this call
+        cache.write_record(build_dir, module_name)
+    os.utime(build_dir)  # most recently used: kept by prune()
+    return module
+
+
 def load_native(kind: str) -> ModuleType:
-    """Return the compiled extension module for `kind` ('cpu' or 'cuda'), building it if needed, or raise KernelBuildError."""
+    """Return the compiled extension module for `kind` ('cpu' or 'cuda'), building it if needed, or raise
+    KernelBuildError."""
     if native_disabled():
         raise KernelBuildError(f"native kernels disabled by {DISABLE_ENV}=1")
     if kind in _loaded:
@@ -194,8 +269,7 @@ def load_native(kind: str) -> ModuleType:
         spec.preflight()
     try:
         import filelock
-        from torch.utils import cpp_extension
-    except ImportError as err:  # pragma: no cover - both are hard dependencies
+    except ImportError as err:  # pragma: no cover - a hard dependency
         raise KernelBuildError(f"cannot build native kernels: {err}") from err
     _ensure_ninja_on_path()
     build_dir = cache_dir(kind)
@@ -203,20 +277,14 @@ def load_native(kind: str) -> ModuleType:
     lock = filelock.FileLock(str(build_dir) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
-            module = cpp_extension.load(
-                name=f"{spec.name}_{build_dir.name.rsplit('-', 1)[1]}",
-                sources=[str(KERNELS_DIR / src) for src in spec.sources],
-                extra_cflags=list(spec.cflags),
-                extra_ldflags=list(spec.ldflags),
-                extra_cuda_cflags=list(spec.cuda_cflags),
-                extra_include_paths=[str(KERNELS_DIR / inc) for inc in spec.include_dirs],
-                build_directory=str(build_dir),
-                with_cuda=_is_cuda(spec),
-                verbose=False,
-            )
+            module = _load_verified(kind, spec, build_dir)
     except filelock.Timeout as err:
         raise KernelBuildError(f"timed out after {LOCK_TIMEOUT_S}s waiting for the build lock {lock.lock_file}") from err
-    except (RuntimeError, OSError, ImportError, SystemExit) as err:
-        raise KernelBuildError(f"building the {kind} kernels in {build_dir} failed:\n{_error_excerpt(str(err))}") from err
+    except KernelBuildError:
+        raise
+    except _BUILD_ERRORS as err:
+        raise KernelBuildError(f"building the {kind} kernels in {build_dir} failed (if it keeps failing, delete that "
+                               f"folder and retry):\n{_error_excerpt(str(err))}") from err
+    cache.prune(build_dir)
     _loaded[kind] = module
     return module

@@ -1,6 +1,7 @@
 """lmkan-surgery: replace nn.Linear / nn.Conv2d in any PyTorch model with lookup multivariate KAN layers."""
 
 from .errors import (
+    BatchError,
     ConfigError,
     ConversionError,
     DeviceError,
@@ -9,6 +10,7 @@ from .errors import (
     KernelBuildError,
     LMKANError,
     ModelError,
+    SaveFileError,
     ShapeError,
 )
 from .nn import LMKANConv2d, LMKANLayer, LMKANLinear, hessian_penalty, model_hessian_penalty
@@ -21,6 +23,7 @@ from .serialization import load, save
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchError",
     "ConfigError",
     "ConversionReport",
     "ConversionError",
@@ -35,6 +38,7 @@ __all__ = [
     "LMKANLinear",
     "LayerRecord",
     "ModelError",
+    "SaveFileError",
     "ShapeError",
     "ShrinkGroupRecord",
     "hessian_penalty",

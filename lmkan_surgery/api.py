@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterable
 
 import torch
@@ -16,16 +15,19 @@ from lmkan_surgery.passes.select import CONVERTIBLE, Candidate, select_layers
 from lmkan_surgery.passes.shrink import ShrinkResult, shrink_model
 from lmkan_surgery.passes.trace import TraceResult, apply_functional, find_functional, trace_model
 
+from .batches import InputFn, model_inputs
 from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
+from .modelcopy import check_model, copy_for_surgery
 from .serialization import SPEC_ATTR, build_spec
 
 IN_PROJ_PARAMS = ("in_proj", "q_proj", "k_proj", "v_proj")
 
 
 def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs: Any = None,
-             calibration: Iterable[Any] | None = None, inplace: bool = False) -> tuple[nn.Module, ConversionReport]:
+             calibration: Iterable[Any] | None = None, inplace: bool = False,
+             input_fn: InputFn | None = None) -> tuple[nn.Module, ConversionReport]:
     """Return (student, report): `model` with its selected Linear/Conv2d layers replaced by lmKAN layers.
 
     example_inputs (a tensor, a tuple of arguments or a dict of keyword arguments) drives shape recording, the
@@ -33,20 +35,24 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     per-feature input statistics (example_inputs stand in when it is None, and its first batch stands in for
     missing example_inputs) and, in shrink mode, the data for the local reconstruction. The model is deep-copied
     unless inplace=True (then it is converted in place; a root whose functional calls were rewritten comes back
-    as a new fx.GraphModule).
+    as a new fx.GraphModule). input_fn maps each calibration item to model inputs (lambda batch: batch[0] for a
+    DataLoader of (x, y) pairs); without it, pairs fed to a one-argument model raise BatchError.
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"lmkanify expects a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     config = LMKANConfig() if config is None else config
     if not isinstance(config, LMKANConfig):
         raise ConfigError(f"config must be an LMKANConfig, got {type(config).__name__}")
     config.check()
-    batches = list(calibration) if calibration is not None else []
+    items = calibration if calibration is not None else []
+    batches = [model_inputs(model, b, input_fn, "calibration batch") for b in items]
+    if example_inputs is not None:
+        example_inputs = model_inputs(model, example_inputs, what="example_inputs")
     if config.mode == "shrink" and not batches:
         raise ConfigError("mode='shrink' needs calibration batches (for channel scores and local reconstruction)")
     example_inputs = batches[0] if example_inputs is None and batches else example_inputs
-    student = model if inplace else copy.deepcopy(model)
+    student, copy_warnings = copy_for_surgery(model, inplace)
     report = ConversionReport(mode=config.mode)
+    report.warnings += copy_warnings
     student, trace, rewrites = _trace_and_rewrite(student, report)
     watched = [n for n, m in student.named_modules() if isinstance(m, CONVERTIBLE)]
     probe = run_probe(student, example_inputs, watched) if example_inputs is not None else Probe()

@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
+import math
 import os
+import pickle
 import re
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +28,14 @@ from .api import lmkanify
 from .config import LMKANConfig
 from .data import load_fashion_mnist
 from .distill import DistillConfig, distill
-from .errors import LMKANError
+from .errors import ConfigError, LMKANError
 from .report import compare
+from .passes.select import PatternSet
 from .report.flops import quiet
 from .serialization import save
 
 PROG = "lmkan-convert"
+LARGE_STUDENT_BYTES = 1_000_000_000  # students above this are announced before they are written
 
 
 class UsageError(Exception):
@@ -51,26 +54,53 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _number(kind: Callable[[str], Any], text: str, ok: Callable[[Any], bool], what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return _number(int, text, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float."""
+    return _number(float, text, math.isfinite, "a finite number")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of lmkan-convert."""
     p = _Parser(prog=PROG, description="Convert a model's Linear/Conv2d layers to lmKAN layers and report savings.")
     p.add_argument("--model", required=True,
                    help="a torchvision classification model name (resnet18, mobilenet_v2, ...) or package.module:factory")
     p.add_argument("--weights", type=Path, help="local state_dict (.pt) to load; otherwise random initialisation")
-    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's own, 10 for --data)")
+    p.add_argument("--num-classes", type=positive_int,
+                   help="classifier outputs (default: the model's own, 10 for --data)")
     p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224 (the batch is ignored)")
     p.add_argument("--mode", choices=("exact", "shrink"), default="exact", help="keep shapes or narrow hidden widths")
-    p.add_argument("--width", type=float, default=0.5, help="shrink target (LMKANConfig.width)")
-    p.add_argument("--num-grids", type=int, default=8, help="grid intervals G of every lmKAN layer")
+    p.add_argument("--width", type=finite_float,
+                   help="shrink target (LMKANConfig.width, default 0.5; --mode shrink only)")
+    p.add_argument("--num-grids", type=positive_int, default=8, help="grid intervals G of every lmKAN layer")
     p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="REGEX",
                    help="module names, types or regexes to keep unconverted (added to the defaults)")
     p.add_argument("--data", choices=("synthetic", "fashion-mnist"), default="synthetic",
                    help="calibration/distillation data: random tensors or the project's Fashion-MNIST")
-    p.add_argument("--distill-epochs", type=int, default=0, help="epochs of distillation after conversion")
+    p.add_argument("--distill-epochs", type=non_negative_int, default=0, help="epochs of distillation after conversion")
     p.add_argument("--onnx", type=Path, help="export the converted model to this file (relative: inside --out)")
     p.add_argument("--out", type=Path, default=Path("lmkan_out"), help="output folder (default ./lmkan_out)")
     p.add_argument("--quick", action="store_true", help="few calibration batches and short timing (smoke runs)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     p.add_argument("--traceback", action="store_true", help="print the full traceback on failure")
     return p
 
@@ -149,12 +179,31 @@ def build_model(spec: str, num_classes: int | None) -> nn.Module:
     return torchvision.models.get_model(spec, weights=None, **kwargs)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a local state_dict (also accepted nested under 'state_dict' or 'model')."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a local file (also accepted nested under 'state_dict' or 'model'); UsageError naming the
+    file when it is not one. Only tensors are unpickled (weights_only=True), whatever the file holds."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # a pickled class: a whole model or a training-state object
+            raise UsageError(f"--weights {path} holds pickled Python objects (a whole model?), which are not "
+                             f"loaded for safety: save and pass model.state_dict() instead") from None
+        raise UsageError(f"--weights {path} is not a PyTorch checkpoint (text or random bytes?): save one with "
+                         f"torch.save(model.state_dict(), path)") from None
+    except Exception as err:  # noqa: BLE001 - arbitrary bytes make torch.load raise almost anything
+        raise UsageError(f"--weights {path} is not a readable PyTorch checkpoint ({type(err).__name__}; truncated, "
+                         f"empty or another format?): save one with torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"--weights {path} holds a {type(state).__name__}, not a state_dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a local state_dict into the model."""
+    state = read_weights(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -210,22 +259,52 @@ def _onnx_path(out: Path, onnx: Path) -> Path:
     return onnx if onnx.is_absolute() else out / onnx
 
 
-def run(args: argparse.Namespace) -> int:
-    """All steps of one conversion; raises UsageError / StepFailure / anything else on failure."""
+def check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LMKANConfig]:
+    """(input shape, conversion config) after every check that needs no model: UsageError naming the option."""
+    if not args.model.strip():
+        raise UsageError("--model must name a torchvision model or package.module:factory, got an empty string")
     shape = parse_shape(args.input_shape) if args.input_shape else default_input_shape(args.data)
     if args.weights is not None and not args.weights.is_file():
         raise UsageError(f"--weights {str(args.weights)!r}: no such file")
-    if args.distill_epochs < 0:
-        raise UsageError(f"--distill-epochs must be >= 0, got {args.distill_epochs}")
+    if args.mode == "exact" and args.width is not None:
+        raise UsageError(f"--width {args.width:g} only applies to --mode shrink (exact conversion keeps every width)")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {str(args.out)!r} exists and is not a folder")
+    if args.onnx is not None and (args.onnx.name in ("", ".", "..") or _onnx_path(args.out, args.onnx).is_dir()):
+        raise UsageError(f"--onnx {str(args.onnx)!r} must name a file, e.g. student.onnx")
     for pattern in args.exclude:
         try:
             re.compile(pattern)
         except re.error as err:
             raise UsageError(f"--exclude {pattern!r} is not a valid regular expression: {err}") from None
+    width = 0.5 if args.width is None else args.width
     try:
-        config = LMKANConfig(num_grids=args.num_grids, mode=args.mode, width=args.width, exclude=list(args.exclude))
+        config = LMKANConfig(num_grids=args.num_grids, mode=args.mode, width=width, exclude=list(args.exclude))
     except LMKANError as err:  # ConfigError, GridSizeError
         raise UsageError(str(err)) from None
+    return shape, config
+
+
+def check_patterns(model: nn.Module, config: LMKANConfig) -> None:
+    """UsageError when an --exclude pattern names a layer type that neither torch.nn nor the model has."""
+    try:
+        PatternSet(config.exclude, "exclude", model)
+    except ConfigError as err:
+        raise UsageError(f"--exclude: {err}") from None
+
+
+def save_student(student: nn.Module, path: Path) -> None:
+    """lmkan_surgery.save, announcing a large file (an exact conversion multiplies the weights) before writing."""
+    size = sum(v.numel() * v.element_size() for v in student.state_dict().values())
+    if size > LARGE_STUDENT_BYTES:
+        print(f"  writing a {size / 1e9:.1f} GB student to {path} (lmKAN tables hold (G+1)^2/2 times the weights of "
+              f"the layers they replace; --mode shrink or a smaller --num-grids gives a smaller one)", flush=True)
+    save(student, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """All steps of one conversion; raises UsageError / StepFailure / anything else on failure."""
+    shape, config = check_args(args)
     progress = Progress(4 + (args.distill_epochs > 0) + (args.onnx is not None))
     torch.manual_seed(args.seed)
     rs = settings(args.quick)
@@ -239,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input-shape {','.join(map(str, shape))} does not fit {args.model}: "
                          f"{str(err).splitlines()[0]}") from None
     num_classes = num_classes or outputs.shape[-1]
+    check_patterns(model, config)
     if args.weights is not None:
         load_weights(model, args.weights)
         origin = f"weights from {args.weights}"
@@ -257,13 +337,13 @@ def run(args: argparse.Namespace) -> int:
     print(agreement(model, student.eval(), val, rs.batch))
     (args.out / "conversion.json").write_text(conversion.to_json() + "\n")
     (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    save(student, args.out / "student.pt")
+    save_student(student, args.out / "student.pt")
 
     if args.distill_epochs:
         progress(f"distill: {args.distill_epochs} epoch(s) on {len(train[0])} {args.data} samples")
         distill(student, model, train, val, config=DistillConfig(epochs=args.distill_epochs, batch_size=rs.batch * 4))
         print(agreement(model, student.eval(), val, rs.batch))
-        save(student, args.out / "student.pt")
+        save_student(student, args.out / "student.pt")
 
     with quiet():  # fvcore's import warns about TorchScript
         optional("fvcore.nn", "the savings report", "FlopCountAnalysis", extra="report")
@@ -286,21 +366,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def quiet_build_logs() -> None:
-    """Hide torch's "No CUDA runtime is found" log line, printed when the native kernels load on a CPU machine."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map failures to exit codes (2 usage, 1 failure) with one-line messages."""
-    quiet_build_logs()
     parser = build_parser()
     args = None
     try:
         args = parser.parse_args(argv)
         return run(args)
     except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -49,3 +49,11 @@ class CheckpointError(LMKANError, RuntimeError):
 
 class ModelError(LMKANError, TypeError):
     """The object given as a model is not an nn.Module (or a factory returned something else)."""
+
+
+class SaveFileError(LMKANError, ValueError):
+    """A save file is missing, empty, damaged (checksum mismatch) or not an lmkan_surgery.save() file."""
+
+
+class BatchError(LMKANError, TypeError):
+    """A batch does not fit the model's forward (e.g. (x, y) pairs given where model inputs are expected)."""

@@ -1,10 +1,14 @@
 """save / load of converted models: a JSON spec (config, functional rewrites, every changed module's constructor
-arguments) plus the state_dict as plain tensors. No module is pickled; load() rebuilds from the user's factory."""
+arguments) plus the state_dict as plain tensors and a SHA-256 per tensor. No module is pickled; load() rebuilds
+from the user's factory. Saves are atomic (temp file, fsync, rename): a killed save leaves the old file intact."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import zipfile
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -14,7 +18,8 @@ from torch import nn
 from lmkan_surgery.passes.replace import set_module
 from lmkan_surgery.passes.trace import FunctionalRewrite, apply_functional
 
-from .errors import ConversionError, LMKANError
+from .atomic import atomic_write
+from .errors import ConversionError, LMKANError, ModelError, SaveFileError
 from .nn import LMKANConv2d, LMKANLinear
 
 FORMAT = "lmkan-surgery/1"
@@ -63,24 +68,69 @@ def _build_module(name: str, spec: dict[str, Any], dtype: torch.dtype) -> nn.Mod
     return module.to_empty(device="cpu")
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and raw bytes (detects any changed byte of the saved data)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    if flat.numel():
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save(student: nn.Module, path: str | os.PathLike) -> None:
-    """Write the conversion spec and the state_dict (tensors only) of a model returned by lmkanify."""
+    """Write the conversion spec, the state_dict (tensors only) and a checksum per tensor of a model returned by
+    lmkanify, atomically: `path` holds either the previous file or the complete new one, whatever happens."""
     spec = getattr(student, SPEC_ATTR, None)
     if spec is None:
         raise ConversionError("save() needs a model returned by lmkanify (it carries the conversion spec)")
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    torch.save({"lmkan_spec": json.dumps(spec), "state_dict": state}, os.fspath(path))
+    checksums = {k: tensor_digest(v) for k, v in state.items()}
+    payload = {"lmkan_spec": json.dumps(spec), "state_dict": state, "checksums": checksums}
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _read_payload(path: str | os.PathLike) -> dict[str, Any]:
+    """The verified payload of a save file, or SaveFileError saying what is wrong with the file."""
+    file = os.fspath(path)
+    if not os.path.isfile(file):
+        raise SaveFileError(f"{file}: no such save file")
+    if os.path.getsize(file) == 0:
+        raise SaveFileError(f"{file} is empty (an interrupted copy?): re-save the model with lmkan_surgery.save()")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError, ValueError,
+            UnicodeDecodeError) as err:
+        raise SaveFileError(f"{file} is not a readable lmkan_surgery.save() file (truncated, damaged or another "
+                            f"format): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(payload, dict) or "lmkan_spec" not in payload or "state_dict" not in payload:
+        raise SaveFileError(f"{file} is a torch file but not an lmkan_surgery.save() file (no conversion spec)")
+    try:
+        spec = json.loads(payload["lmkan_spec"])
+    except (TypeError, ValueError) as err:
+        raise SaveFileError(f"{file}: the conversion spec is not valid JSON ({err})") from err
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else None
+        raise SaveFileError(f"{file} has format {found!r}, this version reads {FORMAT!r}")
+    for name, expected in (payload.get("checksums") or {}).items():  # files written before checksums: none
+        tensor = payload["state_dict"].get(name)
+        if tensor is None or tensor_digest(tensor) != expected:
+            raise SaveFileError(f"{file}: tensor '{name}' does not match the checksum written at save time (the "
+                                f"file was changed or damaged after saving); restore it from a good copy")
+    payload["lmkan_spec"] = spec
+    return payload
 
 
 def load(path: str | os.PathLike, base_model_fn: Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a saved conversion: base_model_fn() gives the original architecture, the spec reshapes it and the
-    saved tensors fill it (torch.load(weights_only=True): nothing executable is unpickled)."""
-    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or "lmkan_spec" not in payload:
-        raise ConversionError(f"{path} is not an lmkan_surgery.save() file")
-    spec = json.loads(payload["lmkan_spec"])
-    if spec.get("format") != FORMAT:
-        raise ConversionError(f"{path} has format {spec.get('format')!r}, this version reads {FORMAT!r}")
+    saved tensors (checked against their checksums) fill it. torch.load(weights_only=True): nothing executable
+    is unpickled."""
+    if isinstance(base_model_fn, nn.Module) or not callable(base_model_fn):
+        raise ModelError(f"load({os.fspath(path)!r}, base_model_fn): base_model_fn must be a function returning a "
+                         f"fresh model of the original architecture (e.g. torchvision.models.resnet18 or "
+                         f"lambda: MyNet()), got {type(base_model_fn).__name__}"
+                         + (" instance" if isinstance(base_model_fn, nn.Module) else ""))
+    payload = _read_payload(path)
+    spec = payload["lmkan_spec"]
     model = base_model_fn()
     if not isinstance(model, nn.Module):
         raise ConversionError(f"base_model_fn must return an nn.Module, got {type(model).__name__}")

@@ -10,38 +10,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from lmkan_surgery.batches import as_args, batch_size, call, describe  # noqa: F401 - re-exported for the passes
 from lmkan_surgery.errors import ShapeError
-
-
-def as_args(inputs: Any) -> tuple[tuple, dict]:
-    """A batch as (args, kwargs): a tensor is one argument, a tuple/list positional arguments, a dict keywords."""
-    if isinstance(inputs, dict):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    return (inputs,), {}
-
-
-def call(model: nn.Module, inputs: Any) -> Any:
-    """model(*args, **kwargs) for one batch."""
-    args, kwargs = as_args(inputs)
-    return model(*args, **kwargs)
-
-
-def _shapes(inputs: Any) -> str:
-    args, kwargs = as_args(inputs)
-    items = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
-    items += [f"{k}={tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}" for k, v in kwargs.items()]
-    return ", ".join(map(str, items))
-
-
-def batch_size(inputs: Any) -> int:
-    """Leading dimension of the first tensor in a batch (1 when there is none)."""
-    args, kwargs = as_args(inputs)
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return 1
 
 
 @contextlib.contextmanager
@@ -102,7 +72,7 @@ def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Prob
         failed = stack[-1:] if stack else []
         where = f"inside module '{failed[0]}' ({type(modules[failed[0]]).__name__})" if failed and failed[0] else \
             "in the top-level forward"
-        raise ShapeError(f"the model failed on example_inputs of shape(s) {_shapes(example_inputs)} {where}: "
+        raise ShapeError(f"the model failed on example_inputs of shape(s) {describe(example_inputs)} {where}: "
                          f"{type(err).__name__}: {err}. Pass example inputs the model accepts (a tensor, a tuple "
                          f"of positional arguments or a dict of keyword arguments).") from err
     finally:

@@ -159,7 +159,7 @@ def test_bad_inputs_raise_specific_errors():
         lmkan_lookup(torch.randn(2, 6), torch.randn(2, 5, 5, 3))
     conv = LMKANConv2d(3, 4, 3)
     with pytest.raises(ShapeError, match="NCHW"):
-        conv(torch.randn(3, 8, 8))
+        conv(torch.randn(8, 8))  # 2-D; unbatched CHW is accepted, as by nn.Conv2d
     with pytest.raises(ShapeError, match="C=3"):
         conv(torch.randn(1, 2, 8, 8))
     with pytest.raises(ConfigError):

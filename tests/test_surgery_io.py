@@ -40,7 +40,7 @@ def test_save_load_control_flow_and_file_has_no_pickled_modules(tmp_path):
     student, _ = lmkanify(ControlFlowNet(), LMKANConfig(num_grids=3), example_inputs=x)
     roundtrip(student, ControlFlowNet, x, tmp_path)
     payload = torch.load(tmp_path / "model.lmkan", weights_only=True)
-    assert set(payload) == {"lmkan_spec", "state_dict"}
+    assert set(payload) == {"lmkan_spec", "state_dict", "checksums"}
     assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
 
 

@@ -15,15 +15,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .. import batches
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..nn import LMKANLayer
 from . import runtime as rt
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig, WarmupCosine
-from .losses import LayerMatcher, first_nonfinite_module, label_loss, logits_kd
+from .losses import LayerMatcher, check_same_outputs, first_nonfinite_module, label_loss, logits_kd
 
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
 StepCallback = Callable[[int], None]
-_RESUME_KEYS = ("epochs", "batch_size", "seed", "lr", "task", "hessian_start", "hessian_decay_epochs")
+_RESUME_KEYS = ("epochs", "batch_size", "seed", "lr", "task", "hessian_start", "hessian_decay_epochs",
+                "alpha", "beta", "label_weight", "temperature")  # the loss weights: another mix is another run
 
 
 @torch.no_grad()
@@ -37,8 +39,8 @@ def evaluate(model: nn.Module, data: Any, task: str = "classification", batch_si
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     try:
         for batch in rt.eval_batches(rt.as_dataset(data, "data"), batch_size, env):
-            inputs, targets = rt.split_batch(rt.to_device(batch, device))
-            out = model(inputs).float()
+            inputs, targets = rt.split_batch(batches.to_device(batch, device))
+            out = batches.call(model, inputs).float()
             if task == "regression":
                 totals[0] += (out - targets.float().view_as(out)).square().sum().double()
                 totals[1] += out.numel()
@@ -150,10 +152,10 @@ class _Run:
             if self.matcher is not None:
                 self.matcher.begin()
             with torch.no_grad():
-                teacher_out = self.teacher(inputs)
+                teacher_out = batches.call(self.teacher, inputs)
             if self.matcher is not None:
                 self.matcher.after_teacher()
-        out = self.model(inputs)
+        out = batches.call(self.model, inputs)
         label_weight = cfg.label_weight if isinstance(cfg, DistillConfig) else 1.0
         if teacher_out is not None and cfg.alpha > 0:
             terms["kd"] = logits_kd(out, teacher_out, cfg.task, cfg.temperature)
@@ -202,7 +204,7 @@ class _Run:
         epoch = self.step / self.batches.steps_per_epoch
         lam = self.cfg.hessian_lambda(epoch)
         self._set_gamma(epoch)
-        inputs, targets = rt.split_batch(rt.to_device(batch, self.device))
+        inputs, targets = rt.split_batch(batches.to_device(batch, self.device))
         with self._autocast():
             terms = self._terms(inputs, targets, lam)
         if not terms:
@@ -221,6 +223,23 @@ class _Run:
         self.scheduler.step()
         values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
         return dict(zip(values, rt.all_mean(torch.stack([v.float() for v in values.values()]), self.env).tolist()))
+
+    @torch.no_grad()
+    def _check_outputs(self) -> None:
+        """Before any step: the student's and the teacher's outputs on two training samples must have one shape
+        (ShapeError naming both otherwise), so a mismatch fails before the student changes."""
+        if self.teacher is None or len(self.train_set) == 0:
+            return
+        rngs, modes = rt.rng_state(), {m: m.training for m in self.student.modules()}
+        try:  # an augmenting dataset draws random numbers: the run must not see this look-ahead
+            sample = rt.fetch(self.train_set, torch.arange(min(2, len(self.train_set))))
+            inputs, _ = rt.split_batch(batches.to_device(sample, self.device))
+            self.student.eval()
+            check_same_outputs(batches.call(self.student, inputs), batches.call(self.teacher, inputs))
+        finally:
+            rt.set_rng_state(rngs)
+            for module, mode in modes.items():
+                module.training = mode
 
     def _payload(self, finished: bool) -> dict[str, Any]:
         states = [rt.rng_state()]
@@ -253,7 +272,9 @@ class _Run:
         saved, now = state["config"], self.cfg.to_dict()
         diff = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
         if diff:
-            raise CheckpointError(f"checkpoint in {self.cfg.checkpoint_dir} was made with different {diff}")
+            changes = ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in diff)
+            raise CheckpointError(f"checkpoint in {self.cfg.checkpoint_dir} was made with different settings: "
+                                  f"{changes}; resume with the same settings, or use another checkpoint_dir")
         self.student.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -289,6 +310,7 @@ class _Run:
     def run(self) -> DistillResult:
         cfg, spe = self.cfg, self.batches.steps_per_epoch
         try:
+            self._check_outputs()
             finished = self._resume()
             self._set_modes()
             bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.env.is_main),

@@ -9,11 +9,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .. import batches
 from ..errors import ShapeError
+
+
+def check_same_outputs(student: Any, teacher: Any) -> None:
+    """ShapeError unless the student's and the teacher's outputs are tensors of one shape."""
+    if not isinstance(student, torch.Tensor) or not isinstance(teacher, torch.Tensor):
+        raise ShapeError(f"distill compares the student's and the teacher's outputs as tensors, got "
+                         f"{type(student).__name__} and {type(teacher).__name__}: wrap models that return tuples or "
+                         f"dicts so that they return the logits")
+    if student.shape != teacher.shape:
+        raise ShapeError(f"the student's output {tuple(student.shape)} and the teacher's {tuple(teacher.shape)} differ: "
+                         f"the student must compute the teacher's outputs (same classes / output features); check "
+                         f"num_classes and the head of both models")
 
 
 def logits_kd(student: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float) -> torch.Tensor:
     """KL(teacher || student) on temperature-softened logits, scaled by T^2 (classification); MSE (regression)."""
+    check_same_outputs(student, teacher)
     if task == "regression":
         return F.mse_loss(student.float(), teacher.float())
     t = temperature
@@ -172,7 +186,7 @@ def first_nonfinite_module(model: nn.Module, inputs: Any) -> str | None:
     handles = [m.register_forward_hook(hook) for m in names]  # post-hooks fire innermost first
     try:
         with torch.no_grad():
-            model(inputs)
+            batches.call(model, inputs)
     finally:
         for h in handles:
             h.remove()

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError, ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -137,15 +138,6 @@ def split_batch(batch: Any) -> tuple[Any, Any | None]:
     return batch, None
 
 
-def to_device(value: Any, device: torch.device) -> Any:
-    """Move a tensor (or a tuple/list of them) to the device."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
-
-
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step may draw from: python, numpy, torch CPU and CUDA."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -164,14 +156,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: str, payload: dict[str, Any]) -> Path:
-    """Write the checkpoint atomically (temp file in the same folder, then rename) and return its path."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CHECKPOINT_NAME
-    tmp = folder / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write the checkpoint atomically (temp file in the same folder, fsync, rename) and return its path."""
+    return atomic_write(Path(directory) / CHECKPOINT_NAME, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(directory: str) -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ class LMKANLayer(nn.Module):
 
     def _add_branch(self, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """gamma * y + branch(u) in the configured form (y and the branch output share their layout)."""
+        u = u.to(self.branch.weight.dtype)  # a float16/bfloat16 input meets float32 branch weights
         if self.preconditioning == "relu_first":
             out = self.branch(torch.relu(u))
         elif self.preconditioning == "relu_last":

@@ -67,8 +67,14 @@ class LMKANConv2d(LMKANLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_floating(x, "LMKANConv2d")
+        unbatched = x.dim() == 3  # CHW, as nn.Conv2d accepts
+        if unbatched:
+            x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ShapeError(f"LMKANConv2d expects NCHW input with C={self.in_channels}, got {tuple(x.shape)}")
+            raise ShapeError(f"LMKANConv2d expects NCHW (or unbatched CHW) input with C={self.in_channels}, "
+                             f"got {tuple(x.shape)}")
+        dtype = x.dtype
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if self.input_norm == "batchnorm":
             x = self._normalize(x, 1)
         pads = self._pads()
@@ -87,11 +93,14 @@ class LMKANConv2d(LMKANLayer):
         else:
             per_image = self.in_channels * kh * kw * out_h * out_w
             step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
-            outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, x.shape[0], step)]
+            outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, max(1, x.shape[0]), step)]
             y = outs[0] if len(outs) == 1 else torch.cat(outs)
         if self.branch is not None:
             y = self._add_branch(y, x)
-        return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
+        y = (y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y).to(dtype)  # nn.Conv2d: input dtype
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y.squeeze(0) if unbatched else y
 
     def _patches(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
         """Patches [N, L, groups, K] in (c, ky, kx) order, from a strided view (one copy; F.unfold is slower)."""

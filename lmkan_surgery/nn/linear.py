@@ -46,7 +46,7 @@ class LMKANLinear(LMKANLayer):
         y = self._lookup(u, self.table)
         if self.branch is not None:
             y = self._add_branch(y, u)
-        return y + self.bias if self.bias is not None else y
+        return (y + self.bias if self.bias is not None else y).to(x.dtype)  # nn.Linear: the input dtype
 
     def _branch_matrix(self) -> torch.Tensor:
         return self.branch.weight

@@ -3,6 +3,7 @@
 from .errors import (
     CustomOpLibraryError,
     OnnxExportError,
+    OnnxFileError,
     OnnxRuntimeVersionError,
     OnnxValidationError,
     UnsupportedOpsetError,
@@ -30,6 +31,7 @@ __all__ = [
     "NATIVE",
     "OP_TYPE",
     "OnnxExportError",
+    "OnnxFileError",
     "OnnxRuntimeVersionError",
     "OnnxValidationError",
     "SUPPORTED_OPSETS",

@@ -23,3 +23,7 @@ class OnnxRuntimeVersionError(LMKANError, RuntimeError):
 
 class CustomOpLibraryError(KernelBuildError):
     """The onnxruntime custom-op library is missing, cannot be built, or cannot be loaded."""
+
+
+class OnnxFileError(LMKANError, ValueError):
+    """An .onnx file (or its external data) is missing, truncated or not an ONNX model."""

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch.utils._pytree as pytree
 from onnx import helper
 
+from .. import batches
 from .errors import OnnxExportError, OnnxValidationError, UnsupportedOpsetError
 from .runtime import FUNCTION_BODY, NATIVE, session
 from .schema import ATTR_NUM_GRIDS, DOMAIN, DOMAIN_VERSION, OP_TYPE, dynamo_translation_table
 from .schema import function_body as body_function
+from .storage import write_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +74,12 @@ class ExportResult:
     lmkan_nodes: int
     function_body: bool
     validation: list[ValidationReport] = field(default_factory=list)
+    external_data: Path | None = None  # the tables' file beside a model past protobuf's 2 GB limit
 
     def __str__(self) -> str:
         lines = [f"{self.path}: {self.lmkan_nodes} lmkan.LMKAN2D node(s), opset {self.opset}, exporter {self.exporter}"]
+        if self.external_data is not None:
+            lines[0] += f", tables in {self.external_data.name} (ONNX external data: keep the two files together)"
         lines += [f"  validated {report}" for report in self.validation]
         return "\n".join(lines)
 
@@ -88,10 +95,6 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def _as_tuple(example_inputs) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
-
 def _flat_outputs(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -100,14 +103,23 @@ def _flat_outputs(out) -> list[torch.Tensor]:
     return [t for item in out for t in _flat_outputs(item)]
 
 
+def _exporter_args(inputs: tuple) -> tuple:
+    """Positional arguments as both exporters want them: they read a trailing dict as keyword arguments, so a
+    dict that is the model's last positional argument is followed by an empty dict of keywords."""
+    return inputs + ({},) if inputs and isinstance(inputs[-1], dict) else inputs
+
+
 def _export_dynamo(model: torch.nn.Module, inputs: tuple, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
-    dynamic = tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs) if dynamic_batch else None
+    dynamic = None
     if dynamic_batch:  # torch.export specialises a batch of 1: trace with the example repeated twice
-        inputs = tuple(x.repeat(2, *[1] * (x.dim() - 1)) if isinstance(x, torch.Tensor) and x.shape[0] == 1 else x
-                       for x in inputs)
+        batched = lambda x: isinstance(x, torch.Tensor) and x.dim() > 0  # noqa: E731
+        dynamic = pytree.tree_map(lambda x: {0: torch.export.Dim.DYNAMIC} if batched(x) else None, inputs)
+        inputs = batches.map_tensors(inputs, lambda x: x.repeat(2, *[1] * (x.dim() - 1))
+                                     if batched(x) and x.shape[0] == 1 else x)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+        program = torch.onnx.export(model, _exporter_args(inputs), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=dynamic,
                                     custom_translation_table=dynamo_translation_table(), verbose=False)
     return program.model_proto
 
@@ -123,18 +135,19 @@ def _torchscript_symbolic(g, x, table):
 
 
 def _export_torchscript(model: torch.nn.Module, inputs: tuple, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
-    names = [f"input_{i}" for i in range(len(inputs))]
+    names = [f"input_{i}" for i in range(len(batches.tensors(inputs)))]
     with torch.no_grad():
         n_out = len(_flat_outputs(model(*inputs)))
     out_names = [f"output_{i}" for i in range(n_out)]
     axes = {name: {0: "batch"} for name in names + out_names} if dynamic_batch else None
     torch.onnx.register_custom_op_symbolic("lmkan::lookup2d", _torchscript_symbolic, opset)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="lmkan_onnx_") as folder:
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, input_names=names,
+        file = os.path.join(folder, "model.onnx")  # a file, not a buffer: past 2 GB torch adds external data
+        torch.onnx.export(model, _exporter_args(inputs), file, dynamo=False, opset_version=opset,
+                          input_names=names,
                           output_names=out_names, dynamic_axes=axes, custom_opsets={DOMAIN: DOMAIN_VERSION})
-    return onnx.load_from_string(buffer.getvalue())
+        return onnx.load(file)
 
 
 def _lmkan_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -263,18 +276,21 @@ def _finalize(model: onnx.ModelProto, opset: int, with_body: bool) -> int:
 
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, example_inputs, opset: int = 18,
                 dynamic_batch: bool = True, validate: bool = True, *, exporter: str = "auto",
-                function_body: bool = True, rtol: float = DEFAULT_RTOL) -> ExportResult:
+                function_body: bool = True, rtol: float = DEFAULT_RTOL,
+                external_data: bool | None = None) -> ExportResult:
     """Export `model` to ONNX with one lmkan.LMKAN2D node per lmKAN op call, then (optionally) validate it.
 
     The torch.export-based exporter is used, the TorchScript exporter only as a fallback (exporter='auto') or on
     request. With function_body=True the file carries a standard-op body of the op so stock onnxruntime runs it.
     validate=True compares onnxruntime with PyTorch on the example inputs and on fresh random ones (another batch
     size when dynamic_batch) for the function-body path and, when the library builds, the native path.
+    example_inputs are a tensor, a tuple of positional arguments or a dict of keyword arguments (as for
+    lmkanify). external_data=None writes the tables to `<path>.data` only past protobuf's 2 GB limit.
     """
     check_opset(opset)
     if exporter not in EXPORTERS:
         raise OnnxExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    inputs = _as_tuple(example_inputs)
+    inputs = batches.positional(model, example_inputs, "export_onnx()")
     path = Path(path)
     was_training = model.training
     model.eval()
@@ -294,10 +310,8 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, example_inputs,
             except Exception as err:
                 raise OnnxExportError(f"ONNX export failed with the TorchScript exporter too: {err}") from err
         count = _finalize(proto, opset, function_body)
-        onnx.checker.check_model(proto)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(proto, str(path))
-        result = ExportResult(path, used, opset, count, function_body and count > 0)
+        external = write_model(proto, path, external_data)
+        result = ExportResult(path, used, opset, count, function_body and count > 0, external_data=external)
         if validate:
             paths = ([FUNCTION_BODY] if function_body or count == 0 else []) + ([NATIVE] if count else [])
             for runtime_path in paths:
@@ -311,16 +325,16 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, example_inputs,
 
 
 def _fresh_inputs(inputs: tuple, batch: int, generator: torch.Generator) -> tuple:
-    """Random inputs like the example ones (same mean/std per tensor) with `batch` rows."""
-    fresh = []
-    for x in inputs:
-        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-            fresh.append(x)
-            continue
+    """Random inputs like the example ones (same mean/std per floating tensor) with `batch` rows; other tensors
+    (integer ids, masks) are cycled along the batch."""
+    def fresh(x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            return x.repeat(-(-batch // x.shape[0]), *[1] * (x.dim() - 1))[:batch] if x.dim() else x
         noise = torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype)
         std = x.std() if x.numel() > 1 else x.new_tensor(1.0)
-        fresh.append(noise * std + x.mean())
-    return tuple(fresh)
+        return noise * std + x.mean()
+
+    return batches.map_tensors(inputs, fresh)
 
 
 def validate_onnx(model: torch.nn.Module, path: str | os.PathLike, example_inputs, *, runtime_path: str = FUNCTION_BODY,
@@ -330,7 +344,7 @@ def validate_onnx(model: torch.nn.Module, path: str | os.PathLike, example_input
 
     With required=False a native library that cannot be built gives None instead of an error.
     """
-    inputs = _as_tuple(example_inputs)
+    inputs = batches.positional(model, example_inputs, "validate_onnx()")
     try:
         sess = session(path, use_library=runtime_path == NATIVE)
     except Exception as err:
@@ -340,7 +354,7 @@ def validate_onnx(model: torch.nn.Module, path: str | os.PathLike, example_input
         return None
     names = [i.name for i in sess.get_inputs()]
     generator = torch.Generator().manual_seed(seed)
-    batch = inputs[0].shape[0]
+    batch = batches.batch_size(inputs)
     cases_in = [("example", inputs)] + [
         (f"random{k}", _fresh_inputs(inputs, batch + 3 * (k + 1) if dynamic_batch else batch, generator))
         for k in range(trials)
@@ -349,11 +363,11 @@ def validate_onnx(model: torch.nn.Module, path: str | os.PathLike, example_input
     for name, args in cases_in:
         with torch.no_grad():
             expected = [t.detach().cpu().numpy() for t in _flat_outputs(model(*args))]
-        feed = {n: a.detach().cpu().numpy() for n, a in zip(names, args)}
+        feed = {n: a.detach().cpu().numpy() for n, a in zip(names, batches.tensors(args))}
         got = sess.run(None, feed)
         max_abs = max(float(np.max(np.abs(g - e))) if e.size else 0.0 for g, e in zip(got, expected))
         scale = max(float(np.max(np.abs(e))) if e.size else 0.0 for e in expected)
-        cases.append(ValidationCase(name, int(args[0].shape[0]), max_abs, max_abs / max(scale, 1e-30)))
+        cases.append(ValidationCase(name, batches.batch_size(args), max_abs, max_abs / max(scale, 1e-30)))
     report = ValidationReport(sess.lmkan_path, rtol, tuple(cases))
     if report.max_rel > rtol:
         raise OnnxValidationError(

@@ -13,8 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
+from ..kernels import cache
 from ..kernels.build import CACHE_ENV, KERNELS_DIR, LOCK_TIMEOUT_S, SPECS, native_disabled
 from .errors import CustomOpLibraryError
 
@@ -168,15 +170,34 @@ def build_library(cuda: bool | None = None) -> Path:
     headers = include_dir()
     out_dir = cache_root() / f"lmkan_ort{'_cuda' if cuda else ''}-{_digest(headers, cuda, compiler)}"
     target = out_dir / LIBRARY_NAME
-    if not target.is_file():
-        import filelock
+    import filelock
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with filelock.FileLock(str(out_dir) + ".lock", timeout=LOCK_TIMEOUT_S):
-                if not target.is_file():
-                    _compile(out_dir, headers, cuda, compiler)
-        except filelock.Timeout as err:
-            raise CustomOpLibraryError(f"timed out waiting for the build lock of {out_dir}") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with filelock.FileLock(str(out_dir) + ".lock", timeout=LOCK_TIMEOUT_S):
+            _verified_build(out_dir, headers, cuda, compiler)
+    except filelock.Timeout as err:
+        raise CustomOpLibraryError(f"timed out waiting for the build lock of {out_dir}") from err
     _built[cuda] = target
     return target
+
+
+def _verified_build(out_dir: Path, headers: Path, cuda: bool, compiler: str) -> None:
+    """Build the library unless a copy matching its build record (size + hash) is there; a damaged one (which
+    onnxruntime's dlopen could die on with SIGBUS) is rebuilt, and a failed rebuild names the folder."""
+    stem = Path(LIBRARY_NAME).stem
+    damaged = cache.damage(out_dir, stem)
+    if damaged is not None:
+        warnings.warn(f"lmkan: the cached onnxruntime library in {out_dir} was damaged ({damaged}); rebuilding it",
+                      stacklevel=3)
+        cache.discard_library(out_dir, stem)
+    if (out_dir / LIBRARY_NAME).is_file():
+        return
+    try:
+        _compile(out_dir, headers, cuda, compiler)
+    except CustomOpLibraryError as err:
+        if damaged is None:
+            raise
+        raise CustomOpLibraryError(f"rebuilding the damaged library in {out_dir} failed: {err}; delete the folder "
+                                   f"{out_dir} and retry") from err
+    cache.write_record(out_dir, stem)

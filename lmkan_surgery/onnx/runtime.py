@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import CustomOpLibraryError, OnnxRuntimeVersionError
+from .errors import CustomOpLibraryError, OnnxFileError, OnnxRuntimeVersionError
 from .library import build_library
 from .schema import DOMAIN, OP_TYPE
 
@@ -85,6 +85,24 @@ def _resolve_library(model: onnx.ModelProto, use_library: bool | None,
         return None
 
 
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """The ONNX graph of `path` without its external data; OnnxFileError naming the file when it is missing,
+    empty, truncated or not ONNX."""
+    file = Path(path)
+    if not file.is_file():
+        raise OnnxFileError(f"{file}: no such ONNX file")
+    if file.stat().st_size == 0:
+        raise OnnxFileError(f"{file} is empty (an interrupted export or copy?): export it again")
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and friends carry no path
+        raise OnnxFileError(f"{file} is not a readable ONNX model (truncated or damaged?): "
+                            f"{type(err).__name__}: {err}") from err
+    if not model.graph.node and not model.graph.output:
+        raise OnnxFileError(f"{file} parses but holds no graph: not an ONNX model (or truncated)")
+    return model
+
+
 def session(path: str | os.PathLike, providers: list | None = None, *, use_library: bool | None = None,
             library_path: str | os.PathLike | None = None, intra_op_num_threads: int | None = None,
             sess_options=None):
@@ -97,7 +115,7 @@ def session(path: str | os.PathLike, providers: list | None = None, *, use_libra
     check_onnxruntime()
     import onnxruntime as ort
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_model(path)
     library = _resolve_library(model, use_library, library_path) if uses_lmkan(model) else None
     options = sess_options if sess_options is not None else ort.SessionOptions()
     if intra_op_num_threads is not None:
@@ -116,7 +134,12 @@ def session(path: str | os.PathLike, providers: list | None = None, *, use_libra
             "loaded: call lmkan_surgery.onnx.session(path) with use_library=None/True (builds the library), or "
             "re-export with export_onnx(..., function_body=True)"
         )
-    sess = ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's InvalidProtobuf / Fail / RuntimeException: name the file
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxFileError(f"onnxruntime cannot load {path} (truncated or damaged file, or its external data file "
+                            f"missing or truncated): {message}") from err
     sess.lmkan_library = library
     sess.lmkan_path = NATIVE if library is not None else FUNCTION_BODY
     if uses_lmkan(model):

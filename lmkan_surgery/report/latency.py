@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import batches
+
 
 def batch_of(example_inputs: tuple, batch_size: int, device: torch.device) -> tuple:
     """The example inputs resized along dim 0 to `batch_size` (cycling the given samples), on `device`."""
@@ -22,7 +24,7 @@ def batch_of(example_inputs: tuple, batch_size: int, device: torch.device) -> tu
         reps = -(-batch_size // value.shape[0])
         return value.repeat(reps, *([1] * (value.dim() - 1)))[:batch_size].to(device).contiguous()
 
-    return tuple(resize(v) for v in example_inputs)
+    return batches.map_tensors(example_inputs, resize)
 
 
 def _sync(device: torch.device) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from .. import batches
 from ..errors import ConfigError
 from ..nn import LMKANLayer
 from ..ops import dispatch
@@ -213,10 +214,6 @@ class _OnDevice:
             module.training = training
 
 
-def _inputs_tuple(example_inputs: Any) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
-
 def _backend_names(devices: Iterable[torch.device]) -> dict[str, str]:
     """Which implementation of the lmKAN op runs float32 work on each device."""
     names = {}
@@ -241,11 +238,12 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
             per_layer: bool = True) -> SavingsReport:
     """Compare FLOPs (fvcore + lmKAN handle, cross-checked), parameters, bytes and measured latency.
 
-    FLOPs are counted on `example_inputs` as given. Latency is the median of up to `repeats` timed forwards after
+    example_inputs is a tensor, a tuple of positional arguments or a dict of keyword arguments (as for lmkanify);
+    FLOPs are counted on it as given. Latency is the median of up to `repeats` timed forwards after
     `warmup` (fewer once `budget_s` is spent, never under 3) for each device (CPU, plus CUDA when available, unless
     `device` names one) and batch size; per-layer latency uses forward hooks on the first device and batch size.
     """
-    inputs = _inputs_tuple(example_inputs)
+    inputs = batches.positional(original, example_inputs, "compare()")
     devices = _devices(device)
     batch_sizes = tuple(batch_sizes)
     if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
@@ -253,7 +251,7 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
     sides = []
     for model in (original, converted):
         with _OnDevice(model, _model_device(model)) as ready:
-            on_model = tuple(t.to(_model_device(model)) if isinstance(t, torch.Tensor) else t for t in inputs)
+            on_model = batches.to_device(inputs, _model_device(model))
             counts = flop_count.count_flops(ready, on_model)
             formula = flop_count.cross_check(ready, on_model, counts)
         sides.append((_Side(model, _layers(model), counts), formula))
@@ -272,7 +270,7 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
     rows.append(_other_row(rows, before, after))
     return SavingsReport(
         original=_stats(before), converted=_stats(after), latency=latency_rows, layers=rows,
-        input_shapes=[list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
+        input_shapes=[list(t.shape) for t in batches.tensors(inputs)],
         layer_latency_setting=f"{devices[0]}, batch {first_batch}" if per_layer else "not measured",
         backends=_backend_names(devices),
         environment={"torch": torch.__version__, "python": platform.python_version(),
