@@ -49,3 +49,8 @@ class CheckpointError(LMKANError, RuntimeError):
 
 class ModelError(LMKANError, TypeError):
     """The object given as a model is not an nn.Module (or a factory returned something else)."""
+
+
+class ValidationError(ConversionError):
+    """A converted model's outputs are non-finite or (exact mode) differ from the original beyond the tolerance;
+    the message names the worst layers and their errors."""
