@@ -17,11 +17,9 @@ from torch import fx, nn
 
 from .trace import TraceResult
 
+from lmkan_surgery.nn.metadata import METADATA_ATTRS, METADATA_METHODS, is_metadata_func
+
 PARAMS = ("weight", "bias")
-METADATA_ATTRS = {"dtype", "device", "shape", "ndim", "layout", "requires_grad", "is_cuda", "is_meta", "is_sparse",
-                  "is_quantized", "is_nested", "names", "grad_fn", "is_leaf", "T_shape"}
-METADATA_METHODS = {"size", "dim", "numel", "element_size", "is_floating_point", "is_complex", "is_contiguous",
-                    "get_device", "nelement", "ndimension", "__len__", "type"}
 
 
 def tied_parameters(model: nn.Module, names: list[str]) -> dict[str, str]:
@@ -78,10 +76,7 @@ class _Watched(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         owner = next((a for a in args if isinstance(a, _Watched)), None)
-        name = getattr(func, "__name__", "")
-        attr = getattr(getattr(func, "__self__", None), "__name__", "")
-        metadata = (name == "__get__" and attr in METADATA_ATTRS) or name in METADATA_METHODS
-        if owner is not None and owner._lmkan_report is not None and not metadata:
+        if owner is not None and owner._lmkan_report is not None and not is_metadata_func(func):
             owner._lmkan_report()
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **(kwargs or {}))
@@ -104,8 +99,8 @@ def watch_parameter_reads(model: nn.Module, names: list[str]) -> Iterator[dict[s
         handles.append(module.register_forward_hook(leave))
     for name in names:
         module = model.get_submodule(name)
-        if type(module).__dict__.get("_lmkan_watched"):
-            continue
+        if type(module).__dict__.get("_lmkan_watched") or "weight" not in module._parameters:
+            continue  # already watched, or a parametrized weight (computed by a property of its own)
         swapped.append((module, type(module)))
         module.__class__ = _watching_class(type(module), name, found, stack)
     try:

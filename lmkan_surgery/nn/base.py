@@ -10,6 +10,7 @@ from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
 from .hessian import hessian_penalty
+from .metadata import MetadataTensor
 from .tables import branch_table, safe_input_std
 
 INPUT_NORMS = ("none", "affine", "batchnorm")
@@ -95,9 +96,10 @@ class LMKANLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """A meta tensor with the replaced layer's weight shape and dtype: code written for nn.Linear/Conv (e.g.
-        `layer.weight.dtype`) keeps working; a data read fails loudly (the lmKAN function lives in `table`)."""
-        return torch.empty(self._source_weight_shape(), dtype=self.table.dtype, device="meta")
+        """A storage-less tensor with the replaced layer's weight shape, dtype and device: code written for
+        nn.Linear/Conv (`layer.weight.dtype`, `.device`) keeps working; a data read raises (see MetadataTensor)."""
+        return MetadataTensor(self._source_weight_shape(), self.table.dtype, self.table.device,
+                              f"{type(self).__name__}({self.extra_repr()})")
 
     def _source_weight_shape(self) -> tuple[int, ...]:
         """The weight shape of the source layer (out, in) or (out, in/groups, *kernel)."""

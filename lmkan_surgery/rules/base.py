@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from lmkan_surgery.nn import LMKANLayer
+
 
 
 def lookup_width(in_features: int) -> int:
@@ -79,8 +79,8 @@ class LayerRule:
         return (num_grids + 1) ** 2 * ((k + 1) // 2) * out * groups * self.weight(module).element_size()
 
     def to_lmkan(self, module: nn.Module, num_grids: int, mean: torch.Tensor | None,
-                 std: torch.Tensor | None) -> LMKANLayer:
-        """The exact lmKAN counterpart, normalising inputs by (mean, std) when given."""
+                 std: torch.Tensor | None) -> nn.Module:
+        """The exact lmKAN counterpart (an LMKANLayer or a wrapper of one), normalising inputs by (mean, std) when given."""
         raise NotImplementedError
 
     # -- narrowing (shrink pass); only rules with narrowable = True implement these --------------------------------

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkan_surgery.nn import LMKANConv1d, LMKANConv2d, LMKANLayer
+from lmkan_surgery.nn import LMKANConv1d, LMKANConv2d
 
 from .base import LayerRule
 
@@ -41,7 +41,7 @@ class Conv2dRule(_ConvRule):
     lmkan = (LMKANConv2d,)
     narrowable = True
 
-    def to_lmkan(self, module, num_grids, mean, std) -> LMKANLayer:
+    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
         return LMKANConv2d.from_conv(module, num_grids, mean, std)
 
     def narrow(self, module, out_idx, in_idx) -> nn.Module:
@@ -76,5 +76,5 @@ class Conv1dRule(_ConvRule):
     source = (nn.Conv1d,)
     lmkan = (LMKANConv1d,)
 
-    def to_lmkan(self, module, num_grids, mean, std) -> LMKANLayer:
+    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
         return LMKANConv1d.from_conv1d(module, num_grids, mean, std)

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from lmkan_surgery.nn import LMKANLayer, LMKANLinear
+from lmkan_surgery.nn import LMKANLinear
 
 from .base import LayerRule
 
@@ -24,7 +24,7 @@ class LinearRule(LayerRule):
     def features(self, module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
 
-    def to_lmkan(self, module, num_grids, mean, std) -> LMKANLayer:
+    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
         return LMKANLinear.from_linear(module, num_grids, mean, std)
 
     def narrow(self, module, out_idx, in_idx) -> nn.Module:
@@ -70,7 +70,7 @@ class TransformersConv1DRule(LayerRule):
     def features(self, module: nn.Module) -> tuple[int, int]:
         return module.weight.shape[0], module.weight.shape[1]
 
-    def to_lmkan(self, module, num_grids, mean, std) -> LMKANLayer:
+    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
         n_in, n_out = self.features(module)
         view = nn.Linear(n_in, n_out, bias=module.bias is not None, device="meta", dtype=module.weight.dtype)
         view.weight = nn.Parameter(module.weight.detach().t())
