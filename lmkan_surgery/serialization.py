@@ -29,6 +29,7 @@ _BUILDERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Conv2d": (nn.Conv2d, _CONV_ARGS),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "PReLU": (nn.PReLU, ("num_parameters",)),
 }
 
 
