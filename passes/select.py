@@ -105,8 +105,8 @@ class PatternSet:
             if (kind == "type" and value.__module__.startswith("torch.nn") and not converts_type(value)
                     and not issubclass(value, CONTAINERS) and value is not nn.Module):
                 raise ConfigError(f"config.{self.field} names {value.__name__} ({pattern!r}), which lmkanify cannot "
-                                  f"convert: only nn.Linear, nn.Conv1d, nn.Conv2d, transformers Conv1D (and layers inside "
-                                  f"containers) convert")
+                                  f"convert: only nn.Linear, nn.Conv1d, nn.Conv2d, transformers Conv1D (and "
+                                  f"layers inside containers) convert")
 
     def match(self, name: str) -> Any | None:
         """The first pattern selecting `name` (directly or through an ancestor), or None."""

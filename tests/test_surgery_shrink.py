@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import lmkan_surgery
-from lmkan_surgery import LMKANConfig, LMKANLinear, lmkanify
+from lmkan_surgery import LMKANConfig, lmkanify
 from surgery_models import mlp3
 
 

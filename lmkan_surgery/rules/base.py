@@ -80,7 +80,7 @@ class LayerRule:
 
     def to_lmkan(self, module: nn.Module, num_grids: int, mean: torch.Tensor | None,
                  std: torch.Tensor | None) -> nn.Module:
-        """The exact lmKAN counterpart (an LMKANLayer or a wrapper of one), normalising inputs by (mean, std) when given."""
+        """The exact lmKAN counterpart (an LMKANLayer or a wrapper of one), inputs normalised by (mean, std)."""
         raise NotImplementedError
 
     # -- narrowing (shrink pass); only rules with narrowable = True implement these --------------------------------
