@@ -259,3 +259,15 @@ def test_conv1d_model_saves_and_loads(tmp_path):
     restored = load(tmp_path / "m.pt", build)
     with torch.no_grad():
         assert torch.equal(restored(x), student(x))
+
+
+def test_conv1d_student_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from lmkan_surgery.onnx import export_onnx
+    model = nn.Sequential(nn.Conv1d(2, 8, 3), nn.ReLU(), nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv1d(8, 4, 1)).eval()
+    x = torch.randn(2, 2, 12)
+    student, _ = lmkanify(model, LMKANConfig(num_grids=4), example_inputs=x)
+    result = export_onnx(student, tmp_path / "conv1d.onnx", x)
+    assert result.lmkan_nodes == 2  # the stem conv stays a Conv1d
+    assert result.validation and all(case.max_rel < 1e-5 for report in result.validation for case in report.cases)
