@@ -1,4 +1,5 @@
-"""lmkanify: convert the Linear/Conv2d layers of any model into lmKAN layers, exactly or narrower, with a report."""
+"""lmkanify: convert the linear-like layers of any model (every type with a layer rule) into lmKAN layers, exactly
+or narrower, with a report."""
 
 from __future__ import annotations
 
@@ -8,18 +9,21 @@ import torch
 from torch import nn
 
 from lmkan_surgery.passes.calibrate import input_moments
+from lmkan_surgery.passes.escapes import escaped, graph_reads, tied_parameters, watch_parameter_reads
 from lmkan_surgery.passes.probe import Probe, call, eval_mode, run_probe
-from lmkan_surgery.passes.replace import replace_layers
+from lmkan_surgery.passes.replace import replace_layers, set_module
 from lmkan_surgery.passes.flops import features, formula_flops
-from lmkan_surgery.passes.select import CONVERTIBLE, Candidate, select_layers
+from lmkan_surgery.passes.select import Candidate, select_layers
+from lmkan_surgery.rules import is_convertible
 from lmkan_surgery.passes.shrink import ShrinkResult, shrink_model
 from lmkan_surgery.passes.trace import TraceResult, apply_functional, find_functional, trace_model
 
 from .batches import InputFn, model_inputs
 from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError
 from .modelcopy import check_model, copy_for_surgery
+from .validation import layer_errors, output_error
 from .serialization import SPEC_ATTR, build_spec
 
 IN_PROJ_PARAMS = ("in_proj", "q_proj", "k_proj", "v_proj")
@@ -28,7 +32,7 @@ IN_PROJ_PARAMS = ("in_proj", "q_proj", "k_proj", "v_proj")
 def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs: Any = None,
              calibration: Iterable[Any] | None = None, inplace: bool = False,
              input_fn: InputFn | None = None) -> tuple[nn.Module, ConversionReport]:
-    """Return (student, report): `model` with its selected Linear/Conv2d layers replaced by lmKAN layers.
+    """Return (student, report): `model` with its selected convertible layers replaced by lmKAN layers.
 
     example_inputs (a tensor, a tuple of arguments or a dict of keyword arguments) drives shape recording, the
     stem/head defaults, FLOP counts and output validation; calibration (an iterable of such batches) gives the
@@ -54,12 +58,17 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     report = ConversionReport(mode=config.mode)
     report.warnings += copy_warnings
     student, trace, rewrites = _trace_and_rewrite(student, report)
-    watched = [n for n, m in student.named_modules() if isinstance(m, CONVERTIBLE)]
-    probe = run_probe(student, example_inputs, watched) if example_inputs is not None else Probe()
-    if example_inputs is None:
+    watched = [n for n, m in student.named_modules() if is_convertible(m)]
+    blocked = escaped(tied_parameters(student, watched), graph_reads(trace, watched))
+    probe = Probe()
+    if example_inputs is not None:
+        with watch_parameter_reads(student, watched) as reads:
+            probe = run_probe(student, example_inputs, watched)
+        blocked = escaped(blocked, reads)
+    else:
         report.warnings.append("no example_inputs: no shapes, FLOPs or validation; stem and head are found by "
                                "registration order")
-    candidates, warnings = select_layers(student, config, probe.order)
+    candidates, warnings = select_layers(student, config, probe.order, probe.raw_fed, blocked)
     report.warnings += warnings
     before = {c.name: _layer_numbers(c.module, c.name, probe, False) for c in candidates}
     shrunk = ShrinkResult()
@@ -67,19 +76,60 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
         shrunk = shrink_model(student, trace, candidates, probe, config, batches)
         report.groups, report.width_factor = shrunk.groups, shrunk.factor
         report.warnings += shrunk.warnings
+        report.problems += [shrunk.unmet] if shrunk.unmet else []
     chosen = {c.name: c.num_grids for c in candidates if c.convert}
     stat_batches = batches or ([example_inputs] if example_inputs is not None else [])
     moments = input_moments(student, list(chosen), stat_batches) if config.input_norm == "affine" else {}
+    sources = {name: student.get_submodule(name) for name in chosen}
     replace_layers(student, chosen, moments)
+    _validate(student, config, example_inputs, probe, sources, report)
+    reverted = {name for name in chosen if student.get_submodule(name) is sources[name]}
+    for cand in candidates:
+        if cand.name in reverted:
+            cand.convert, cand.reason = False, f"reverted: {report.problems[-1]}"
+    chosen = {name: g for name, g in chosen.items() if name not in reverted}
     report.rows = _rows(student, candidates, trace, probe, before, shrunk, rewrites)
     report.rows += _mha_rows(student, trace)
-    if config.validate and example_inputs is not None and probe.output is not None:
-        with eval_mode(student), torch.no_grad():
-            report.validation = output_error(probe.output, call(student, example_inputs))
     report.validation.update({f"heldout_{k}": v for k, v in shrunk.heldout.items()})
     changed = list(chosen) + [n for n in shrunk.changed if n not in chosen]
     setattr(student, SPEC_ATTR, build_spec(config.to_dict(), rewrites, student, changed))
     return student, report
+
+
+def _validate(student: nn.Module, config: LMKANConfig, example_inputs: Any, probe: Probe,
+              sources: dict[str, nn.Module], report: ConversionReport) -> None:
+    """Compare the student with the original on example_inputs and set report.validated. A student that does not
+    run gets its layers reverted (a loud problem); a non-finite or, in exact mode, out-of-tolerance one raises
+    ValidationError naming the worst layers, unless config.allow_failed_validation (then a loud problem)."""
+    if not config.validate or example_inputs is None or probe.output is None:
+        why = "config.validate=False" if not config.validate else "no example_inputs"
+        report.validated = f"not validated ({why})"
+        return
+    try:
+        with eval_mode(student), torch.no_grad():
+            report.validation = output_error(probe.output, call(student, example_inputs))
+    except Exception as err:  # any failure of user code on the converted layers: undo the conversion
+        for name, source in sources.items():
+            set_module(student, name, source)
+        report.validated = "not validated (conversion reverted)"
+        report.problems.append(f"the converted model failed on example_inputs ({type(err).__name__}: "
+                               f"{str(err)[:200]}); every conversion was reverted")
+        return
+    nonfinite = report.validation.get("nonfinite", 0)
+    error = report.validation.get("rel_error", 0.0)
+    inexact = config.mode == "exact" and error > config.validation_tolerance
+    if not nonfinite and not inexact:
+        report.validated = "exact" if config.mode == "exact" else "validated"
+        return
+    worst = layer_errors(student, sources, example_inputs)[:5]
+    detail = ", ".join(f"{name} {err:.3g}" for name, err in worst) or "no single layer stands out"
+    message = (f"validation failed: {nonfinite} non-finite outputs where the original is finite, relative error "
+               f"{error:.3g} (tolerance {config.validation_tolerance:g}); worst layers (relative error of their own "
+               f"output): {detail}")
+    report.validated = "FAILED"
+    if not config.allow_failed_validation:
+        raise ValidationError(message + "; set LMKANConfig(allow_failed_validation=True) to get the student anyway")
+    report.problems.append(message)
 
 
 def _trace_and_rewrite(student: nn.Module, report: ConversionReport) -> tuple[nn.Module, TraceResult, list]:
@@ -140,24 +190,3 @@ def _mha_rows(student: nn.Module, trace: TraceResult) -> list[LayerRecord]:
                 reason="nn.MultiheadAttention's packed in_proj_weight is a raw parameter used inside its functional "
                        "forward; not convertible (replace the attention by explicit nn.Linear projections)"))
     return rows
-
-
-def _flat_tensors(output: Any) -> list[torch.Tensor]:
-    """The tensors of a (nested) model output, in order."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for v in output.values() for t in _flat_tensors(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in _flat_tensors(v)]
-    return []
-
-
-def output_error(reference: Any, result: Any) -> dict[str, float]:
-    """max |difference| and that divided by max |reference| over all output tensors."""
-    ref, res = _flat_tensors(reference), _flat_tensors(result)
-    if not ref or len(ref) != len(res):
-        return {}
-    diff = max(float((a.double() - b.double()).abs().max()) for a, b in zip(ref, res))
-    scale = max(float(a.double().abs().max()) for a in ref)
-    return {"max_abs_error": diff, "rel_error": diff / scale if scale else diff}

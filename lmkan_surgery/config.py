@@ -43,6 +43,10 @@ class LMKANConfig:
     - holdout_fraction: share of calibration batches held out to measure shrink reconstruction error.
     - ridge: relative Tikhonov term of the least-squares reconstruction.
     - validate: compare student and original outputs on example_inputs after conversion.
+    - strict: a shrink width/budget that cannot be met raises ConfigError (otherwise it is a report problem).
+    - validation_tolerance: largest relative output error (of the output scale) an exact conversion may show.
+    - allow_failed_validation: a non-finite or (exact mode) out-of-tolerance validation is reported as a problem
+      naming the layers and their errors instead of raising ValidationError.
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -59,6 +63,9 @@ class LMKANConfig:
     holdout_fraction: float = 0.25
     ridge: float = 1e-2
     validate: bool = True
+    strict: bool = False
+    validation_tolerance: float = 1e-4
+    allow_failed_validation: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -95,6 +102,8 @@ class LMKANConfig:
             raise ConfigError(f"LMKANConfig.min_features must be a positive int, got {self.min_features!r}")
         if self.max_layer_table_bytes <= 0 or self.max_total_table_bytes <= 0:
             raise ConfigError("LMKANConfig table byte budgets must be positive")
+        if not isinstance(self.validation_tolerance, (int, float)) or not self.validation_tolerance > 0:
+            raise ConfigError(f"LMKANConfig.validation_tolerance must be positive, got {self.validation_tolerance!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

@@ -60,6 +60,8 @@ class ConversionReport:
     warnings: list[str] = field(default_factory=list)
     validation: dict[str, float] = field(default_factory=dict)
     width_factor: float | None = None
+    validated: str = "not validated"  # "exact", "validated" (shrink), "not validated (why)" or "FAILED"
+    problems: list[str] = field(default_factory=list)  # unmet targets, failed validation: printed first, loudly
 
     def converted_names(self) -> list[str]:
         """Qualified names of the layers that are lmKAN layers in the student."""
@@ -97,6 +99,8 @@ class ConversionReport:
             "groups": [asdict(g) for g in self.groups],
             "warnings": list(self.warnings),
             "validation": dict(self.validation),
+            "validated": self.validated,
+            "problems": list(self.problems),
             "width_factor": self.width_factor,
             "flop_ratio": self.flop_ratio(),
             "flop_convention": "multiply-adds per sample; lmKAN = 2 * N_in * N_out, Linear/Conv = N_in * N_out",
@@ -117,7 +121,7 @@ class ConversionReport:
         widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
         text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1] for line in lines]
         converted = len(self.converted_names())
-        summary = f"{converted}/{len(self.rows)} layers converted ({self.mode} mode)"
+        summary = f"{converted}/{len(self.rows)} layers converted ({self.mode} mode, {self.validated})"
         ratio = self.flop_ratio()
         if ratio is not None:
             summary += f"; formula FLOPs x{ratio:.3f}"
@@ -129,7 +133,7 @@ class ConversionReport:
                  f"{', '.join(g.boundary)}, rel. error train {_num(g.train_rel_error)} held-out "
                  f"{_num(g.heldout_rel_error)}" for g in self.groups]
         text += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(text)
+        return "\n".join([f"PROBLEM: {p}" for p in self.problems] + text)
 
 
 def _features(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:

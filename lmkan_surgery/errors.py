@@ -57,3 +57,8 @@ class SaveFileError(LMKANError, ValueError):
 
 class BatchError(LMKANError, TypeError):
     """A batch does not fit the model's forward (e.g. (x, y) pairs given where model inputs are expected)."""
+
+
+class ValidationError(ConversionError):
+    """A converted model's outputs are non-finite or (exact mode) differ from the original beyond the tolerance;
+    the message names the worst layers and their errors."""

@@ -20,7 +20,7 @@ from lmkan_surgery.passes.trace import FunctionalRewrite, apply_functional
 
 from .atomic import atomic_write
 from .errors import ConversionError, LMKANError, ModelError, SaveFileError
-from .nn import LMKANConv2d, LMKANLinear
+from .nn import LMKANConv1d, LMKANConv2d, LMKANLinear
 
 FORMAT = "lmkan-surgery/1"
 SPEC_ATTR = "lmkan_spec"
@@ -29,10 +29,12 @@ _CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding",
 _BUILDERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "LMKANLinear": (LMKANLinear, ("in_features", "out_features", "num_grids", "input_norm")),
     "LMKANConv2d": (LMKANConv2d, _CONV_ARGS + ("num_grids", "input_norm")),
+    "LMKANConv1d": (LMKANConv1d, _CONV_ARGS + ("num_grids", "input_norm")),
     "Linear": (nn.Linear, ("in_features", "out_features")),
     "Conv2d": (nn.Conv2d, _CONV_ARGS),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "PReLU": (nn.PReLU, ("num_parameters",)),
 }
 
 

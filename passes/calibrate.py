@@ -1,4 +1,4 @@
-"""Calibrate pass: per-feature (Linear) / per-channel (Conv2d) input mean and std of chosen layers, via hooks."""
+"""Calibrate pass: per-feature (dense) / per-channel (conv) input mean and std of chosen layers, via hooks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from lmkan_surgery.nn.tables import safe_input_std
+from lmkan_surgery.rules import rule_for
+
 from .probe import call, eval_mode
+
+__all__ = ["RunningMoments", "feature_rows", "input_moments", "safe_input_std"]
 
 
 class RunningMoments:
@@ -29,26 +34,26 @@ class RunningMoments:
         self.count += rows.shape[0]
 
     def mean(self) -> torch.Tensor:
-        """Per-feature mean."""
-        return self.total / self.count
+        """Per-feature mean (0 where the data held non-finite values)."""
+        mean = self.total / self.count
+        return torch.where(torch.isfinite(mean), mean, torch.zeros_like(mean))
 
     def second_moment(self) -> torch.Tensor:
         """Per-feature E[x^2]."""
         return self.squares / self.count
 
-    def std(self, floor: float = 1e-6) -> torch.Tensor:
-        """Per-feature standard deviation; a (near) constant feature gets its |mean| (1 when that is 0)."""
+    def std(self) -> torch.Tensor:
+        """Per-feature standard deviation, made safe for an exact table (see safe_input_std): a degenerate
+        feature (constant, all-zero, denormal spread) gets |mean| or a floor relative to the layer's scale."""
         mean = self.mean()
-        std = (self.second_moment() - mean ** 2).clamp_min(0.0).sqrt()
-        fallback = torch.where(mean != 0, mean.abs(), torch.ones_like(mean))
-        return torch.where((std > 0) & (std > floor * mean.abs()), std, fallback)
+        second = self.second_moment()
+        std = (second - mean ** 2).clamp_min(0.0).sqrt()
+        return safe_input_std(std, std.numel(), mean, second.sqrt())
 
 
 def feature_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input of a Linear (*, C) or Conv2d (N, C, H, W) as rows [n, C] of its features/channels."""
-    if isinstance(module, nn.Conv2d):
-        return x.transpose(0, 1).reshape(x.shape[1], -1).t()
-    return x.reshape(-1, x.shape[-1])
+    """The input of a convertible layer as rows [n, C] of its features/channels (the rule knows the layout)."""
+    return rule_for(module).feature_rows(x)
 
 
 def input_moments(model: nn.Module, names: list[str], batches: Iterable[Any]) -> dict[str, RunningMoments]:

@@ -36,6 +36,7 @@ class Probe:
     calls: dict[str, int] = field(default_factory=dict)
     batch: int = 1
     output: Any = None
+    raw_fed: set[str] = field(default_factory=set)  # watched layers whose input is (a view of) a raw input tensor
 
 
 def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Probe:
@@ -54,6 +55,8 @@ def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Prob
             stack.pop()
             if record and isinstance(output, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
                 if name not in probe.calls:
+                    if any(args[0].data_ptr() == t.data_ptr() and args[0].numel() == t.numel() for t in raw):
+                        probe.raw_fed.add(name)
                     probe.order.append(name)
                     probe.in_shapes[name] = tuple(args[0].shape)
                     probe.out_shapes[name] = tuple(output.shape)
@@ -61,6 +64,8 @@ def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Prob
         return hook
 
     watched_set = set(watched)
+    raw_args, raw_kwargs = as_args(example_inputs)
+    raw = [t for t in (*raw_args, *raw_kwargs.values()) if isinstance(t, torch.Tensor)]
     handles = []
     for name, module in modules.items():
         handles.append(module.register_forward_pre_hook(pre(name)))

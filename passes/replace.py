@@ -1,5 +1,5 @@
-"""Replace pass: swap nn.Linear -> LMKANLinear and nn.Conv2d -> LMKANConv2d in place, exactly (from_linear /
-from_conv), one layer at a time so the peak memory is the model plus one table."""
+"""Replace pass: swap every chosen layer for its exact lmKAN counterpart (the layer rule's to_lmkan) in place, one
+layer at a time so the peak memory is the model plus one table."""
 
 from __future__ import annotations
 
@@ -8,19 +8,23 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from lmkan_surgery.nn import LMKANConv2d, LMKANLayer, LMKANLinear
+from lmkan_surgery.nn import LMKANLayer
+from lmkan_surgery.rules import rule_for
 
-from .calibrate import RunningMoments
+from .calibrate import RunningMoments, safe_input_std
 
 
 def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | None) -> LMKANLayer:
-    """The exact lmKAN counterpart of a Linear/Conv2d, normalised by the given input moments (if any)."""
-    mean, std = (moments.mean(), moments.std()) if moments is not None else (None, None)
+    """The exact lmKAN counterpart of a convertible layer, its inputs normalised by the given input moments (or,
+    without any, by the data-free default scale that keeps it exact at every input magnitude)."""
+    rule = rule_for(module)
+    features = rule.features(module)[0]
+    if moments is not None:
+        mean, std = moments.mean(), moments.std()
+    else:
+        mean, std = torch.zeros(features, dtype=torch.float64), None
     with torch.no_grad():
-        if isinstance(module, nn.Conv2d):
-            layer = LMKANConv2d.from_conv(module, num_grids, mean, std)
-        else:
-            layer = LMKANLinear.from_linear(module, num_grids, mean, std)
+        layer = rule.to_lmkan(module, num_grids, mean, safe_input_std(std, features))
     layer.train(module.training)
     return layer
 

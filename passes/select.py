@@ -1,4 +1,5 @@
-"""Select pass: which Linear/Conv2d layers convert, with which G, and why the others do not.
+"""Select pass: which convertible layers (those a layer rule matches: Linear, Conv1d/2d, transformers Conv1D)
+convert, with which G, and why the others do not.
 
 Patterns (config.include / exclude / num_grids keys) are module classes, type names ("Linear", "Bottleneck",
 "torch.nn.Conv2d"), qualified module names (selecting the module and everything under it) or regular expressions
@@ -18,8 +19,9 @@ from torch import nn
 
 from lmkan_surgery.config import LMKANConfig
 from lmkan_surgery.errors import ConfigError
+from lmkan_surgery.rules import converts_type, is_convertible, rule_for
 
-CONVERTIBLE = (nn.Linear, nn.Conv2d)
+TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -27,7 +29,7 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 @dataclass
 class Candidate:
-    """One Linear/Conv2d of the model and the decision taken for it."""
+    """One convertible layer of the model and the decision taken for it."""
 
     name: str
     module: nn.Module
@@ -39,18 +41,13 @@ class Candidate:
 
 
 def lookup_features(module: nn.Module) -> tuple[int, int, int]:
-    """(lookup inputs per group, outputs per group, groups) of a Linear or Conv2d."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        g = module.groups
-        return module.in_channels // g * kh * kw, module.out_channels // g, g
-    return module.in_features, module.out_features, 1
+    """(lookup inputs per group, outputs per group, groups) of a convertible layer (from its rule)."""
+    return rule_for(module).geometry(module)
 
 
 def table_bytes(module: nn.Module, num_grids: int) -> int:
     """Bytes of the lmKAN table that would replace `module`: (G+1)^2 * ceil(K/2) * out * groups * itemsize."""
-    k, out, groups = lookup_features(module)
-    return (num_grids + 1) ** 2 * ((k + 1) // 2) * out * groups * module.weight.element_size()
+    return rule_for(module).table_bytes(module, num_grids)
 
 
 def _resolve_type(text: str, model_types: Mapping[str, type]) -> type | None:
@@ -103,12 +100,13 @@ class PatternSet:
                               f"{err}") from err
 
     def check_convertible_types(self) -> None:
-        """Reject an include naming a torch.nn leaf type lmkanify cannot convert (Conv1d, Embedding...)."""
+        """Reject an include naming a torch.nn leaf type lmkanify cannot convert (Embedding, Conv3d...)."""
         for pattern, kind, value in self.items:
-            if (kind == "type" and value.__module__.startswith("torch.nn") and not issubclass(value, CONVERTIBLE)
+            if (kind == "type" and value.__module__.startswith("torch.nn") and not converts_type(value)
                     and not issubclass(value, CONTAINERS) and value is not nn.Module):
                 raise ConfigError(f"config.{self.field} names {value.__name__} ({pattern!r}), which lmkanify cannot "
-                                  f"convert: only nn.Linear and nn.Conv2d (and layers inside containers) convert")
+                                  f"convert: only nn.Linear, nn.Conv1d, nn.Conv2d, transformers Conv1D (and "
+                                  f"layers inside containers) convert")
 
     def match(self, name: str) -> Any | None:
         """The first pattern selecting `name` (directly or through an ancestor), or None."""
@@ -128,7 +126,7 @@ class PatternSet:
 
     def unmatched_warnings(self) -> list[str]:
         """One warning per pattern that selected no candidate layer."""
-        return [f"config.{self.field} pattern {p!r} matched no Linear/Conv2d layer of the model"
+        return [f"config.{self.field} pattern {p!r} matched no convertible layer of the model"
                 for i, (p, _, _) in enumerate(self.items) if i not in self.matched]
 
 
@@ -141,21 +139,35 @@ def _mha_parent(name: str, modules: Mapping[str, nn.Module]) -> str | None:
     return None
 
 
-def _default_skips(order: list[str], modules: Mapping[str, nn.Module]) -> dict[str, str]:
-    """Input stem (the first layer, when it is a conv) and classifier head (the last layer, when it is a Linear)."""
+def _inside_transformer_layer(name: str, modules: Mapping[str, nn.Module]) -> bool:
+    parts = name.split(".")
+    return any(isinstance(modules.get(".".join(parts[:i])), TRANSFORMER_LAYERS) for i in range(len(parts)))
+
+
+def _default_skips(order: list[str], modules: Mapping[str, nn.Module], raw_fed: set[str]) -> dict[str, str]:
+    """Input stem (the first layer, when it is a conv or a dense layer fed by the raw model inputs) and classifier
+    head (the last layer, when it is dense and not inside a Transformer encoder/decoder layer)."""
     skips: dict[str, str] = {}
-    if order and isinstance(modules[order[0]], nn.Conv2d):
-        skips[order[0]] = ("default skip: input stem (the first conv sees raw inputs); set skip_defaults=False "
-                           "to convert it")
-    if order and isinstance(modules[order[-1]], nn.Linear):
-        skips[order[-1]] = "default skip: classifier head (the last layer); set skip_defaults=False to convert it"
+    if order:
+        first = modules[order[0]]
+        rule = rule_for(first)
+        if order[0] in raw_fed or (rule is not None and not rule.linear_like):
+            skips[order[0]] = ("default skip: input stem (the first layer sees raw inputs); set skip_defaults=False "
+                               "to convert it")
+        last = modules[order[-1]]
+        rule = rule_for(last)
+        if rule is not None and rule.linear_like and not _inside_transformer_layer(order[-1], modules):
+            skips[order[-1]] = "default skip: classifier head (the last layer); set skip_defaults=False to convert it"
     return skips
 
 
-def select_layers(model: nn.Module, config: LMKANConfig, order: list[str]) -> tuple[list[Candidate], list[str]]:
-    """Candidates in execution order (unexecuted ones last, in registration order) and the pattern warnings."""
+def select_layers(model: nn.Module, config: LMKANConfig, order: list[str], raw_fed: set[str] | None = None,
+                  blocked: Mapping[str, str] | None = None) -> tuple[list[Candidate], list[str]]:
+    """Candidates in execution order (unexecuted ones last, in registration order) and the pattern warnings;
+    `raw_fed` names the layers the probe saw fed by the raw inputs, `blocked` maps layers that must be kept (their
+    parameters escape their forward) to the reason."""
     modules = dict(model.named_modules())
-    names = [n for n, m in modules.items() if isinstance(m, CONVERTIBLE)]
+    names = [n for n, m in modules.items() if is_convertible(m)]
     ordered = [n for n in order if n in names] + [n for n in names if n not in order]
     exclude = PatternSet(config.exclude, "exclude", model)
     include = PatternSet(config.include, "include", model) if config.include is not None else None
@@ -164,14 +176,14 @@ def select_layers(model: nn.Module, config: LMKANConfig, order: list[str]) -> tu
     grids = config.num_grids if isinstance(config.num_grids, Mapping) else {}
     grid_patterns = PatternSet([k for k in grids if k != "default"], "num_grids", model)
     executed = [n for n in ordered if n in order]
-    defaults = _default_skips(executed or ordered, modules) if config.skip_defaults else {}
+    defaults = _default_skips(executed or ordered, modules, raw_fed or set()) if config.skip_defaults else {}
     candidates, total = [], 0
     for name in ordered:
         module = modules[name]
         grid_key = grid_patterns.match(name)
         g = int(grids[grid_key]) if grid_key is not None else config.default_num_grids()
         cand = Candidate(name, module, num_grids=g, table_bytes=table_bytes(module, g))
-        cand.reason = _skip_reason(cand, config, modules, exclude, include, defaults, total)
+        cand.reason = _skip_reason(cand, config, modules, exclude, include, defaults, total, blocked or {})
         cand.convert = not cand.reason
         cand.shrinkable = cand.convert or cand.reason == defaults.get(name)
         if cand.convert:
@@ -185,16 +197,20 @@ def select_layers(model: nn.Module, config: LMKANConfig, order: list[str]) -> tu
 
 
 def _skip_reason(cand: Candidate, config: LMKANConfig, modules: Mapping[str, nn.Module], exclude: PatternSet,
-                 include: PatternSet | None, defaults: Mapping[str, str], total: int) -> str:
+                 include: PatternSet | None, defaults: Mapping[str, str], total: int,
+                 blocked: Mapping[str, str]) -> str:
     """Why a candidate is skipped ('' when it converts); the first applicable reason wins."""
     name, module = cand.name, cand.module
     mha = _mha_parent(name, modules)
     if mha is not None:
         return (f"child of nn.MultiheadAttention '{mha}', which uses its weights functionally (with a packed "
                 "in_proj parameter); converting it would not change the attention")
-    base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
-    if type(module).forward is not base.forward:
-        return f"{type(module).__name__} overrides {base.__name__}.forward, so it is not a plain {base.__name__}"
+    if name in blocked:
+        return blocked[name]
+    rule = rule_for(module)
+    if not rule.plain(module):
+        stock = rule.stock_name(module)
+        return f"{type(module).__name__} overrides {stock}.forward, so it is not a plain {stock}"
     pattern = exclude.match(name)
     if pattern is not None:
         return f"excluded by config.exclude pattern {pattern!r}"
@@ -202,8 +218,9 @@ def _skip_reason(cand: Candidate, config: LMKANConfig, modules: Mapping[str, nn.
         return "not selected by config.include"
     if name in defaults:
         return defaults[name]
-    if module.weight.dtype not in SUPPORTED_DTYPES or module.weight.device.type == "meta":
-        return f"weight is {module.weight.dtype} on {module.weight.device}; lmKAN layers need float32/float64 data"
+    weight = rule.weight(module)
+    if weight.dtype not in SUPPORTED_DTYPES or weight.device.type == "meta":
+        return f"weight is {weight.dtype} on {weight.device}; lmKAN layers need float32/float64 data"
     k = lookup_features(module)[0]
     if k < config.min_features:
         return f"lookup input has {k} features < config.min_features={config.min_features}"

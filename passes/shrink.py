@@ -15,25 +15,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from lmkan_surgery.config import LMKANConfig
 from lmkan_surgery.conversion_report import ShrinkGroupRecord
 
+from lmkan_surgery.errors import ConfigError
+from lmkan_surgery.rules import rule_for
+
 from .calibrate import input_moments
+from .elementwise import (is_per_channel, is_unitwise_function, is_unitwise_method, is_unitwise_module,
+                          narrow_per_channel)
 from .flops import formula_flops
 from .probe import Probe, call, eval_mode
 from .replace import set_module
 from .select import Candidate
 from .trace import TraceResult
 
-ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
-                       nn.Mish, nn.ELU, nn.Dropout, nn.Identity)
-PER_CHANNEL_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
-ELEMENTWISE_FUNCTIONS = {F.relu, torch.relu, F.gelu, F.silu, F.relu6, F.hardswish, F.leaky_relu, F.dropout,
-                         torch.tanh, torch.sigmoid, F.mish}
-ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
 MIN_KEPT = 2
 
 
@@ -58,17 +56,17 @@ class ShrinkResult:
     warnings: list[str] = field(default_factory=list)
     factor: float | None = None
     heldout: dict[str, float] = field(default_factory=dict)
+    unmet: str | None = None  # why the requested width/budget was not reached (None when it was)
 
 
 def _is_elementwise(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether `node` maps each unit of `source` to the same unit (so narrowing passes through it)."""
     if node.op == "call_module":
-        mod = modules.get(node.target)
-        ok = isinstance(mod, ELEMENTWISE_MODULES + PER_CHANNEL_MODULES)
+        ok = is_unitwise_module(modules.get(node.target))
     elif node.op == "call_function":
-        ok = node.target in ELEMENTWISE_FUNCTIONS
+        ok = is_unitwise_function(node.target)
     elif node.op == "call_method":
-        ok = node.target in ELEMENTWISE_METHODS
+        ok = is_unitwise_method(node.target)
     else:
         return False
     others = [a for a in (*node.args[1:], *node.kwargs.values()) if isinstance(a, fx.Node)]
@@ -76,9 +74,10 @@ def _is_elementwise(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module
 
 
 def _same_kind(a: nn.Module, b: nn.Module) -> bool:
-    if isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d):
-        return a.groups == 1 and b.groups == 1
-    return type(a) is nn.Linear and type(b) is nn.Linear
+    """Producer and consumer are narrowable layers of one rule, ungrouped, of their stock type."""
+    rule = rule_for(a)
+    return (rule is not None and rule.narrowable and rule is rule_for(b) and rule.plain(a) and rule.plain(b)
+            and getattr(a, "groups", 1) == 1 and getattr(b, "groups", 1) == 1)
 
 
 def find_hidden_spaces(model: nn.Module, trace: TraceResult, shrinkable: set[str], probe: Probe) -> list[HiddenSpace]:
@@ -104,7 +103,7 @@ def find_hidden_spaces(model: nn.Module, trace: TraceResult, shrinkable: set[str
                         and _same_kind(modules[node.target], modules[user.target])):
                     chain_modules = [f"{prefix}{n.target}" for n in chain if n.op == "call_module"]
                     producer = modules[node.target]
-                    size = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
+                    size = rule_for(producer).features(producer)[1]
                     spaces.append(HiddenSpace(name, chain_modules, target, size))
                 break
     return spaces
@@ -146,42 +145,33 @@ def choose_factor(spaces: list[HiddenSpace], candidates: list[Candidate], probe:
     return max(low, 1e-6), warnings
 
 
+def _unmet(result: ShrinkResult, config: LMKANConfig) -> ShrinkResult:
+    """Record that the width/budget was not met: a problem in the report, a ConfigError when config.strict."""
+    result.unmet = result.warnings[-1]
+    if config.strict:
+        raise ConfigError(f"{result.unmet} (config.strict=True); lower the target, convert more layers or make the "
+                          f"hidden widths narrowable (Linear->act->Linear, Conv->BN->act->Conv chains)")
+    return result
+
+
 def _choose_units(model: nn.Module, spaces: list[HiddenSpace], factor: float, batches: list[Any]) -> None:
     """Keep the units with the largest RMS activation x consumer-column norm in every hidden space."""
     moments = input_moments(model, [s.consumer for s in spaces], batches)
     for space in spaces:
-        weight = model.get_submodule(space.consumer).weight.detach()
-        columns = weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1).to(torch.float64)
+        consumer = model.get_submodule(space.consumer)
+        columns = rule_for(consumer).input_columns(consumer).norm(dim=1).to(torch.float64)
         rms = moments[space.consumer].second_moment().sqrt() if space.consumer in moments else 1.0
         score = rms * columns
         space.kept = torch.topk(score, _kept_count(space.size, factor)).indices.sort().values
 
 
 def _narrowed(module: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> nn.Module:
-    """A copy of a Linear/Conv2d/BatchNorm restricted to the given output (or channel) and input units."""
-    new = copy.deepcopy(module)
-    with torch.no_grad():
-        if isinstance(module, PER_CHANNEL_MODULES):
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                value = getattr(module, attr)
-                if value is not None:
-                    kept = value[out_idx].clone()
-                    setattr(new, attr, nn.Parameter(kept) if isinstance(value, nn.Parameter) else kept)
-            new.num_features = len(out_idx)
-            return new
-        weight, bias = module.weight, module.bias
-        if out_idx is not None:
-            weight = weight[out_idx]
-            bias = bias[out_idx] if bias is not None else None
-        if in_idx is not None:
-            weight = weight[:, in_idx]
-        new.weight = nn.Parameter(weight.clone())
-        new.bias = nn.Parameter(bias.clone()) if bias is not None else None
-    if isinstance(new, nn.Conv2d):
-        new.out_channels, new.in_channels = weight.shape[0], weight.shape[1]
-    else:
-        new.out_features, new.in_features = weight.shape
-    return new
+    """A copy of a narrowable layer (its rule) or a per-channel op (BatchNorm, PReLU) restricted to the given
+    output (or channel) and input units."""
+    rule = rule_for(module)
+    if rule is not None:
+        return rule.narrow(module, out_idx, in_idx)
+    return narrow_per_channel(module, out_idx)
 
 
 def narrow_modules(model: nn.Module, spaces: list[HiddenSpace]) -> list[str]:
@@ -192,7 +182,7 @@ def narrow_modules(model: nn.Module, spaces: list[HiddenSpace]) -> list[str]:
         out_idx[space.producer] = space.kept
         in_idx[space.consumer] = space.kept
         for name in space.chain:
-            if isinstance(model.get_submodule(name), PER_CHANNEL_MODULES):
+            if is_per_channel(model.get_submodule(name)):
                 out_idx[name] = space.kept
     changed = list(dict.fromkeys([*out_idx, *in_idx]))
     for name in changed:
@@ -224,21 +214,13 @@ def _capture(model: nn.Module, name: str, batch: Any) -> torch.Tensor:
 
 def _design(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows [n, K + 1] of the inputs the module multiplies by its weight (patches for a conv) and a ones column."""
-    if isinstance(module, nn.Conv2d):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        x = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
-        rows = x.transpose(1, 2).reshape(-1, x.shape[1])
-    else:
-        rows = x.reshape(-1, x.shape[-1])
-    rows = rows.to(torch.float64)
+    rows = rule_for(module).design_rows(module, x).to(torch.float64)
     return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
 
 
 def _target(module: nn.Module, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
     """Outputs as rows [n, out], restricted to the kept output units."""
-    rows = y.movedim(1, -1).reshape(-1, y.shape[1]) if isinstance(module, nn.Conv2d) else y.reshape(-1, y.shape[-1])
-    rows = rows.to(torch.float64)
+    rows = rule_for(module).output_rows(y).to(torch.float64)
     return rows[:, idx] if idx is not None else rows
 
 
@@ -319,10 +301,13 @@ def shrink_model(student: nn.Module, trace: TraceResult, candidates: list[Candid
     result = ShrinkResult()
     spaces = find_hidden_spaces(student, trace, {c.name for c in candidates if c.shrinkable}, probe)
     if not spaces:
-        result.warnings.append("shrink: no narrowable hidden width found (needs traced Linear->act->Linear or "
-                               "Conv->BN->act->Conv chains whose modules run once); nothing was narrowed")
-        return result
+        result.warnings.append(f"shrink: width {config.width} ({config.width_mode}) not met: no narrowable hidden "
+                               "width found (needs traced Linear->act->Linear or Conv->BN->act->Conv chains whose "
+                               "modules run once); nothing was narrowed")
+        return _unmet(result, config)
     result.factor, result.warnings = choose_factor(spaces, candidates, probe, config)
+    if result.warnings:
+        _unmet(result, config)
     n_held = int(len(batches) * config.holdout_fraction)
     train, held = batches[:len(batches) - n_held], batches[len(batches) - n_held:]
     with eval_mode(student), torch.no_grad():

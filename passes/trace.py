@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lmkan_surgery.nn import LMKANLayer
+from lmkan_surgery.rules import rule_for
 
 
 class _Tracer(fx.Tracer):
-    """The default tracer, with lmKAN layers and Linear/Conv2d subclasses kept as leaves like torch.nn layers."""
+    """The default tracer, with lmKAN layers and every convertible layer (subclasses and non-torch types such as
+    transformers' Conv1D included) kept as leaves like torch.nn layers."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        leaf = isinstance(m, (LMKANLayer, nn.Linear, nn.Conv2d))
+        leaf = isinstance(m, LMKANLayer) or rule_for(m) is not None
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 

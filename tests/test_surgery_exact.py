@@ -35,7 +35,7 @@ def test_inplace_converts_the_given_model():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     student, report = lmkanify(model, LMKANConfig(num_grids=3), example_inputs=torch.randn(2, 8), inplace=True)
     assert student is model and isinstance(model[2], LMKANLinear)
-    assert report.converted_names() == ["0", "2"]
+    assert report.converted_names() == ["2"]  # "0" is the input stem (fed by the raw inputs), "4" the head
 
 
 def test_control_flow_model_falls_back_per_child():
@@ -54,7 +54,8 @@ def test_functional_calls_become_modules():
     student, report = check_exact(model, inputs)
     kinds = {r.name: r.kind for r in report.rows}
     assert kinds == {"w1_linear": "F.linear", "w2_linear": "F.linear", "cw_conv2d": "F.conv2d", "head": "Linear"}
-    assert isinstance(student.w1_linear, LMKANLinear) and isinstance(student.cw_conv2d, LMKANConv2d)
+    assert isinstance(student.w2_linear, LMKANLinear) and isinstance(student.cw_conv2d, LMKANConv2d)
+    assert "input stem" in report.row("w1_linear").reason  # the first layer, fed by the raw inputs
     assert "parameter 'w1'" in report.row("w1_linear").reason
     assert all(r.path == "fx" for r in report.rows)
 
@@ -64,7 +65,7 @@ def test_multihead_attention_is_skipped_with_reason():
     student, report = check_exact(model, torch.randn(2, 6, 16))
     assert "uses its weights functionally" in report.row("attn.out_proj").reason
     assert report.row("attn.in_proj").status == "skipped" and "in_proj" in report.row("attn.in_proj").reason
-    assert set(report.converted_names()) == {"embed", "mlp.0", "mlp.2"}
+    assert set(report.converted_names()) == {"mlp.0", "mlp.2"}  # "embed" is the input stem (fed raw inputs)
     assert isinstance(student.attn, nn.MultiheadAttention) and type(student.attn.out_proj) is not LMKANLinear
 
 
@@ -98,7 +99,8 @@ def test_include_exclude_and_num_grids_patterns():
 def test_memory_guard_skips_before_allocating():
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 1024), nn.ReLU(), nn.Linear(1024, 16),
                           nn.ReLU(), nn.Linear(16, 8))
-    config = LMKANConfig(num_grids=8, max_layer_table_bytes=4 * 2**20, max_total_table_bytes=3 * 2**20)
+    config = LMKANConfig(num_grids=8, max_layer_table_bytes=4 * 2**20, max_total_table_bytes=3 * 2**20,
+                         skip_defaults=False)
     student, report = lmkanify(model, config, example_inputs=torch.randn(2, 64))
     assert report.row("0").status == "converted"  # 81 * 32 * 128 * 4 B = 1.27 MiB
     per_layer, total = report.row("2").reason, report.row("4").reason  # 20.25 MiB; 1.27 + 2.53 MiB > 3 MiB

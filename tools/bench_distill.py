@@ -22,7 +22,8 @@ from torch import nn
 
 from lmkan_surgery.data import load_fashion_mnist
 from lmkan_surgery.distill import DistillConfig, TrainConfig, distill, evaluate, train_lmkan
-from lmkan_surgery.nn import LMKANConv2d, LMKANLayer, LMKANLinear
+from lmkan_surgery.nn import LMKANLayer, LMKANLinear
+from lmkan_surgery.rules import rule_for
 
 
 HEAD = ["9", "11"]  # the MLP head: most of the teacher's FLOPs, and the lmkanify shrink group
@@ -39,19 +40,16 @@ def make_teacher() -> nn.Sequential:
 
 
 def formula_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-adds per sample by formula: Linear in*out, Conv2d per output pixel; lmKAN layers count 2x."""
+    """Multiply-adds per sample by the layer rules' formula (the one the report uses: lmKAN layers count
+    2 * even(N_in) * N_out per output position)."""
     total = [0]
 
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        if isinstance(module, (nn.Linear, LMKANLinear)):
-            per = module.in_features * module.out_features
-        elif isinstance(module, nn.Conv2d):
-            per = out[0].numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        elif isinstance(module, LMKANConv2d):
-            per = out[0].numel() * module.patch_features
-        else:
+        rule = rule_for(module)
+        if rule is None:
             return
-        total[0] += per * (2 if isinstance(module, LMKANLayer) else 1)
+        positions = rule.positions(tuple(args[0].shape), tuple(out.shape), 1)
+        total[0] += positions * rule.macs_per_position(module, lmkan=isinstance(module, LMKANLayer))
 
     inside = {id(sub) for m in model.modules() if isinstance(m, LMKANLayer) for sub in m.modules() if sub is not m}
     handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) not in inside]

@@ -10,7 +10,8 @@ from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
 from .hessian import hessian_penalty
-from .tables import branch_table
+from .metadata import MetadataTensor
+from .tables import branch_table, safe_input_std
 
 INPUT_NORMS = ("none", "affine", "batchnorm")
 PRECONDITIONING = ("linear", "relu_first", "relu_last")
@@ -94,6 +95,19 @@ class LMKANLayer(nn.Module):
         del self.gamma
         return self
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """A storage-less tensor with the replaced layer's weight shape, dtype and device: code written for
+        nn.Linear/Conv (`layer.weight.dtype`, `.device`) keeps working; a data read raises (see MetadataTensor)."""
+        return MetadataTensor(self._source_weight_shape(), self.table.dtype, self.table.device,
+                              f"{type(self).__name__}({self.extra_repr()})")
+
+    def _source_weight_shape(self) -> tuple[int, ...]:
+        """The weight shape of the source layer (out, in) or (out, in/groups, *kernel)."""
+        if hasattr(self, "kernel_size"):
+            return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return (self.out_features, self.in_features)
+
     def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store a fixed affine normalisation u = (x - mean) / std (needs input_norm='affine')."""
         if self.input_norm != "affine":
@@ -106,14 +120,13 @@ class LMKANLayer(nn.Module):
 
     @staticmethod
     def _exact_statistics(features: int, input_mean, input_std, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """float64 (mean, std) of the inputs (zeros/ones when not given) and whether any was given."""
+        """float64 (mean, std) of the inputs and True: zero mean when not given, and a std made safe by
+        safe_input_std (the data-free scale when not given, so the layer is exact at every input magnitude)."""
         mean = torch.zeros(features, dtype=torch.float64, device=device)
-        std = torch.ones_like(mean)
         if input_mean is not None:
             mean = input_mean.detach().to(mean)
-        if input_std is not None:
-            std = input_std.detach().to(std)
-        return mean, std, input_mean is not None or input_std is not None
+        std = safe_input_std(input_std, features).to(mean)
+        return mean, std, True
 
     def _install_exact(self, table: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                        has_stats: bool) -> None:

@@ -15,6 +15,39 @@ import torch
 from ..grid import grid_nodes
 
 
+NO_DATA_INPUT_STD = 2.0**-40  # also the smallest std ever used: inputs scale by at most 2^40
+MIN_RELATIVE_STD = 1e-2  # a feature's std is at least this fraction of the layer's RMS spread
+
+
+def safe_input_std(std: torch.Tensor | None, features: int, mean: torch.Tensor | None = None,
+                   rms: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-feature std an exact layer normalises by, float64, always finite and positive.
+
+    An exact table is exact wherever the normalised input u = (x - mean) / std lands, but a float evaluation loses
+    eps * |node| / |u| relative precision when |u| is far below the grid nodes; the scale must therefore follow the
+    data. Without data (std None) u = x * 2^40 keeps |x| >= 1e-12 off the inner nodes and |x| < 1e26 finite.
+    With data, every std is at least max(2^-40, 1e-2 * the layer's RMS spread) (its RMS feature magnitude when
+    nothing varies): a degenerate feature (constant, all-zero, denormal, non-finite or under-sampled spread) would
+    otherwise get a 1/std that is inf in the table dtype, or a |u| so large on new data that the rounding of its
+    pair partner's table values (eps * |partner| * |u|) dominates; a constant feature gets |mean| when larger.
+    """
+    if std is None:
+        return torch.full((features,), NO_DATA_INPUT_STD, dtype=torch.float64)
+    std = std.detach().to(torch.float64)
+    floor = NO_DATA_INPUT_STD
+    for scale in (std, rms.detach().to(std) if rms is not None else std):
+        finite = scale[torch.isfinite(scale)]
+        spread = float(finite.square().mean().sqrt()) if finite.numel() else 0.0
+        if spread > 0:
+            floor = max(floor, MIN_RELATIVE_STD * spread)
+            break
+    centre = mean.detach().to(std).abs() if mean is not None else torch.zeros_like(std)
+    centre = torch.where(torch.isfinite(centre), centre, torch.zeros_like(centre))
+    fallback = centre.clamp_min(floor)
+    good = torch.isfinite(std) & (std >= floor) & (std > MIN_RELATIVE_STD * centre)
+    return torch.where(good, std, fallback)
+
+
 def table_shape(in_features: int, out_features: int, num_grids: int) -> tuple[int, int, int, int]:
     """Canonical table shape [P, G+1, G+1, N_out] for in_features inputs (odd counts get a zero partner)."""
     pairs = (in_features + 1) // 2

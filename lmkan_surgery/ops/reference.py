@@ -4,6 +4,8 @@ Canonical table layout: ``table[P, G+1, G+1, N_out]`` (pair, node of x[2p], node
 contiguous. Each evaluation uses the cancellation-free form
 ``f = T00 + t1 (T10 - T00) + t2 (T01 - T00) + t1 t2 (T11 - T10 - T01 + T00)``, which stays accurate when the
 local coordinates are far outside [0, 1] (linear extrapolation), unlike the four-weight form.
+The cross term is dropped where the cross difference is exactly zero (every exact table), so that t1 t2 overflowing
+to inf at |x| >= 1e19 (or an infinite input) gives what the linear map gives instead of inf * 0 = NaN.
 The batch is processed in chunks so no intermediate exceeds ``CHUNK_BYTES``.
 """
 
@@ -50,11 +52,12 @@ def forward_reference(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         d1 = _gathered(r10, flat) - t00
         d2 = _gathered(r01, flat) - t00
         cross = _gathered(r11, flat) - t00 - d1 - d2
+        cross_term = torch.where(cross != 0, (t1 * t2).unsqueeze(-1) * cross, 0.0).sum(1)
         out[start:start + step] = (
             t00.sum(1)
             + torch.einsum("bp,bpo->bo", t1, d1)
             + torch.einsum("bp,bpo->bo", t2, d2)
-            + torch.einsum("bp,bpo->bo", t1 * t2, cross)
+            + cross_term
         )
     return out
 
