@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -232,8 +233,6 @@ def _load_verified(kind: str, spec: ExtensionSpec, build_dir: Path) -> ModuleTyp
     module_name = f"{spec.name}_{build_dir.name.rsplit('-', 1)[1]}"
     damaged = cache.damage(build_dir, module_name)
     if damaged is not None:
-        import warnings
-
         warnings.warn(f"lmkan: the cached {kind} kernels in {build_dir} were damaged ({damaged}); rebuilding them",
                       stacklevel=4)
         cache.discard_library(build_dir, module_name)
