@@ -205,7 +205,6 @@ def _import_cpp_extension(cuda: bool) -> ModuleType:
 def _compile(spec: ExtensionSpec, build_dir: Path, module_name: str) -> ModuleType:
     """Run torch's extension builder (ninja decides what is out of date) and import the library."""
     cpp_extension = _import_cpp_extension(_is_cuda(spec))
-    cache.remove_stale_baton(build_dir)
     return cpp_extension.load(
         name=module_name,
         sources=[str(KERNELS_DIR / src) for src in spec.sources],
