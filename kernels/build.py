@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -204,7 +205,6 @@ def _import_cpp_extension(cuda: bool) -> ModuleType:
 def _compile(spec: ExtensionSpec, build_dir: Path, module_name: str) -> ModuleType:
     """Run torch's extension builder (ninja decides what is out of date) and import the library."""
     cpp_extension = _import_cpp_extension(_is_cuda(spec))
-    cache.remove_stale_baton(build_dir)
     return cpp_extension.load(
         name=module_name,
         sources=[str(KERNELS_DIR / src) for src in spec.sources],
@@ -232,8 +232,6 @@ def _load_verified(kind: str, spec: ExtensionSpec, build_dir: Path) -> ModuleTyp
     module_name = f"{spec.name}_{build_dir.name.rsplit('-', 1)[1]}"
     damaged = cache.damage(build_dir, module_name)
     if damaged is not None:
-        import warnings
-
         warnings.warn(f"lmkan: the cached {kind} kernels in {build_dir} were damaged ({damaged}); rebuilding them",
                       stacklevel=4)
         cache.discard_library(build_dir, module_name)

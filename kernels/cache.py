@@ -65,12 +65,6 @@ def wipe(build_dir: Path) -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
 
 
-def remove_stale_baton(build_dir: Path) -> None:
-    """torch's own 'lock' file, left by a build that was killed, makes every later build wait forever; the
-    caller holds the cache lock, so no live build owns it."""
-    (build_dir / "lock").unlink(missing_ok=True)
-
-
 def prune(current: Path, keep: int = KEEP_ENTRIES) -> list[Path]:
     """Delete all but the `keep` most recently used sibling entries of `current` (same kind, other source
     hashes) whose lock is free; return the folders removed."""

@@ -52,9 +52,17 @@ def test_two_argument_models_still_take_tuples():
 
 
 def test_scripted_modules_are_refused_with_what_to_pass():
+    from lmkan_surgery.distill import distill
+    from lmkan_surgery.report import compare
+
+    data = (torch.randn(8, 8), torch.randint(0, 4, (8,)))
     for scripted in (torch.jit.script(mlp()), torch.jit.trace(mlp(), torch.randn(2, 8))):
-        with pytest.raises(ModelError, match="scripted/traced.*pass the original Python nn.Module"):
+        with pytest.raises(ModelError, match="lmkanify does not support torch.jit scripted/traced.*pass the original"):
             lmkanify(scripted, LMKANConfig(num_grids=3))
+        with pytest.raises(ModelError, match=r"compare\(\) \(original\) does not support torch.jit"):
+            compare(scripted, mlp(), torch.randn(2, 8))
+        with pytest.raises(ModelError, match=r"distill \(teacher\) does not support torch.jit"):
+            distill(mlp(), scripted, data)
 
 
 def test_legacy_weight_norm_is_converted_and_the_original_untouched():

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from lmkan_surgery import LMKANLinear, ShapeError
 from lmkan_surgery.distill import distill
+from lmkan_surgery.distill import engine
 from lmkan_surgery.errors import CheckpointError
 
 from distill_worker import tiny_config, tiny_problem
@@ -66,3 +67,26 @@ def test_dict_inputs_reach_forward_as_keywords():
     assert [r.loss for r in keyed.history] == pytest.approx([r.loss for r in plain.history], rel=1e-5)
     assert all(torch.allclose(reference[k], v, atol=1e-6) for k, v in student.state_dict().items())
     assert any(isinstance(m, LMKANLinear) for m in student.modules())
+
+
+class NoisyData(Dataset):
+    """Items (x + noise, y): every access draws from torch's RNG, like an augmenting dataset."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i] + 0.1 * torch.randn(self.x.shape[1:]), self.y[i]
+
+
+def test_output_check_draws_nothing_from_the_run(monkeypatch):
+    student, teacher, (x, y) = tiny_problem()
+    distill(student, teacher, NoisyData(x, y), None, tiny_config(epochs=1))
+    checked = {k: v.clone() for k, v in student.state_dict().items()}
+    monkeypatch.setattr(engine._Run, "_check_outputs", lambda self: None)
+    student, teacher, _ = tiny_problem()
+    distill(student, teacher, NoisyData(x, y), None, tiny_config(epochs=1))
+    assert all(torch.equal(checked[k], v) for k, v in student.state_dict().items())

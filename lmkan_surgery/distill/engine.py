@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .. import batches
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..modelcopy import check_model
 from ..nn import LMKANLayer
 from . import runtime as rt
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig, WarmupCosine
@@ -353,6 +354,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_data: Any, val_data: A
     config = config if config is not None else DistillConfig()
     if not isinstance(config, DistillConfig):
         raise ConfigError(f"distill needs a DistillConfig, got {type(config).__name__}")
+    check_model(student, "distill (student)")
+    check_model(teacher, "distill (teacher)")
     return _Run(student, teacher, train_data, val_data, config, on_epoch_end, on_step_end).run()
 
 
@@ -362,4 +365,5 @@ def train_lmkan(model: nn.Module, train_data: Any, val_data: Any = None, config:
     config = config if config is not None else TrainConfig()
     if isinstance(config, DistillConfig):
         raise ConfigError("train_lmkan takes a TrainConfig; DistillConfig is for distill()")
+    check_model(model, "train_lmkan")
     return _Run(model, None, train_data, val_data, config, on_epoch_end, on_step_end).run()

@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import batches
 from ..errors import ConfigError
+from ..modelcopy import check_model
 from ..nn import LMKANLayer
 from ..ops import dispatch
 from . import flops as flop_count
@@ -243,6 +244,8 @@ def compare(original: nn.Module, converted: nn.Module, example_inputs: Any, devi
     `warmup` (fewer once `budget_s` is spent, never under 3) for each device (CPU, plus CUDA when available, unless
     `device` names one) and batch size; per-layer latency uses forward hooks on the first device and batch size.
     """
+    check_model(original, "compare() (original)")
+    check_model(converted, "compare() (converted)")
     inputs = batches.positional(original, example_inputs, "compare()")
     devices = _devices(device)
     batch_sizes = tuple(batch_sizes)
