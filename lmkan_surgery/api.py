@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from lmkan_surgery.passes.calibrate import input_moments
+from lmkan_surgery.passes.calibrate import input_moments, input_samples
 from lmkan_surgery.passes.probe import Probe, call, eval_mode, run_probe
 from lmkan_surgery.passes.replace import replace_layers
 from lmkan_surgery.passes.flops import features, formula_flops
@@ -63,8 +63,10 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
         report.warnings += shrunk.warnings
     chosen = {c.name: c.num_grids for c in candidates if c.convert}
     stat_batches = batches or ([example_inputs] if example_inputs is not None else [])
-    moments = input_moments(student, list(chosen), stat_batches) if config.input_norm == "affine" else {}
-    replace_layers(student, chosen, moments)
+    moments = input_moments(student, list(chosen), stat_batches) if config.input_norm != "none" else {}
+    linears = [n for n in chosen if type(student.get_submodule(n)) is nn.Linear]
+    samples = input_samples(student, linears, stat_batches) if config.input_norm == "quantile" else {}
+    replace_layers(student, chosen, moments, samples, config.quantile_mix)
     report.rows = _rows(student, candidates, trace, probe, before, shrunk, rewrites)
     report.rows += _mha_rows(student, trace)
     if config.validate and example_inputs is not None and probe.output is not None:

@@ -9,16 +9,23 @@ import torch
 from torch import nn
 
 from lmkan_surgery.nn import LMKANConv2d, LMKANLayer, LMKANLinear
+from lmkan_surgery.nn.placement import quantile_knots
 
 from .calibrate import RunningMoments
 
 
-def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | None) -> LMKANLayer:
-    """The exact lmKAN counterpart of a Linear/Conv2d, normalised by the given input moments (if any)."""
+def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | None,
+                   samples: torch.Tensor | None = None, mix: float = 0.25) -> LMKANLayer:
+    """The exact lmKAN counterpart of a Linear/Conv2d, normalised by the given input moments (if any), or placed
+    on the grid by the quantiles of sample input rows (Linear only)."""
     mean, std = (moments.mean(), moments.std()) if moments is not None else (None, None)
+    if isinstance(module, LMKANLayer):  # already fitted as lmKAN (shrink_fit="lmkan")
+        return module
     with torch.no_grad():
         if isinstance(module, nn.Conv2d):
             layer = LMKANConv2d.from_conv(module, num_grids, mean, std)
+        elif samples is not None:
+            layer = LMKANLinear.from_linear(module, num_grids, input_knots=quantile_knots(samples, num_grids, mix))
         else:
             layer = LMKANLinear.from_linear(module, num_grids, mean, std)
     layer.train(module.training)
@@ -34,12 +41,13 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
             setattr(model.get_submodule(parent), child, new)
 
 
-def replace_layers(model: nn.Module, chosen: Mapping[str, int],
-                   moments: Mapping[str, RunningMoments]) -> dict[str, LMKANLayer]:
+def replace_layers(model: nn.Module, chosen: Mapping[str, int], moments: Mapping[str, RunningMoments],
+                   samples: Mapping[str, torch.Tensor] | None = None, mix: float = 0.25) -> dict[str, LMKANLayer]:
     """Convert every chosen {name: G}; returns the new layers by name."""
     new_layers = {}
+    samples = samples or {}
     for name, num_grids in chosen.items():
-        layer = convert_module(model.get_submodule(name), num_grids, moments.get(name))
+        layer = convert_module(model.get_submodule(name), num_grids, moments.get(name), samples.get(name), mix)
         set_module(model, name, layer)
         new_layers[name] = layer
     return new_layers
