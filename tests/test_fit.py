@@ -128,3 +128,28 @@ def test_shrink_pass_fits_lmkan_consumers_and_reports_both_block_errors():
     held = torch.randn(512, 8, generator=gen) * 2
     with torch.no_grad():
         assert rel_err(student(held), model(held)) < rel_err(baseline(held), model(held))
+
+
+def test_relative_hessian_weight_scales_with_the_loss():
+    """hessian_relative: with targets and the last layer scaled by 1000, every loss term scales by 1000^2 (the
+    absolute weight would leave the hidden layer's penalty unscaled)."""
+    from lmkan_surgery.distill import TrainConfig, train_lmkan
+
+    x, y = _data(256, 5)
+    x, y = x.float(), y.float()
+    records = {}
+    for relative in (True, False):
+        for scale in (1.0, 1000.0):
+            torch.manual_seed(7)
+            model = nn.Sequential(LMKANLinear(5, 8, 6, input_norm="quantile", init_scale=1.0), LMKANLinear(8, 2, 6))
+            model[0].calibrate_placement(x)
+            with torch.no_grad():
+                model[1].table.mul_(scale)
+                model[1].bias.mul_(scale)
+            cfg = TrainConfig(epochs=1, batch_size=256, lr=1e-12, warmup=0.0, task="regression", hessian_start=1.0,
+                              hessian_relative=relative, progress=False)
+            records[relative, scale] = train_lmkan(model, (x, y * scale), None, cfg).history[0]
+    small, large = records[True, 1.0], records[True, 1000.0]
+    assert large.loss / small.loss == pytest.approx(1e6, rel=1e-3)
+    assert large.terms["hessian"] == pytest.approx(small.terms["hessian"], rel=1e-3)
+    assert records[False, 1000.0].loss / records[False, 1.0].loss != pytest.approx(1e6, rel=1e-2)
