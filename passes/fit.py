@@ -19,7 +19,7 @@ from torch import nn
 from lmkan_surgery.errors import ConfigError, ShapeError
 from lmkan_surgery.grid import locate
 from lmkan_surgery.nn import LMKANLinear
-from lmkan_surgery.nn.hessian import hessian_penalty
+from lmkan_surgery.nn.hessian import hessian_form
 from lmkan_surgery.nn.placement import quantile_knots
 
 from .calibrate import RunningMoments
@@ -33,13 +33,6 @@ class FitResult:
     solver: str
     train_rel_error: float
     iterations: int = 0
-
-
-def hessian_form(num_grids: int) -> torch.Tensor:
-    """Q [(G+1)^2, (G+1)^2] (float64) with hessian_penalty of one 2-D function f equal to f^T Q f."""
-    n = num_grids + 1
-    return 0.5 * torch.autograd.functional.hessian(
-        lambda v: hessian_penalty(v.view(1, n, n, 1)), torch.zeros(n * n, dtype=torch.float64))
 
 
 def design(layer: LMKANLinear, x: torch.Tensor) -> torch.Tensor:
