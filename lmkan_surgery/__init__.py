@@ -18,6 +18,7 @@ from .ops import lmkan_lookup
 from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord, ShrinkGroupRecord
 from .api import lmkanify
+from .passes.fit import FitResult, fit_tables
 from .serialization import load, save
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ConversionReport",
     "ConversionError",
+    "FitResult",
     "DTypeError",
     "DeviceError",
     "GridSizeError",
@@ -41,6 +43,7 @@ __all__ = [
     "SaveFileError",
     "ShapeError",
     "ShrinkGroupRecord",
+    "fit_tables",
     "hessian_penalty",
     "lmkan_lookup",
     "lmkanify",

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from lmkan_surgery.passes.calibrate import input_moments
+from lmkan_surgery.passes.calibrate import input_moments, input_samples
 from lmkan_surgery.passes.escapes import escaped, graph_reads, tied_parameters, watch_parameter_reads
 from lmkan_surgery.passes.probe import Probe, call, eval_mode, run_probe
 from lmkan_surgery.passes.replace import replace_layers, set_module
@@ -79,9 +79,11 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
         report.problems += [shrunk.unmet] if shrunk.unmet else []
     chosen = {c.name: c.num_grids for c in candidates if c.convert}
     stat_batches = batches or ([example_inputs] if example_inputs is not None else [])
-    moments = input_moments(student, list(chosen), stat_batches) if config.input_norm == "affine" else {}
+    moments = input_moments(student, list(chosen), stat_batches) if config.input_norm != "none" else {}
+    linears = [n for n in chosen if type(student.get_submodule(n)) is nn.Linear]
+    samples = input_samples(student, linears, stat_batches) if config.input_norm == "quantile" else {}
     sources = {name: student.get_submodule(name) for name in chosen}
-    replace_layers(student, chosen, moments)
+    replace_layers(student, chosen, moments, samples, config.quantile_mix)
     _validate(student, config, example_inputs, probe, sources, report)
     reverted = {name for name in chosen if student.get_submodule(name) is sources[name]}
     for cand in candidates:

@@ -11,7 +11,7 @@ from .grid import check_num_grids
 
 MODES = ("exact", "shrink")
 WIDTH_MODES = ("flops", "channels")
-INPUT_NORMS = ("affine", "none")
+INPUT_NORMS = ("affine", "none", "quantile")
 GiB = 2**30
 
 
@@ -38,7 +38,8 @@ class LMKANConfig:
     - min_features: layers whose lookup input (in_features, or in_channels/groups*kh*kw) is smaller are skipped.
     - input_norm: "affine" stores per-feature input mean/std in the layer, measured on the calibration batches
       (on example_inputs without calibration, unit statistics without either) so inputs land on the grid;
-      "none" keeps raw inputs.
+      "none" keeps raw inputs; "quantile" places each Linear input feature on the grid by a monotone map through
+      its calibration quantiles (nn/placement.py; Conv2d layers fall back to "affine").
     - max_layer_table_bytes / max_total_table_bytes: memory guard, checked before any table is allocated.
     - holdout_fraction: share of calibration batches held out to measure shrink reconstruction error.
     - ridge: relative Tikhonov term of the least-squares reconstruction.
@@ -47,6 +48,9 @@ class LMKANConfig:
     - validation_tolerance: largest relative output error (of the output scale) an exact conversion may show.
     - allow_failed_validation: a non-finite or (exact mode) out-of-tolerance validation is reported as a problem
       naming the layers and their errors instead of raising ValidationError.
+    - quantile_mix: share of the value-uniform CDF blended into the rank CDF by input_norm="quantile".
+    - shrink_fit: "lmkan" also fits each converted, narrowed consumer's tables by regularised least squares
+      (passes/fit.py) and keeps them where the held-out block error beats the Linear refit; "linear" only refits.
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -66,6 +70,8 @@ class LMKANConfig:
     strict: bool = False
     validation_tolerance: float = 1e-4
     allow_failed_validation: bool = False
+    quantile_mix: float = 0.25
+    shrink_fit: str = "lmkan"
 
     def __post_init__(self) -> None:
         self.check()
@@ -104,6 +110,9 @@ class LMKANConfig:
             raise ConfigError("LMKANConfig table byte budgets must be positive")
         if not isinstance(self.validation_tolerance, (int, float)) or not self.validation_tolerance > 0:
             raise ConfigError(f"LMKANConfig.validation_tolerance must be positive, got {self.validation_tolerance!r}")
+        if not 0.0 <= self.quantile_mix <= 1.0 or self.shrink_fit not in ("lmkan", "linear"):
+            raise ConfigError(f"LMKANConfig.quantile_mix must be in [0, 1] and shrink_fit 'lmkan' or 'linear', got "
+                              f"{self.quantile_mix!r}, {self.shrink_fit!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

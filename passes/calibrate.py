@@ -76,3 +76,30 @@ def input_moments(model: nn.Module, names: list[str], batches: Iterable[Any]) ->
         for handle in handles:
             handle.remove()
     return {name: m for name, m in moments.items() if m.count}
+
+
+def input_samples(model: nn.Module, names: list[str], batches: Iterable[Any],
+                  max_rows: int = 65536) -> dict[str, torch.Tensor]:
+    """Input feature rows [n <= max_rows, features] of the named modules (every k-th row past the cap), for
+    quantile placement."""
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    handles = []
+    for name in names:
+        def hook(mod, args, _name=name):
+            if args and isinstance(args[0], torch.Tensor):
+                chunks[_name].append(feature_rows(mod, args[0]).detach().cpu())
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                call(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    samples = {}
+    for name, parts in chunks.items():
+        if parts:
+            rows = torch.cat(parts)
+            samples[name] = rows[::max(1, -(-rows.shape[0] // max_rows))]
+    return samples

@@ -8,15 +8,26 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from lmkan_surgery.nn import LMKANLayer
+from lmkan_surgery.nn import LMKANLayer, LMKANLinear
+from lmkan_surgery.nn.placement import quantile_knots
 from lmkan_surgery.rules import rule_for
 
 from .calibrate import RunningMoments, safe_input_std
 
 
-def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | None) -> LMKANLayer:
-    """The exact lmKAN counterpart of a convertible layer, its inputs normalised by the given input moments (or,
-    without any, by the data-free default scale that keeps it exact at every input magnitude)."""
+def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | None,
+                   samples: torch.Tensor | None = None, mix: float = 0.25) -> LMKANLayer:
+    """The exact lmKAN counterpart of a convertible layer: an nn.Linear with sample input rows is placed on the grid
+    by their quantiles; otherwise inputs are normalised by the given input moments (or, without any, by the
+    data-free default scale that keeps the layer exact at every input magnitude). An lmKAN layer (already fitted by
+    the shrink pass) is kept as it is."""
+    if isinstance(module, LMKANLayer):
+        return module
+    if samples is not None and type(module) is nn.Linear:
+        with torch.no_grad():
+            layer = LMKANLinear.from_linear(module, num_grids, input_knots=quantile_knots(samples, num_grids, mix))
+        layer.train(module.training)
+        return layer
     rule = rule_for(module)
     features = rule.features(module)[0]
     if moments is not None:
@@ -38,12 +49,13 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
             setattr(model.get_submodule(parent), child, new)
 
 
-def replace_layers(model: nn.Module, chosen: Mapping[str, int],
-                   moments: Mapping[str, RunningMoments]) -> dict[str, LMKANLayer]:
+def replace_layers(model: nn.Module, chosen: Mapping[str, int], moments: Mapping[str, RunningMoments],
+                   samples: Mapping[str, torch.Tensor] | None = None, mix: float = 0.25) -> dict[str, LMKANLayer]:
     """Convert every chosen {name: G}; returns the new layers by name."""
     new_layers = {}
+    samples = samples or {}
     for name, num_grids in chosen.items():
-        layer = convert_module(model.get_submodule(name), num_grids, moments.get(name))
+        layer = convert_module(model.get_submodule(name), num_grids, moments.get(name), samples.get(name), mix)
         set_module(model, name, layer)
         new_layers[name] = layer
     return new_layers

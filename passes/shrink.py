@@ -319,11 +319,26 @@ def shrink_model(student: nn.Module, trace: TraceResult, candidates: list[Candid
         consumers = sorted((s.consumer for s in spaces), key=order.__getitem__)
         targets = teacher_outputs(teacher, consumers, train + held)
         errors = {}
+        lmkan_grids = {c.name: c.num_grids for c in candidates if c.convert and config.shrink_fit == "lmkan"}
+        block_errors = []
         for name in consumers:
             pairs = list(zip(train + held, targets[name]))
             errors[name] = reconstruct(student, name, out_of.get(name), pairs[:len(train)], pairs[len(train):],
                                        config.ridge)
-        result.heldout = model_error(student, teacher, held or train)
+            if name in lmkan_grids and type(student.get_submodule(name)) is nn.Linear and held:
+                from .fit import shrink_refit  # local: fit.py builds on this module's captures
+
+                rows = [(_capture(student, name, b), _target(student.get_submodule(name), y, out_of.get(name)))
+                        for b, y in pairs]
+                linear_err, lmkan_err, layer = shrink_refit(student, name, rows[:len(train)], rows[len(train):],
+                                                            lmkan_grids[name], config.input_norm, config.quantile_mix)
+                block_errors.append((linear_err, lmkan_err))
+                if lmkan_err < linear_err:
+                    set_module(student, name, layer)
+        if block_errors:
+            result.heldout["block_linear_refit"] = sum(e[0] for e in block_errors) / len(block_errors)
+            result.heldout["block_lmkan_fit"] = sum(e[1] for e in block_errors) / len(block_errors)
+        result.heldout.update(model_error(student, teacher, held or train))
     if not held:
         result.warnings.append("shrink: too few calibration batches for a held-out split; errors are on train data")
     for index, group in enumerate(_components(spaces)):

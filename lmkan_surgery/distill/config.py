@@ -21,6 +21,11 @@ class TrainConfig:
     rises linearly to gamma_target over gamma_ramp_epochs. The LR warms up linearly over `warmup` (a fraction of all
     steps), stays constant until `cosine_start` (a fraction) and then follows a cosine to lr * min_lr_ratio.
     Epoch-valued settings are continuous: a step counts as 1 / steps_per_epoch of an epoch.
+    hessian_relative=True makes the Hessian term scale-free: lambda * L0 * mean over layers of penalty / (F * var(T)),
+    with F the layer's number of 2-D functions, var(T) the variance of its table entries (detached) and L0 the loss
+    of a constant prediction (regression: the variance of the targets, the teacher's outputs under KD, on the first
+    batch; classification: log(classes)); every term then scales like the data loss under any rescaling of
+    targets or tables, so the schedule means the same for any target scale.
     """
 
     epochs: int = 10
@@ -49,6 +54,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     seed: int = 0
     progress: bool = True
+    hessian_relative: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -98,6 +98,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.matcher = self._matcher()
         self.step, self.history, self.epoch_sums = 0, [], {}
+        self.loss_ref: float | None = None  # first step's data loss, for hessian_relative
         self.checkpoint_path: str | None = None
 
     def _select_trainable(self) -> None:
@@ -167,7 +168,7 @@ class _Run:
             if layer is not None:
                 terms["layer"] = layer
         if lam > 0 and self.lmkan_layers:
-            terms["hessian"] = torch.stack([m.hessian_penalty().float() for _, m in self.lmkan_layers]).sum()
+            terms["hessian"] = self._hessian_term()
         return terms
 
     def _weights(self, lam: float) -> dict[str, float]:
@@ -175,6 +176,31 @@ class _Run:
         if isinstance(cfg, DistillConfig):
             return {"kd": cfg.alpha, "label": cfg.label_weight, "layer": cfg.beta, "hessian": lam}
         return {"label": 1.0, "hessian": lam}
+
+    def _hessian_term(self) -> torch.Tensor:
+        """Sum of the layers' Hessian penalties, or (hessian_relative) the mean over layers of each layer's penalty
+        per 2-D function divided by the variance of its table entries (detached): invariant to any table scale."""
+        penalties = [m.hessian_penalty().float() for _, m in self.lmkan_layers]
+        if not self.cfg.hessian_relative:
+            return torch.stack(penalties).sum()
+        relative = []
+        for penalty, (_, m) in zip(penalties, self.lmkan_layers):
+            functions = m.table.numel() // (m.table.shape[-2] * m.table.shape[-3])
+            relative.append(penalty / (functions * m.table.detach().float().var().clamp_min(1e-30)))
+        return torch.stack(relative).mean()
+
+    @torch.no_grad()
+    def _hessian_scale(self, inputs: Any, targets: Any) -> float:
+        """L0: the factor that makes the Hessian weight relative to the loss."""
+        if self.loss_ref is None:
+            if self.cfg.task == "regression":
+                use_teacher = self.teacher is not None and (targets is None or getattr(self.cfg, "alpha", 0) > 0)
+                ref = (self.teacher(inputs) if use_teacher else targets).float()
+                data = ((ref - ref.mean(0)) ** 2).mean().reshape(1)
+            else:
+                data = torch.tensor([math.log(max(2, self.model(inputs).shape[-1]))], device=self.device)
+            self.loss_ref = float(rt.all_mean(data.to(self.device), self.env))
+        return self.loss_ref
 
     def _nonfinite(self, what: str, inputs: Any, terms: dict[str, torch.Tensor]) -> NonFiniteLossError:
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
@@ -212,6 +238,8 @@ class _Run:
             raise ConfigError("no loss term: train_lmkan needs (inputs, targets) batches; distill needs alpha, "
                               "label_weight (with targets) or beta with matched layers")
         weights = self._weights(lam)
+        if "hessian" in terms and self.cfg.hessian_relative:
+            weights["hessian"] = lam * self._hessian_scale(inputs, targets)
         loss = sum(weights[k] * v for k, v in terms.items())
         if self._any_rank(not bool(torch.isfinite(loss.detach()))):
             raise self._nonfinite("loss", inputs, terms)

@@ -11,9 +11,10 @@ from ..grid import check_num_grids
 from ..ops import lmkan_lookup
 from .hessian import hessian_penalty
 from .metadata import MetadataTensor
+from .placement import identity_knots, place, quantile_knots, with_tails
 from .tables import branch_table, safe_input_std
 
-INPUT_NORMS = ("none", "affine", "batchnorm")
+INPUT_NORMS = ("none", "affine", "batchnorm", "quantile")
 PRECONDITIONING = ("linear", "relu_first", "relu_last")
 
 
@@ -40,6 +41,8 @@ class LMKANLayer(nn.Module):
             self.register_buffer("input_shift", torch.zeros(norm_features, **factory))
         elif input_norm == "batchnorm":
             self.norm = batchnorm(norm_features, affine=False, **factory)
+        elif input_norm == "quantile":  # identity until calibrate_placement(); see placement.py
+            self.register_buffer("input_knots", identity_knots(norm_features, self.num_grids, **factory))
 
     def _init_preconditioning(self, preconditioning: str | None, branch: nn.Module | None, factory: dict) -> None:
         if preconditioning is not None and preconditioning not in PRECONDITIONING:
@@ -118,6 +121,17 @@ class LMKANLayer(nn.Module):
         self.input_scale.copy_(1.0 / std)
         self.input_shift.copy_(-mean.to(self.input_scale) / std)
 
+    @torch.no_grad()
+    def calibrate_placement(self, x: torch.Tensor, mix: float = 0.25, channel_dim: int = -1) -> None:
+        """Fit the quantile placement to sample inputs x (channel_dim: the feature axis; needs
+        input_norm='quantile'). The table is not changed: call it before training, or use from_linear(input_knots=)."""
+        if self.input_norm != "quantile":
+            raise ConfigError("calibrate_placement needs input_norm='quantile'")
+        rows = x.detach().movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
+        if rows.shape[1] != self.input_knots.shape[0]:
+            raise ShapeError(f"calibration inputs have {rows.shape[1]} features, the layer {self.input_knots.shape[0]}")
+        self.input_knots.copy_(with_tails(quantile_knots(rows, self.num_grids, mix)))
+
     @staticmethod
     def _exact_statistics(features: int, input_mean, input_std, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """float64 (mean, std) of the inputs and True: zero mean when not given, and a std made safe by
@@ -142,6 +156,8 @@ class LMKANLayer(nn.Module):
             shape = [1] * x.dim()
             shape[channel_dim] = -1
             return x * self.input_scale.view(shape) + self.input_shift.view(shape)
+        if self.input_norm == "quantile":
+            return place(x, self.input_knots, self.num_grids, channel_dim)
         if self.input_norm == "batchnorm":
             return self.norm(x) if channel_dim == 1 else self.norm(x.reshape(-1, x.shape[-1])).view_as(x)
         return x

@@ -81,7 +81,7 @@ class LMKANConv2d(LMKANLayer):
         if any(pads):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, pads, mode=mode)
-        if self.input_norm == "affine":  # after padding: the original conv pads in raw input space
+        if self.input_norm in ("affine", "quantile"):  # after padding: the original conv pads in raw input space
             x = self._normalize(x, 1)
         kh, kw = self.kernel_size
         out_h = (x.shape[2] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1

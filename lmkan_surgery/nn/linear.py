@@ -8,7 +8,8 @@ from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from .base import LMKANLayer
-from .tables import exact_linear_table, random_table, table_shape
+from .placement import with_tails
+from .tables import exact_linear_table, knot_linear_table, random_table, table_shape
 
 
 class LMKANLinear(LMKANLayer):
@@ -53,11 +54,16 @@ class LMKANLinear(LMKANLayer):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_grids: int = 8, input_mean: torch.Tensor | None = None,
-                    input_std: torch.Tensor | None = None) -> "LMKANLinear":
-        """An LMKANLinear computing exactly linear(x) for every x (inputs normalised by the given statistics)."""
+                    input_std: torch.Tensor | None = None,
+                    input_knots: torch.Tensor | None = None) -> "LMKANLinear":
+        """An LMKANLinear computing exactly linear(x) for every x (inputs normalised by the given statistics), or,
+        with input_knots [in, G+1] from placement.quantile_knots, exactly linear(x) inside the calibrated range
+        plus one edge cell and saturating beyond it (input_norm='quantile')."""
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"from_linear expects nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
+        if input_knots is not None:
+            return cls._from_knots(linear, num_grids, input_knots)
         mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device)
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
                     input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype)
@@ -66,6 +72,21 @@ class LMKANLinear(LMKANLayer):
             bias = bias + linear.bias.detach().to(torch.float64)
         table = exact_linear_table(weight, num_grids, std if has_stats else None, weight.dtype)
         layer._install_exact(table, bias, mean, std, has_stats)
+        return layer
+
+    @classmethod
+    def _from_knots(cls, linear: nn.Linear, num_grids: int, knots: torch.Tensor) -> "LMKANLinear":
+        if tuple(knots.shape) != (linear.in_features, num_grids + 1):
+            raise ShapeError(f"input_knots must be [{linear.in_features}, {num_grids + 1}] (in_features, G+1), got "
+                             f"{tuple(knots.shape)}")
+        weight = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, num_grids, bias=True, input_norm="quantile",
+                    device="meta", dtype=weight.dtype)
+        layer.to_empty(device=weight.device)
+        layer.input_knots.copy_(with_tails(knots.detach().to(torch.float64)))
+        layer.table = nn.Parameter(knot_linear_table(weight, knots, weight.dtype))
+        bias = linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
+        layer.bias = nn.Parameter(bias.clone())
         return layer
 
     @classmethod

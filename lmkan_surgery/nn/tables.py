@@ -114,3 +114,15 @@ def branch_table(weight: torch.Tensor, num_grids: int, relu_inputs: bool) -> tor
     part_a = w[..., 0::2].transpose(-1, -2).unsqueeze(-2) * nodes  # [..., P, G+1, N_out]
     part_b = w[..., 1::2].transpose(-1, -2).unsqueeze(-2) * nodes
     return part_a.unsqueeze(-2) + part_b.unsqueeze(-3)
+
+
+def knot_linear_table(weight: torch.Tensor, knots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Table [..., P, G+1, G+1, N_out] of x -> weight @ x for inputs placed by per-feature knots [..., N_in, G+1]
+    (grid node k pulls back to x = knots[..., k]); exact wherever the placement map is linear between nodes."""
+    w = _pad_pairs(weight.detach().to(torch.float64))
+    k = knots.detach().to(torch.float64)
+    if k.shape[-2] % 2:
+        k = torch.cat([k, k.new_zeros(*k.shape[:-2], 1, k.shape[-1])], dim=-2)
+    part_a = w[..., 0::2].transpose(-1, -2).unsqueeze(-2) * k[..., 0::2, :].unsqueeze(-1)  # [..., P, G+1, N_out]
+    part_b = w[..., 1::2].transpose(-1, -2).unsqueeze(-2) * k[..., 1::2, :].unsqueeze(-1)
+    return (part_a.unsqueeze(-2) + part_b.unsqueeze(-3)).to(dtype)

@@ -1,0 +1,207 @@
+"""Closed-form local fitting of lmKAN tables: regularised least squares on calibration data.
+
+An LMKANLinear's output is linear in its table and bias, and the Hessian regularizer is quadratic in the table, so
+    J(T, b) = mean_rows ||layer(x) - y||^2 + hessian * layer.hessian_penalty() + ridge * ||T - T_start||^2
+has one minimiser. Every output column shares the same normal matrix, built from dense per-chunk design rows
+(4 non-zeros per pair: the bilinear corner weights) and streamed over the data; above `max_dense` unknowns the
+same operator is applied matrix-free by conjugate gradients, so memory stays bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkan_surgery.errors import ConfigError, ShapeError
+from lmkan_surgery.grid import locate
+from lmkan_surgery.nn import LMKANLinear
+from lmkan_surgery.nn.hessian import hessian_form
+from lmkan_surgery.nn.placement import quantile_knots
+
+from .calibrate import RunningMoments
+
+
+@dataclass
+class FitResult:
+    """What fit_tables did: rows used, solver ("normal" or "cg"), relative training error of the fitted layer."""
+
+    rows: int
+    solver: str
+    train_rel_error: float
+    iterations: int = 0
+
+
+def design(layer: LMKANLinear, x: torch.Tensor) -> torch.Tensor:
+    """Rows [n, P*(G+1)^2] with layer.table-weighted sums equal to the lookup: column p*(G+1)^2 + i*(G+1) + j holds
+    the bilinear weight of node (i, j) of pair p (normalisation/placement of the layer applied, float64)."""
+    u = layer._normalize(x.reshape(-1, layer.in_features).to(layer.table.dtype), 1).to(torch.float64)
+    if u.shape[1] % 2:
+        u = F.pad(u, (0, 1))
+    n_nodes = layer.num_grids + 1
+    cell, t, _ = locate(u, layer.num_grids)
+    i, j, t1, t2 = cell[:, 0::2], cell[:, 1::2], t[:, 0::2], t[:, 1::2]
+    pairs = i.shape[1]
+    base = torch.arange(pairs, device=u.device) * n_nodes * n_nodes + i * n_nodes + j
+    columns = torch.cat([base, base + n_nodes, base + 1, base + n_nodes + 1], dim=1)
+    weights = torch.cat([(1 - t1) * (1 - t2), t1 * (1 - t2), (1 - t1) * t2, t1 * t2], dim=1)
+    rows = torch.zeros(u.shape[0], pairs * n_nodes * n_nodes, dtype=torch.float64, device=u.device)
+    return rows.scatter_add_(1, columns, weights)
+
+
+def _chunks(values: torch.Tensor | Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
+    parts = [values] if isinstance(values, torch.Tensor) else list(values)
+    return [c for p in parts for c in p.reshape(-1, p.shape[-1]).split(rows)]
+
+
+def fit_tables(layer: LMKANLinear, inputs: torch.Tensor | Sequence[torch.Tensor],
+               targets: torch.Tensor | Sequence[torch.Tensor], hessian: float = 0.0, ridge: float = 1e-6,
+               *, relative: bool = False, chunk_rows: int = 2048, max_dense: int = 6144, cg_iters: int = 500,
+               cg_tol: float = 1e-10) -> FitResult:
+    """Set layer.table and layer.bias to the minimiser of J (module docstring) on (inputs, targets), in place.
+
+    inputs [*, in] and targets [*, out] (or equal-length sequences of such chunks). With relative=True, hessian and
+    ridge are multiplied by the mean diagonal of the data term's normal matrix (weights independent of data size
+    and occupancy). Needs ridge > 0 (the bias and the table's constant part are otherwise not identified).
+    """
+    if not isinstance(layer, LMKANLinear):
+        raise ConfigError(f"fit_tables fits LMKANLinear layers, got {type(layer).__name__}")
+    if layer.branch is not None:
+        raise ConfigError("fit_tables needs a layer without preconditioning branch: call layer.fold() first")
+    if ridge <= 0 or hessian < 0:
+        raise ConfigError(f"fit_tables needs ridge > 0 and hessian >= 0, got ridge={ridge}, hessian={hessian}")
+    xs, ys = _chunks(inputs, chunk_rows), _chunks(targets, chunk_rows)
+    if [len(c) for c in xs] != [len(c) for c in ys] or not xs:
+        raise ShapeError("fit_tables: inputs and targets must hold the same (non-zero) number of rows")
+    if xs[0].shape[-1] != layer.in_features or ys[0].shape[-1] != layer.out_features:
+        raise ShapeError(f"fit_tables: layer maps {layer.in_features} -> {layer.out_features}, got inputs "
+                         f"[*, {xs[0].shape[-1]}] and targets [*, {ys[0].shape[-1]}]")
+    was_training = layer.training
+    layer.eval()
+    try:
+        with torch.no_grad():
+            result = _solve(layer, xs, ys, hessian, ridge, relative, max_dense, cg_iters, cg_tol)
+    finally:
+        layer.train(was_training)
+    return result
+
+
+def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], hessian: float, ridge: float,
+           relative: bool, max_dense: int, cg_iters: int, cg_tol: float) -> FitResult:
+    table = layer.table
+    pairs, n_nodes, _, outputs = table.shape
+    unknowns = pairs * n_nodes * n_nodes + 1
+    count = sum(len(c) for c in xs)
+    start = table.detach().to(torch.float64).reshape(-1, outputs)
+    form = hessian_form(layer.num_grids).to(start.device)
+
+    def rows_of(x: torch.Tensor) -> torch.Tensor:
+        d = design(layer, x)
+        return torch.cat([d, d.new_ones(d.shape[0], 1)], dim=1)
+
+    rhs = start.new_zeros(unknowns, outputs)
+    scale_sum = 0.0
+    gram = start.new_zeros(unknowns, unknowns) if unknowns <= max_dense else None
+    for x, y in zip(xs, ys):
+        d = rows_of(x)
+        rhs += d.t() @ y.to(torch.float64) / count
+        scale_sum += float((d[:, :-1] ** 2).sum())
+        if gram is not None:
+            gram += d.t() @ d / count
+    scale = scale_sum / (count * (unknowns - 1)) if relative else 1.0
+    lam, rho = hessian * scale, ridge * scale
+    rhs[:-1] += rho * start
+
+    def regularise(v: torch.Tensor) -> torch.Tensor:
+        t = v[:-1].view(pairs, n_nodes * n_nodes, -1)
+        reg = rho * t + lam * torch.einsum("ab,pbo->pao", form, t)
+        return torch.cat([reg.reshape(-1, v.shape[1]), v.new_zeros(1, v.shape[1])])
+
+    if gram is not None:
+        gram[:-1, :-1] += rho * torch.eye(unknowns - 1, dtype=gram.dtype, device=gram.device)
+        gram[:-1, :-1] += lam * torch.block_diag(*([form] * pairs))
+        solution, solver, iterations = torch.linalg.solve(gram, rhs), "normal", 0
+    else:
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            out = regularise(v)
+            for x in xs:
+                d = rows_of(x)
+                out += d.t() @ (d @ v) / count
+            return out
+
+        solution, iterations = _conjugate_gradient(apply, rhs, torch.cat([start, start.new_zeros(1, outputs)]),
+                                                   cg_iters, cg_tol)
+        solver = "cg"
+    table.data.copy_(solution[:-1].view(pairs, n_nodes, n_nodes, outputs).to(table.dtype))
+    if layer.bias is None:
+        layer.bias = nn.Parameter(solution[-1].to(table.dtype))
+    else:
+        layer.bias.data.copy_(solution[-1].to(table.dtype))
+    num = den = 0.0
+    for x, y in zip(xs, ys):
+        y = y.to(torch.float64)
+        num += float(((rows_of(x) @ solution - y) ** 2).sum())
+        den += float((y * y).sum())
+    return FitResult(count, solver, (num / max(den, 1e-30)) ** 0.5, iterations)
+
+
+def _conjugate_gradient(apply, rhs: torch.Tensor, x: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, int]:
+    """Column-wise CG for the SPD operator `apply` (every column of rhs solved at once)."""
+    r = rhs - apply(x)
+    p = r.clone()
+    rr = (r * r).sum(0)
+    target = tol * tol * (rhs * rhs).sum(0).clamp_min(1e-300)
+    for step in range(iters):
+        if bool((rr <= target).all()):
+            return x, step
+        ap = apply(p)
+        alpha = rr / (p * ap).sum(0).clamp_min(1e-300)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = (r * r).sum(0)
+        p = r + (rr_new / rr.clamp_min(1e-300)) * p
+        rr = rr_new
+    return x, iters
+
+
+def lmkan_refit(linear: nn.Linear, num_grids: int, train_x: list[torch.Tensor], train_y: list[torch.Tensor],
+                input_norm: str, mix: float, hessian: float = 1e-4, ridge: float = 1e-3) -> LMKANLinear:
+    """An LMKANLinear started from `linear` (exact) and fitted in closed form to (train_x, train_y): the shrink
+    pass's lmKAN counterpart of its Linear refit (relative weights, so they mean the same on any data)."""
+    rows = torch.cat([x.reshape(-1, linear.in_features) for x in train_x])
+    if input_norm == "quantile":
+        layer = LMKANLinear.from_linear(linear, num_grids, input_knots=quantile_knots(rows, num_grids, mix))
+    else:
+        moments = RunningMoments()
+        moments.add(rows)
+        layer = LMKANLinear.from_linear(linear, num_grids, moments.mean(), moments.std())
+    fit_tables(layer, train_x, train_y, hessian=hessian, ridge=ridge, relative=True)
+    return layer
+
+
+def held_out_error(module: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float | None:
+    """Relative L2 error of module(x) against y over the chunks (None without any)."""
+    if not xs:
+        return None
+    num = den = 0.0
+    with torch.no_grad():
+        for x, y in zip(xs, ys):
+            out = module(x.to(next(module.parameters()).dtype))
+            num += float(((out.double().reshape(y.shape) - y.double()) ** 2).sum())
+            den += float((y.double() ** 2).sum())
+    return (num / max(den, 1e-30)) ** 0.5
+
+
+def shrink_refit(student: nn.Module, name: str, train: list[tuple[torch.Tensor, torch.Tensor]],
+                 held: list[tuple[torch.Tensor, torch.Tensor]], num_grids: int, input_norm: str,
+                 mix: float) -> tuple[float | None, float | None, Any]:
+    """Fit an lmKAN consumer beside the refitted Linear `name` on captured (input, target) rows; returns the
+    held-out relative errors (Linear refit, lmKAN fit) and the fitted layer."""
+    linear = student.get_submodule(name)
+    train_x, train_y = [x for x, _ in train], [y for _, y in train]
+    layer = lmkan_refit(linear, num_grids, train_x, train_y, input_norm, mix)
+    held_x, held_y = [x for x, _ in held], [y for _, y in held]
+    return held_out_error(linear, held_x, held_y), held_out_error(layer, held_x, held_y), layer

@@ -1,0 +1,329 @@
+"""Acceptance benchmark of issue 16: plain vs lmKAN students distilled from two methane MLP teachers.
+
+Teachers (trained here on GFN2-xTB energies of random CH4 configurations, experiments/methane/ch4_data.py):
+(a) the 10 interatomic distances -> SiLU MLP; (b) 32 heavy-tailed atom-centred symmetry functions (radial and
+angular, exp(-eta r^2) and (1 + lambda cos)^zeta terms: point masses at ~0, long tails) -> CELU MLP. Each is distilled
+(trained on its outputs) into plain MLP students (Linear-BN-act) and lmKAN students (quantile placement on the
+first layer, BatchNorm + bounded identity placement on the others, the paper's linear/ReLU-first branches) at
+fractions of its multiply-adds (lmKAN at 2x a Linear of its shape), same budget, seeds side by side. The transfer
+set is the teacher's training inputs plus --transfer unlabelled random configurations that the teacher labels
+(distillation is not limited to the labelled set); after training, both kinds get a closed-form refit of their output
+layer on it (least squares for the Linear, fit_tables for the lmKAN). Validation: the held-out labelled
+configurations, RMSE against the teacher. Also: the train-step time of each student (round-robin medians), and the
+shrink pass's held-out block error with the closed-form lmKAN fit vs the Linear refit.
+
+    python tools/bench_students.py --docs docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "experiments" / "methane"), str(ROOT / "experiments")]
+
+from ch4_data import load_or_generate, random_configurations  # noqa: E402
+from common import cache_dir  # noqa: E402
+
+from lmkan_surgery import LMKANConfig, LMKANLinear, fit_tables, lmkanify, model_hessian_penalty  # noqa: E402
+from lmkan_surgery.distill import TrainConfig, evaluate, train_lmkan  # noqa: E402
+
+HARTREE_KCAL = 627.509
+CUTOFF = 6.0  # Angstrom
+ETAS = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+ANGLES = ((1, 1.0), (1, -1.0), (4, 1.0), (4, -1.0), (16, 1.0), (16, -1.0), (64, 1.0), (64, -1.0))
+
+
+class Standardize(nn.Module):
+    """Fixed (x - mean) / std, the teachers' and plain students' input scaling."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def distances(pos: torch.Tensor) -> torch.Tensor:
+    """The 10 interatomic distances of positions [N, 5, 3]."""
+    rows, cols = torch.triu_indices(5, 5, 1)
+    return torch.cdist(pos, pos)[:, rows, cols]
+
+
+def symmetry_functions(pos: torch.Tensor) -> torch.Tensor:
+    """[N, 32]: C-centred radial (8 eta, shifted to 1.1 A) and angular (8 zeta/lambda) terms, and the same for the
+    H centres (mean over the four), Behler-Parrinello style with a cosine cutoff."""
+    d = torch.cdist(pos, pos)
+    eye = torch.eye(5, dtype=torch.bool)
+    fc = torch.where(eye | (d >= CUTOFF), torch.zeros_like(d), 0.5 * (torch.cos(math.pi * d / CUTOFF) + 1))
+    radial_c = torch.stack([(torch.exp(-eta * (d[:, 0, 1:] - 1.1) ** 2) * fc[:, 0, 1:]).sum(1) for eta in ETAS], 1)
+    hh = fc[:, 1:, 1:]
+    radial_h = torch.stack([(torch.exp(-eta * d[:, 1:, 1:] ** 2) * hh).sum((1, 2)) / 4 for eta in ETAS], 1)
+    vec = pos.unsqueeze(2) - pos.unsqueeze(1)  # [N, i, j, 3] = r_i - r_j
+    cos = torch.einsum("nijc,nikc->nijk", vec, vec) / (d.unsqueeze(3) * d.unsqueeze(2)).clamp_min(1e-9)
+    weight = torch.exp(-0.3 * (d.unsqueeze(3) ** 2 + d.unsqueeze(2) ** 2 + d.unsqueeze(1) ** 2))
+    weight = weight * fc.unsqueeze(3) * fc.unsqueeze(2) * fc.unsqueeze(1)
+    upper = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)  # j < k
+    angular = []
+    for zeta, lam in ANGLES:
+        term = 2.0 ** (1 - zeta) * (1 + lam * cos).clamp_min(0) ** zeta * weight * upper
+        angular.append((term[:, 0].sum((1, 2)), term[:, 1:].sum((1, 2, 3)) / 4))
+    return torch.cat([radial_c, torch.stack([a for a, _ in angular], 1), radial_h,
+                      torch.stack([b for _, b in angular], 1)], 1)
+
+
+def mlp(d_in: int, width: int, act: type[nn.Module], stats: tuple[torch.Tensor, torch.Tensor],
+        norm: bool) -> nn.Sequential:
+    """Standardize -> Linear -> [BN] -> act -> Linear -> [BN] -> act -> Linear."""
+    bn = (lambda: nn.BatchNorm1d(width)) if norm else nn.Identity
+    return nn.Sequential(Standardize(*stats), nn.Linear(d_in, width), bn(), act(), nn.Linear(width, width), bn(),
+                         act(), nn.Linear(width, 1))
+
+
+def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor) -> nn.Sequential:
+    """lmKAN -> BN -> lmKAN -> BN -> lmKAN; the first layer placed by its inputs' quantiles, the others by the
+    bounded identity placement after BatchNorm(affine=False) (no extrapolation blow-up)."""
+    model = nn.Sequential(
+        LMKANLinear(d_in, width, num_grids, bias=False, input_norm="quantile", preconditioning="linear"),
+        nn.BatchNorm1d(width, affine=False),
+        LMKANLinear(width, width, num_grids, bias=False, input_norm="quantile", preconditioning="relu_first"),
+        nn.BatchNorm1d(width, affine=False),
+        LMKANLinear(width, 1, num_grids, input_norm="quantile", preconditioning="relu_first"))
+    model[0].calibrate_placement(x_train)
+    return model
+
+
+def macs(d_in: int, width: int, lmkan: bool) -> int:
+    """Multiply-adds per sample of the 3-layer topology (an lmKAN layer counts 2x its Linear)."""
+    return (2 if lmkan else 1) * (d_in * width + width * width + width)
+
+
+def width_for(d_in: int, budget: int, lmkan: bool) -> int:
+    """The largest width whose MACs stay within budget (at least 2)."""
+    width = 2
+    while macs(d_in, width + 1, lmkan) <= budget:
+        width += 1
+    return width
+
+
+def train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
+    """One budget for every student: AdamW, cosine in the second half, loss-scaled Hessian weight off at half."""
+    half = args.epochs / 2
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, task="regression", seed=seed,
+                       hessian_start=args.hessian, hessian_relative=True, hessian_decay_epochs=half / 4,
+                       hessian_off_epoch=half, gamma_ramp_epochs=1.0, progress=False)
+
+
+def diverged(curve: list[float]) -> bool:
+    """Non-finite, or (after the first epoch) above 2x the best validation RMSE before it."""
+    return (not all(math.isfinite(v) for v in curve)
+            or any(curve[i] > 2 * min(curve[:i]) for i in range(1, len(curve))))
+
+
+def step_times(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rounds: int,
+               steps: int) -> dict[str, float]:
+    """Median seconds per train step (forward, MSE [+ Hessian penalty], backward, AdamW), round-robin."""
+    variants = {}
+    for name, model in models.items():
+        variants[name] = (model, True)
+        if any(isinstance(m, LMKANLinear) for m in model.modules()):
+            variants[f"{name} (no Hessian term)"] = (model, False)
+    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, (m, _) in variants.items()}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (model, hessian) in variants.items():
+            model.train()
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = nn.functional.mse_loss(model(x), y)
+                if hessian:
+                    loss = loss + 1e-3 * model_hessian_penalty(model)
+                optims[name].zero_grad(set_to_none=True)
+                loss.backward()
+                optims[name].step()
+            samples[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def block_fits(teacher: nn.Module, x: torch.Tensor, num_grids: int) -> dict[str, float]:
+    """lmkanify(mode='shrink', width 0.5) of the teacher with the lmKAN fit and with the Linear refit only."""
+    calibration = list(x[:4096].split(512))
+    out = {}
+    for fit in ("lmkan", "linear"):
+        config = LMKANConfig(num_grids=num_grids, mode="shrink", width=0.5, input_norm="quantile",
+                             skip_defaults=False, shrink_fit=fit)
+        _, report = lmkanify(teacher, config, example_inputs=x[:4], calibration=calibration)
+        out[f"model_heldout_rel_error_{fit}"] = report.validation["heldout_rel_error"]
+        out.update({k.removeprefix("heldout_"): v for k, v in report.validation.items() if "block" in k})
+    return out
+
+
+def rmse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Root-mean-square error of model(x) against y (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        return float(((model(x) - y) ** 2).mean().sqrt())
+
+
+def refit_output_layer(student: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Closed-form refit of the last layer on (x, teacher outputs): ridge least squares for a Linear, fit_tables
+    (relative ridge 1e-4, Hessian 1e-3) for an lmKAN layer, whose ReLU-first branch is folded first."""
+    student.eval()
+    captured = []
+    handle = student[-1].register_forward_pre_hook(lambda mod, a: captured.append(a[0]))
+    with torch.no_grad():
+        student(x)
+    handle.remove()
+    last, features = student[-1], captured[0]
+    if isinstance(last, LMKANLinear):
+        last.fold()
+        fit_tables(last, features, y, hessian=1e-3, ridge=1e-4, relative=True)
+        return
+    design = torch.cat([features, torch.ones(len(features), 1)], 1).double()
+    gram = design.t() @ design
+    gram += 1e-8 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, design.t() @ y.double())
+    with torch.no_grad():
+        last.weight.copy_(solution[:-1].t())
+        last.bias.copy_(solution[-1])
+
+
+def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: type[nn.Module], extra: torch.Tensor,
+                args: argparse.Namespace, log) -> dict:
+    """Train the teacher, then every student at every budget and seed; the rows of one table."""
+    n_train = int(0.8 * len(feats))
+    x_tr, x_va = feats[:n_train], feats[n_train:]
+    stats = (x_tr.mean(0), x_tr.std(0).clamp_min(1e-12))
+    torch.manual_seed(0)
+    teacher = mlp(feats.shape[1], args.teacher_width, act, stats, norm=False)
+    started = time.perf_counter()
+    cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=args.batch, lr=args.lr, task="regression",
+                      hessian_start=0.0, progress=False)
+    fit = train_lmkan(teacher, (x_tr, energies[:n_train]), (x_va, energies[n_train:]), cfg)
+    teacher.eval().requires_grad_(False)
+    x_tr = torch.cat([x_tr, extra])
+    with torch.no_grad():
+        y_tr, y_va = teacher(x_tr), teacher(x_va)
+    total = macs(feats.shape[1], args.teacher_width, False)
+    quant = torch.quantile(((x_tr - stats[0]) / stats[1]).abs().flatten()[::7], torch.tensor([0.99, 1.0]))
+    result = {"teacher": name, "features": feats.shape[1], "teacher_macs": total,
+              "teacher_val_rmse": fit.final_val_metric, "teacher_train_s": round(time.perf_counter() - started, 1),
+              "input_abs_sigma_p99_max": [round(float(v), 1) for v in quant], "rows": [], "timing": {}}
+    log(f"[{name}] teacher val RMSE {fit.final_val_metric:.4f} (std units), p99/max |x| in sigma {quant.tolist()}")
+    for fraction in args.budgets:
+        budget = int(fraction * total)
+        widths = {"plain": width_for(feats.shape[1], budget, False), "lmkan": width_for(feats.shape[1], budget, True)}
+        timing_models = {}
+        for seed in args.seeds:
+            for kind, width in widths.items():
+                torch.manual_seed(seed)
+                student = (mlp(feats.shape[1], width, act, stats, norm=True) if kind == "plain"
+                           else lmkan_student(feats.shape[1], width, args.num_grids, x_tr))
+                started = time.perf_counter()
+                history = train_lmkan(student, (x_tr, y_tr), (x_va, y_va), train_config(args, seed)).history
+                curve = [r.val_metric for r in history]
+                trained = copy.deepcopy(student)
+                refit_output_layer(student, x_tr, y_tr)
+                row = {"budget": fraction, "kind": kind, "width": width, "seed": seed,
+                       "macs": macs(feats.shape[1], width, kind == "lmkan"), "val_rmse": rmse(student, x_va, y_va),
+                       "val_rmse_before_refit": curve[-1],
+                       "best_rmse": min(curve), "diverged": diverged(curve), "curve": [round(v, 5) for v in curve],
+                       "train_s": round(time.perf_counter() - started, 1)}
+                result["rows"].append(row)
+                log(f"[{name}] {fraction}x {kind} h={width} seed={seed}: val RMSE {row['val_rmse']:.4f} after the "
+                    f"output refit, {curve[-1]:.4f} before (best {min(curve):.4f}, diverged={row['diverged']}) "
+                    f"{row['train_s']} s")
+                timing_models[kind] = trained
+        sample = torch.randperm(n_train, generator=torch.Generator().manual_seed(1))[:args.batch]
+        result["timing"][str(fraction)] = step_times(timing_models, x_tr[sample], y_tr[sample], args.rounds, 10)
+    result["block_fit"] = block_fits(teacher, x_tr, args.num_grids)
+    log(f"[{name}] block fit: {result['block_fit']}")
+    return result
+
+
+def summary(result: dict, std_kcal: float) -> list[str]:
+    """Markdown rows: per budget, plain vs lmKAN mean RMSE (kcal/mol), ratio, divergences and step times."""
+    lines = []
+    for fraction in sorted({r["budget"] for r in result["rows"]}, reverse=True):
+        rows = [r for r in result["rows"] if r["budget"] == fraction]
+        plain = [r for r in rows if r["kind"] == "plain"]
+        lmkan = [r for r in rows if r["kind"] == "lmkan"]
+        mean = lambda rs, key="val_rmse": sum(r[key] for r in rs) / len(rs)  # noqa: E731
+        timing = result["timing"][str(fraction)]
+        kcal = lambda rs: " / ".join(f"{r['val_rmse'] * std_kcal:.3f}" for r in rs)  # noqa: E731
+        lines.append(
+            f"| {result['teacher']} | {fraction}x | {plain[0]['width']} / {lmkan[0]['width']} | "
+            f"{kcal(plain)} | {kcal(lmkan)} | {mean(lmkan) / mean(plain):.2f} | "
+            f"{mean(lmkan, 'val_rmse_before_refit') / mean(plain, 'val_rmse_before_refit'):.2f} | "
+            f"{sum(r['diverged'] for r in lmkan)} | {timing['lmkan'] / timing['plain']:.2f} "
+            f"({timing['lmkan (no Hessian term)'] / timing['plain']:.2f}) |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--count", type=int, default=20000, help="labelled CH4 configurations (cached)")
+    p.add_argument("--transfer", type=int, default=84000, help="extra unlabelled configurations the teacher labels")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--teacher-width", type=int, default=128)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--hessian", type=float, default=1e-2, help="relative Hessian weight at the start")
+    p.add_argument("--num-grids", type=int, default=8)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
+    p.add_argument("--teachers", nargs="+", default=["distances", "symmetry"], choices=["distances", "symmetry"])
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--docs", type=Path, help="append a markdown section here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    log = lambda text: print(f"{time.perf_counter() - started:7.1f}s {text}", flush=True)  # noqa: E731
+    positions, energies = load_or_generate(args.count, 0, cache_dir("methane"), 1)
+    pos = torch.tensor(positions, dtype=torch.float64)
+    energy = torch.tensor(energies, dtype=torch.float64)
+    keep = energy <= torch.quantile(energy, 0.98)  # drop the 2% closest contacts (energies far off the scale)
+    pos, energy = pos[keep], energy[keep]
+    std = float(energy.std())
+    target = ((energy - energy.mean()) / std).float().unsqueeze(1)
+    extra = torch.tensor(random_configurations(args.transfer, 1), dtype=torch.float64)
+    featurize = {"distances": distances, "symmetry": symmetry_functions}
+    acts = {"distances": nn.SiLU, "symmetry": nn.CELU}
+    results = {"command": "python tools/bench_students.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.platform(),
+               "threads": 1, "configurations": int(keep.sum()), "target_std_kcal": std * HARTREE_KCAL,
+               "teachers": [run_teacher(name, featurize[name](pos).float(), target, acts[name],
+                                        featurize[name](extra).float(), args, log) for name in args.teachers]}
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    lines = ["| teacher | MACs | width plain / lmKAN | plain RMSE kcal/mol (seeds) | lmKAN RMSE kcal/mol (seeds) | "
+             "lmKAN / plain | same, before the output refit | lmKAN diverged | "
+             "train step time lmKAN / plain (without the Hessian term) |", "|" + "---|" * 9]
+    for teacher in results["teachers"]:
+        lines += summary(teacher, results["target_std_kcal"])
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.docs:
+        with args.docs.open("a") as f:
+            f.write("\n" + "\n".join(lines) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
