@@ -84,8 +84,7 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     samples = input_samples(student, linears, stat_batches) if config.input_norm == "quantile" else {}
     sources = {name: student.get_submodule(name) for name in chosen}
     replace_layers(student, chosen, moments, samples, config.quantile_mix)
-    _validate(student, config, example_inputs, probe, sources, report)
-    reverted = {name for name in chosen if student.get_submodule(name) is sources[name]}
+    reverted = set(chosen) if _validate(student, config, example_inputs, probe, sources, report) else set()
     for cand in candidates:
         if cand.name in reverted:
             cand.convert, cand.reason = False, f"reverted: {report.problems[-1]}"
@@ -99,14 +98,14 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
 
 
 def _validate(student: nn.Module, config: LMKANConfig, example_inputs: Any, probe: Probe,
-              sources: dict[str, nn.Module], report: ConversionReport) -> None:
-    """Compare the student with the original on example_inputs and set report.validated. A student that does not
-    run gets its layers reverted (a loud problem); a non-finite or, in exact mode, out-of-tolerance one raises
+              sources: dict[str, nn.Module], report: ConversionReport) -> bool:
+    """Compare the student with the original on example_inputs and set report.validated; True when the student did
+    not run and its layers were reverted (a loud problem); a non-finite or, in exact mode, out-of-tolerance one raises
     ValidationError naming the worst layers, unless config.allow_failed_validation (then a loud problem)."""
     if not config.validate or example_inputs is None or probe.output is None:
         why = "config.validate=False" if not config.validate else "no example_inputs"
         report.validated = f"not validated ({why})"
-        return
+        return False
     try:
         with eval_mode(student), torch.no_grad():
             report.validation = output_error(probe.output, call(student, example_inputs))
@@ -116,13 +115,13 @@ def _validate(student: nn.Module, config: LMKANConfig, example_inputs: Any, prob
         report.validated = "not validated (conversion reverted)"
         report.problems.append(f"the converted model failed on example_inputs ({type(err).__name__}: "
                                f"{str(err)[:200]}); every conversion was reverted")
-        return
+        return True
     nonfinite = report.validation.get("nonfinite", 0)
     error = report.validation.get("rel_error", 0.0)
     inexact = config.mode == "exact" and error > config.validation_tolerance
     if not nonfinite and not inexact:
         report.validated = "exact" if config.mode == "exact" else "validated"
-        return
+        return False
     worst = layer_errors(student, sources, example_inputs)[:5]
     detail = ", ".join(f"{name} {err:.3g}" for name, err in worst) or "no single layer stands out"
     message = (f"validation failed: {nonfinite} non-finite outputs where the original is finite, relative error "
@@ -132,6 +131,7 @@ def _validate(student: nn.Module, config: LMKANConfig, example_inputs: Any, prob
     if not config.allow_failed_validation:
         raise ValidationError(message + "; set LMKANConfig(allow_failed_validation=True) to get the student anyway")
     report.problems.append(message)
+    return False
 
 
 def _trace_and_rewrite(student: nn.Module, report: ConversionReport) -> tuple[nn.Module, TraceResult, list]:
