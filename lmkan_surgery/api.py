@@ -21,7 +21,7 @@ from lmkan_surgery.passes.trace import TraceResult, apply_functional, find_funct
 from .batches import InputFn, model_inputs
 from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord
-from .errors import ConfigError, ValidationError
+from .errors import ConfigError, ShapeError, ValidationError
 from .modelcopy import check_model, copy_for_surgery
 from .validation import layer_errors, output_error
 from .serialization import SPEC_ATTR, build_spec
@@ -62,13 +62,18 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     blocked = escaped(tied_parameters(student, watched), graph_reads(trace, watched))
     probe = Probe()
     if example_inputs is not None:
-        with watch_parameter_reads(student, watched) as reads:
+        try:
+            with watch_parameter_reads(student, watched) as reads:
+                probe = run_probe(student, example_inputs, watched)
+            blocked = escaped(blocked, reads)
+        except ShapeError:  # the model itself fails (raised again below), or it rejects the watched layers
             probe = run_probe(student, example_inputs, watched)
-        blocked = escaped(blocked, reads)
+            report.warnings.append("the parameter-read watch broke the probing forward; reads of layer weights "
+                                   "by untraceable code are not detected (a student that fails is reverted)")
     else:
         report.warnings.append("no example_inputs: no shapes, FLOPs or validation; stem and head are found by "
                                "registration order")
-    candidates, warnings = select_layers(student, config, probe.order, probe.raw_fed, blocked)
+    candidates, warnings = select_layers(student, config, probe.order, probe.raw_fed, blocked, probe.feeds_output)
     report.warnings += warnings
     before = {c.name: _layer_numbers(c.module, c.name, probe, False) for c in candidates}
     shrunk = ShrinkResult()

@@ -8,20 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .passes.probe import call, eval_mode
-
-
-def flat_tensors(output: Any) -> list[torch.Tensor]:
-    """The tensors of a (nested) model output, in order."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for v in output.values() for t in flat_tensors(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in flat_tensors(v)]
-    if hasattr(output, "to_tuple"):  # transformers ModelOutput
-        return flat_tensors(output.to_tuple())
-    return []
+from .passes.probe import call, eval_mode, flat_tensors
 
 
 def output_error(reference: Any, result: Any) -> dict[str, float]:

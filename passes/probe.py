@@ -37,6 +37,20 @@ class Probe:
     batch: int = 1
     output: Any = None
     raw_fed: set[str] = field(default_factory=set)  # watched layers whose input is (a view of) a raw input tensor
+    feeds_output: set[str] = field(default_factory=set)  # watched layers whose output is (a view of) a model output
+
+
+def flat_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) model output, in order (tuples, lists, dicts, transformers ModelOutputs)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in flat_tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in flat_tensors(v)]
+    if hasattr(output, "to_tuple"):
+        return flat_tensors(output.to_tuple())
+    return []
 
 
 def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Probe:
@@ -58,12 +72,14 @@ def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Prob
                     if any(args[0].data_ptr() == t.data_ptr() and args[0].numel() == t.numel() for t in raw):
                         probe.raw_fed.add(name)
                     probe.order.append(name)
+                    outs[name] = output  # held until the end, so that no later tensor reuses its memory
                     probe.in_shapes[name] = tuple(args[0].shape)
                     probe.out_shapes[name] = tuple(output.shape)
                 probe.calls[name] = probe.calls.get(name, 0) + 1
         return hook
 
     watched_set = set(watched)
+    outs: dict[str, torch.Tensor] = {}
     raw_args, raw_kwargs = as_args(example_inputs)
     raw = [t for t in (*raw_args, *raw_kwargs.values()) if isinstance(t, torch.Tensor)]
     handles = []
@@ -73,6 +89,8 @@ def run_probe(model: nn.Module, example_inputs: Any, watched: list[str]) -> Prob
     try:
         with eval_mode(model), torch.no_grad():
             probe.output = call(model, example_inputs)
+        outputs = {t.data_ptr() for t in flat_tensors(probe.output)}
+        probe.feeds_output = {name for name, out in outs.items() if out.data_ptr() in outputs}
     except Exception as err:
         failed = stack[-1:] if stack else []
         where = f"inside module '{failed[0]}' ({type(modules[failed[0]]).__name__})" if failed and failed[0] else \

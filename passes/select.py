@@ -144,9 +144,11 @@ def _inside_transformer_layer(name: str, modules: Mapping[str, nn.Module]) -> bo
     return any(isinstance(modules.get(".".join(parts[:i])), TRANSFORMER_LAYERS) for i in range(len(parts)))
 
 
-def _default_skips(order: list[str], modules: Mapping[str, nn.Module], raw_fed: set[str]) -> dict[str, str]:
+def _default_skips(order: list[str], modules: Mapping[str, nn.Module], raw_fed: set[str],
+                   feeds_output: set[str] | None) -> dict[str, str]:
     """Input stem (the first layer, when it is a conv or a dense layer fed by the raw model inputs) and classifier
-    head (the last layer, when it is dense and not inside a Transformer encoder/decoder layer)."""
+    head (the last layer, when it is dense, not inside a Transformer encoder/decoder layer and, when the probe ran,
+    produces a model output)."""
     skips: dict[str, str] = {}
     if order:
         first = modules[order[0]]
@@ -156,16 +158,18 @@ def _default_skips(order: list[str], modules: Mapping[str, nn.Module], raw_fed: 
                                "to convert it")
         last = modules[order[-1]]
         rule = rule_for(last)
-        if rule is not None and rule.linear_like and not _inside_transformer_layer(order[-1], modules):
+        is_output = feeds_output is None or order[-1] in feeds_output
+        if rule is not None and rule.linear_like and is_output and not _inside_transformer_layer(order[-1], modules):
             skips[order[-1]] = "default skip: classifier head (the last layer); set skip_defaults=False to convert it"
     return skips
 
 
 def select_layers(model: nn.Module, config: LMKANConfig, order: list[str], raw_fed: set[str] | None = None,
-                  blocked: Mapping[str, str] | None = None) -> tuple[list[Candidate], list[str]]:
+                  blocked: Mapping[str, str] | None = None,
+                  feeds_output: set[str] | None = None) -> tuple[list[Candidate], list[str]]:
     """Candidates in execution order (unexecuted ones last, in registration order) and the pattern warnings;
-    `raw_fed` names the layers the probe saw fed by the raw inputs, `blocked` maps layers that must be kept (their
-    parameters escape their forward) to the reason."""
+    `raw_fed` / `feeds_output` name the layers the probe saw fed by the raw inputs / producing a model output
+    (None: no probe), `blocked` maps layers that must be kept (their parameters escape their forward) to why."""
     modules = dict(model.named_modules())
     names = [n for n, m in modules.items() if is_convertible(m)]
     ordered = [n for n in order if n in names] + [n for n in names if n not in order]
@@ -176,7 +180,8 @@ def select_layers(model: nn.Module, config: LMKANConfig, order: list[str], raw_f
     grids = config.num_grids if isinstance(config.num_grids, Mapping) else {}
     grid_patterns = PatternSet([k for k in grids if k != "default"], "num_grids", model)
     executed = [n for n in ordered if n in order]
-    defaults = _default_skips(executed or ordered, modules, raw_fed or set()) if config.skip_defaults else {}
+    defaults = (_default_skips(executed or ordered, modules, raw_fed or set(), feeds_output if executed else None)
+                if config.skip_defaults else {})
     candidates, total = [], 0
     for name in ordered:
         module = modules[name]
