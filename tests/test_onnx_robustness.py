@@ -111,3 +111,20 @@ def test_session_on_bad_files_names_the_path(tmp_path):
             session(tmp_path / name, use_library=False)
     with pytest.raises(OnnxFileError, match=r"missing\.onnx: no such ONNX file"):
         session(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("use_library", [False, True])
+def test_far_out_inputs_stay_finite_in_onnxruntime(tmp_path, use_library):
+    """A data-free exact conversion puts inputs far out on the grid's linear extension; t1 t2 overflows there and
+    must not turn the (zero) cross term into NaN in the function body or the native library."""
+    linear = nn.Linear(6, 4)
+    model = nn.Sequential(LMKANLinear.from_linear(linear, 8)).eval()
+    export_onnx(model, tmp_path / "far.onnx", example_inputs=(torch.randn(3, 6),))
+    x = torch.randn(5, 6) * torch.tensor([1.0, 1e8, 1e12, 1e18, 1e24]).unsqueeze(1)
+    sess = session(tmp_path / "far.onnx", use_library=use_library)
+    result = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        expected = linear.double()(x.double())
+    assert torch.isfinite(result).all()
+    rel = (result.double() - expected).abs().amax(1) / expected.abs().amax(1)
+    assert rel.max() < 1e-5

@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kForwardThreads<T>)
           acc[v] += c00[v];
           acc[v] = fmaf(t1, d1, acc[v]);
           acc[v] = fmaf(t2, d2, acc[v]);
-          acc[v] = fmaf(t12, cross, acc[v]);
+          acc[v] = fmaf(cross != 0.0f ? t12 : 0.0f, cross, acc[v]);  // exact tables: no inf * 0 = NaN
         }
       } else {
         float w[4];

@@ -181,7 +181,13 @@ def _evaluate() -> list[onnx.NodeProto]:
         n("Concat", ["im1v", "N_v"], ["flat_shape"], axis=0),
         n("Unsqueeze", ["t1", "i1v"], ["t1_row"]),  # [B, 1, P]
         n("Unsqueeze", ["t2", "i1v"], ["t2_row"]),
-        n("Mul", ["t1", "t2"], ["t12"]),
+        _const("d_fmax", 3.4028234663852886e38, TensorProto.DOUBLE),  # float32's largest finite value
+        n("CastLike", ["d_fmax", "X"], ["fmax"]),
+        n("Mul", ["t1", "t2"], ["t12_raw"]),  # overflows for far-out pairs: cap it so t1 t2 x 0 stays 0, not NaN
+        n("IsInf", ["t12_raw"], ["t12_inf"]),
+        n("Sign", ["t12_raw"], ["t12_sign"]),
+        n("Mul", ["t12_sign", "fmax"], ["t12_cap"]),
+        n("Where", ["t12_inf", "t12_cap", "t12_raw"], ["t12"]),
         n("Unsqueeze", ["t12", "i1v"], ["t12_row"]),
     ]
     for src, coef, out in (("D1", "t1_row", "y1"), ("D2", "t2_row", "y2"), ("D3", "t12_row", "y3")):
