@@ -7,12 +7,26 @@ narrows) narrowing and the least-squares design rows. Adding a layer type means 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
 
+def narrowed_copy(module: nn.Module, out_idx, in_idx) -> nn.Module:
+    """A copy of a weight/bias layer keeping output units out_idx and input units in_idx (None keeps all); the
+    caller updates the size attributes."""
+    new = copy.deepcopy(module)
+    with torch.no_grad():
+        weight, bias = module.weight, module.bias
+        if out_idx is not None:
+            weight, bias = weight[out_idx], (bias[out_idx] if bias is not None else None)
+        if in_idx is not None:
+            weight = weight[:, in_idx]
+        new.weight = nn.Parameter(weight.clone())
+        new.bias = nn.Parameter(bias.clone()) if bias is not None else None
+    return new
 
 
 def lookup_width(in_features: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 
 from lmkan_surgery.nn import LMKANConv1d, LMKANConv2d
 
-from .base import LayerRule
+from .base import LayerRule, narrowed_copy
 
 
 class _ConvRule(LayerRule):
@@ -47,15 +46,7 @@ class Conv2dRule(_ConvRule):
     def narrow(self, module, out_idx, in_idx) -> nn.Module:
         if module.groups != 1:
             raise ValueError(f"only groups=1 convolutions are narrowed, got groups={module.groups}")
-        new = copy.deepcopy(module)
-        with torch.no_grad():
-            weight, bias = module.weight, module.bias
-            if out_idx is not None:
-                weight, bias = weight[out_idx], (bias[out_idx] if bias is not None else None)
-            if in_idx is not None:
-                weight = weight[:, in_idx]
-            new.weight = nn.Parameter(weight.clone())
-            new.bias = nn.Parameter(bias.clone()) if bias is not None else None
+        new = narrowed_copy(module, out_idx, in_idx)
         new.out_channels, new.in_channels = new.weight.shape[:2]
         return new
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 
 from lmkan_surgery.nn import LMKANLinear
 
-from .base import LayerRule
+from .base import LayerRule, narrowed_copy
 
 
 class LinearRule(LayerRule):
@@ -28,15 +27,7 @@ class LinearRule(LayerRule):
         return LMKANLinear.from_linear(module, num_grids, mean, std)
 
     def narrow(self, module, out_idx, in_idx) -> nn.Module:
-        new = copy.deepcopy(module)
-        with torch.no_grad():
-            weight, bias = module.weight, module.bias
-            if out_idx is not None:
-                weight, bias = weight[out_idx], (bias[out_idx] if bias is not None else None)
-            if in_idx is not None:
-                weight = weight[:, in_idx]
-            new.weight = nn.Parameter(weight.clone())
-            new.bias = nn.Parameter(bias.clone()) if bias is not None else None
+        new = narrowed_copy(module, out_idx, in_idx)
         new.out_features, new.in_features = new.weight.shape
         return new
 
