@@ -5,6 +5,9 @@ and forward+backward (x and the weights/table require grad, ``torch.autograd.gra
 reference calls are capped to fewer rounds. Example (the CPU numbers in docs/benchmarks.md)::
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench_layer.py --threads 2
+
+``--per-call`` instead times the per-call cost at batch 1 (a 288->32 layer, as a converted resnet18 head would
+be): loops of calls per method, round-robin, median microseconds per call, the bare kernel beside the layer.
 """
 
 from __future__ import annotations
@@ -128,6 +131,46 @@ def run_round_robin(methods: list[Method], device: torch.device, warmup: int, ro
             m.rounds += 1
 
 
+PER_CALL_SHAPE = (1, 288, 32, 8)  # (B, N_in, N_out, G)
+
+
+def per_call_methods(calls: int) -> list[Method]:
+    """nn.Linear, the bare native kernel, the lookup op and an exact LMKANLinear (affine input normalisation, as
+    lmkanify builds it), each a loop of `calls` forward calls at batch 1 under torch.no_grad()."""
+    from lmkan_surgery.kernels import build
+    from lmkan_surgery.nn import LMKANLinear
+
+    batch, n_in, n_out, grids = PER_CALL_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(n_in, n_out)
+    layer = LMKANLinear.from_linear(linear, grids, torch.randn(n_in, generator=gen), torch.rand(n_in, generator=gen) + 0.5)
+    plain = LMKANLinear(n_in, n_out, grids)
+    x = torch.randn(batch, n_in, generator=gen)
+    table = layer.table.detach()
+    kernel = build.load_native("cpu").forward
+
+    def loop(fn):
+        def run():
+            with torch.no_grad():
+                for _ in range(calls):
+                    fn()
+        return run
+
+    return [Method("nn.Linear", loop(lambda: linear(x))), Method("kernel (native forward)", loop(lambda: kernel(x, table))),
+            Method("lmkan_lookup", loop(lambda: lmkan_lookup(x, table))),
+            Method("LMKANLinear (input_norm none)", loop(lambda: plain(x))),
+            Method("LMKANLinear (exact, affine norm)", loop(lambda: layer(x)))]
+
+
+def report_per_call(methods: list[Method], calls: int) -> str:
+    """Microseconds per call and the excess over the bare kernel."""
+    kernel = methods[1].median_ms()
+    lines = ["| method | us per call | over the kernel, us |", "|---|---|---|"]
+    for m in methods:
+        lines.append(f"| {m.name} | {1e3 * m.median_ms() / calls:.1f} | {1e3 * (m.median_ms() - kernel) / calls:.1f} |")
+    return "\n".join(lines)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
@@ -188,9 +231,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-rounds", type=int, default=3, help="timed rounds of calls slower than 1 s")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) PyTorch reference")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 3 rounds")
+    parser.add_argument("--per-call", action="store_true", help=f"per-call cost at batch 1, shape {PER_CALL_SHAPE}")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.per_call:
+        calls = 20 if args.quick else 200
+        methods = per_call_methods(calls)
+        run_round_robin(methods, device, args.warmup, args.rounds, args.slow_rounds)
+        print(f"threads={torch.get_num_threads()} rounds={args.rounds} x {calls} calls, batch 1, (B, in, out, G) = "
+              f"{PER_CALL_SHAPE}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+        print(report_per_call(methods, calls))
+        return
     if device.type == "cuda":  # plain fp32 SGEMM for the nn.Linear baseline, as the paper measured
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

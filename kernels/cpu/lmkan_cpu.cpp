@@ -185,6 +185,12 @@ int thread_count(int requested) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Waking a sleeping OpenMP thread costs about as much as this many evaluations (~10 us), far more when the other
+// core is busy; smaller calls run on the calling thread alone (the results are bitwise equal either way).
+constexpr int64_t kSerialEvals = 1 << 17;
+
+int useful_threads(int nt, int64_t evaluations) { return evaluations < kSerialEvals ? 1 : nt; }
+
 // Output tiles: full 64-wide tiles, then one each of 32, 16, 8 and a narrow rest, as the remainder needs.
 std::vector<std::pair<int64_t, int64_t>> output_tiles(int64_t N) {
     std::vector<std::pair<int64_t, int64_t>> tiles;
@@ -362,7 +368,7 @@ extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, i
     }
     const Dims d{batch, pairs, grids, grids + 1, (grids + 1) * (grids + 1), n_out};
     const Grid grid(grids);
-    const int nt = thread_count(num_threads);
+    const int nt = useful_threads(thread_count(num_threads), batch * pairs * n_out);
     const int64_t chunk = pair_chunk(d, 4 * kTile);
     const bool small = pairs * d.n2 * n_out * 4 <= kFusedTableBytes || n_out <= kTile;
     return small ? forward_fused(active_isa(), x, table, y, d, grid, chunk, nt)

@@ -124,10 +124,12 @@ class LMKANLayer(nn.Module):
         self.bias = nn.Parameter(bias.to(table.dtype))
 
     def _normalize(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        if self.input_norm == "affine" and channel_dim == x.dim() - 1:  # features last: broadcast without views
+            return torch.addcmul(self.input_shift, x, self.input_scale)
         if self.input_norm == "affine":
             shape = [1] * x.dim()
             shape[channel_dim] = -1
-            return x * self.input_scale.view(shape) + self.input_shift.view(shape)
+            return torch.addcmul(self.input_shift.view(shape), x, self.input_scale.view(shape))  # one op, not two
         if self.input_norm == "batchnorm":
             return self.norm(x) if channel_dim == 1 else self.norm(x.reshape(-1, x.shape[-1])).view_as(x)
         return x

@@ -81,6 +81,23 @@ def _native_supports(kind: str, x: torch.Tensor, table: torch.Tensor) -> bool:
     return table.dtype == torch.float32 or (kind == "cuda" and table.dtype == torch.bfloat16)
 
 
+def direct_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
+    """Whether a forward may call its backend directly instead of going through the torch.library op (about 15 us
+    a call saved at batch 1): plain CPU/CUDA tensors, no gradient to record, and nothing that must see the op node
+    (a tracer, torch.compile/export, a Python dispatch or function mode such as fvcore's or a FakeTensor mode)."""
+    return (
+        type(x) is torch.Tensor
+        and type(table) in (torch.Tensor, torch.nn.Parameter)
+        and x.device.type in ("cpu", "cuda")
+        and not (torch.is_grad_enabled() and (x.requires_grad or table.requires_grad))
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
+
+
 def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:
     """The backend that runs the op for these inputs."""
     forced = forced_backend()
