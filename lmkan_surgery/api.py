@@ -64,7 +64,7 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     chosen = {c.name: c.num_grids for c in candidates if c.convert}
     stat_batches = batches or ([example_inputs] if example_inputs is not None else [])
     moments = input_moments(student, list(chosen), stat_batches) if config.input_norm == "affine" else {}
-    replace_layers(student, chosen, moments)
+    replace_layers(student, chosen, moments, config.table_dtype)
     report.rows = _rows(student, candidates, trace, probe, before, shrunk, rewrites)
     report.rows += _mha_rows(student, trace)
     if config.validate and example_inputs is not None and probe.output is not None:

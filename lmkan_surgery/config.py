@@ -13,6 +13,7 @@ MODES = ("exact", "shrink")
 WIDTH_MODES = ("flops", "channels")
 INPUT_NORMS = ("affine", "none")
 GiB = 2**30
+TABLE_DTYPE_NAMES = (None, "float32", "float64", "float16", "bfloat16")
 
 
 def _pattern_to_json(pattern: Any) -> str:
@@ -43,6 +44,8 @@ class LMKANConfig:
     - holdout_fraction: share of calibration batches held out to measure shrink reconstruction error.
     - ridge: relative Tikhonov term of the least-squares reconstruction.
     - validate: compare student and original outputs on example_inputs after conversion.
+    - table_dtype: storage dtype of the tables: None (the model's dtype), "float16" or "bfloat16" (half the table
+      bytes; float32 arithmetic; the exact init is then exact only to the half dtype's precision).
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -59,6 +62,7 @@ class LMKANConfig:
     holdout_fraction: float = 0.25
     ridge: float = 1e-2
     validate: bool = True
+    table_dtype: str | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -95,6 +99,8 @@ class LMKANConfig:
             raise ConfigError(f"LMKANConfig.min_features must be a positive int, got {self.min_features!r}")
         if self.max_layer_table_bytes <= 0 or self.max_total_table_bytes <= 0:
             raise ConfigError("LMKANConfig table byte budgets must be positive")
+        if self.table_dtype not in TABLE_DTYPE_NAMES:
+            raise ConfigError(f"LMKANConfig.table_dtype must be one of {TABLE_DTYPE_NAMES}, got {self.table_dtype!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

@@ -3,6 +3,7 @@
 // and an AVX-512F/VL path, chosen at run time by CPUID (and XGETBV for the OS-enabled register state); the
 // backward drivers in lmkan_cpu_backward.inc. See lmkan_cpu.h for the contract.
 #include "lmkan_cpu.h"
+#include "lmkan_cpu_half.h"
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +17,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
+#include <immintrin.h>
 #endif
 
 #ifdef _OPENMP
@@ -23,6 +25,10 @@
 #endif
 
 namespace {
+
+using lmkan_half::Bf16;
+using lmkan_half::F16;
+using lmkan_half::to_float;
 
 // Sizes shared by every kernel: n = G + 1 nodes per axis, n2 = n * n corner rows per pair.
 struct Dims {
@@ -58,17 +64,21 @@ struct Isa {
                            const float*, const float*, int32_t*, float*);
     void (*precompute_bwd)(const float*, BwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
-    void (*forward)(const FwdRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    int64_t, const Dims&, bool);
+    // forward, grad_x and widen per table storage dtype (LMKAN_CPU_FLOAT32, FLOAT16, BFLOAT16)
+    void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, const Dims&, bool);
     void (*grad_table)(const CellRec*, int64_t, const float*, float*, int64_t, int64_t, const Dims&);
-    void (*grad_x)(const BwdRec*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                   const Dims&, const float*);
+    void (*grad_x[3])(const BwdRec*, const void*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                      const Dims&, const float*);
+    void (*widen[3])(const void*, float*, int64_t);
 };
 
 namespace generic {
 #define ISA_NAME "generic"
 #define ISA_SWEEP 16
+#define ISA_F16C 0
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_F16C
 #undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace generic
@@ -76,31 +86,35 @@ namespace generic {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LMKAN_HAVE_X86_PATHS 1
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 namespace avx2 {
 #define ISA_NAME "avx2"
 #define ISA_SWEEP 16
+#define ISA_F16C 1
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_F16C
 #undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#pragma GCC target("avx512f,avx512vl,avx2,fma,f16c")
 #endif
 // The same 8-lane code with AVX-512VL: 32 vector registers, so the table gradient sweeps 32 columns at a time.
 namespace avx512 {
 #define ISA_NAME "avx512"
 #define ISA_SWEEP 32
+#define ISA_F16C 1
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_F16C
 #undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace avx512
@@ -110,9 +124,12 @@ namespace avx512 {
 #pragma GCC pop_options
 #endif
 
+// AVX2 + FMA + F16C (every AVX2 CPU has F16C; the x86 paths use it for float16 tables).
 bool avx2_supported() {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) &&
+           (ecx & bit_F16C);
 }
 
 // AVX-512F/VL in the CPU and the opmask and upper-ZMM register state enabled by the OS (XCR0 bits 1, 2, 5, 6, 7).
@@ -273,9 +290,12 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
 // Copy the columns [o0, o0 + width) of the table rows of pairs [p0, p1) into a dense [rows, width] buffer. With
 // the canonical layout those columns are short pieces of rows N_out floats apart, which alias onto a few cache sets
 // (and pages); packed, the slice is contiguous and stays in L2 while the batch streams through it.
-void pack_slice(const float* table, float* out, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
-    const float* src = table + p0 * d.n2 * d.N + o0;
-    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r) std::memcpy(out + r * width, src + r * d.N, sizeof(float) * width);
+// A table of storage dtype `dt` is widened to float on the way (so the streamed forward reads half the DRAM bytes).
+void pack_slice(const Isa& isa, const void* table, int dt, float* out, int64_t p0, int64_t p1, int64_t o0,
+                int64_t width, const Dims& d) {
+    const char* src = static_cast<const char*>(table) + (p0 * d.n2 * d.N + o0) * lmkan_half::kElemBytes[dt];
+    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r)
+        isa.widen[dt](src + r * d.N * lmkan_half::kElemBytes[dt], out + r * width, width);
 }
 
 void unpack_slice(const float* in, float* table, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
@@ -290,10 +310,28 @@ float* slice_buffer(int64_t floats) {
     return scratch(buf, cap, static_cast<size_t>(floats));
 }
 
+// A half-precision table to read as float32: widened once per call into the calling thread's scratch when the
+// batch reads each row about 4 times or more (converting on every read costs FP-pipe slots in the load-bound inner
+// loops, one pass costs less) and the float32 copy stays within kFusedTableBytes; otherwise the table as it is.
+// The conversions are exact, so either way gives the same bits.
+std::pair<const void*, int> readable_table(const Isa& isa, const void* table, int dt, const Dims& d,
+                                           [[maybe_unused]] int nt) {
+    const int64_t rows = d.P * d.n2;
+    if (dt == LMKAN_CPU_FLOAT32 || d.B < 4 * d.n2 || rows * d.N * 4 > kFusedTableBytes) return {table, dt};
+    thread_local std::unique_ptr<float[]> buf;
+    thread_local size_t cap = 0;
+    float* out = scratch(buf, cap, static_cast<size_t>(rows * d.N));
+    if (out == nullptr) return {table, dt};
+    const char* src = static_cast<const char*>(table);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < rows; ++r) isa.widen[dt](src + r * d.N * lmkan_half::kElemBytes[dt], out + r * d.N, d.N);
+    return {out, LMKAN_CPU_FLOAT32};
+}
+
 // Small tables (cache-resident): each task takes a block of samples, computes its records into a per-thread buffer
 // and runs every output tile over them, so the records never leave L2.
-int forward_fused(const Isa& isa, const float* x, const float* table, float* y, const Dims& d, const Grid& grid,
-                  int64_t chunk, [[maybe_unused]] int nt) {
+int forward_fused(const Isa& isa, const float* x, const void* table, int dt, float* y, const Dims& d,
+                  const Grid& grid, int64_t chunk, [[maybe_unused]] int nt) {
     const auto tiles = output_tiles(d.N);
     const int64_t block = std::max<int64_t>(8, std::min<int64_t>(256, kRecBlockBytes / (d.P * sizeof(FwdRec))));
     const int64_t tasks = ceil_div(d.B, block);
@@ -314,8 +352,10 @@ int forward_fused(const Isa& isa, const float* x, const float* table, float* y, 
             for (const auto& tile : tiles)
                 for (int64_t p0 = 0; p0 < d.P; p0 += chunk) {
                     const int64_t len = std::min(chunk, d.P - p0);
-                    isa.forward(rec + p0 * (b1 - b0), len, table + p0 * d.n2 * d.N + tile.first, d.N, y, b0, b1, p0,
-                                p0 + len, tile.first, tile.second, d, p0 == 0);
+                    const void* slice = static_cast<const char*>(table) +
+                                        (p0 * d.n2 * d.N + tile.first) * lmkan_half::kElemBytes[dt];
+                    isa.forward[dt](rec + p0 * (b1 - b0), len, slice, d.N, y, b0, b1, p0, p0 + len, tile.first,
+                                    tile.second, d, p0 == 0);
                 }
         }
         if (!ok) {
@@ -328,8 +368,8 @@ int forward_fused(const Isa& isa, const float* x, const float* table, float* y, 
 
 // Large tables: records of the whole batch first; then tasks = (output tile, sample block), each packing one pair
 // chunk's table slice at a time and streaming its samples through it, so the table is read about once.
-int forward_streamed(const Isa& isa, const float* x, const float* table, float* y, const Dims& d, const Grid& grid,
-                     int64_t chunk, [[maybe_unused]] int nt) {
+int forward_streamed(const Isa& isa, const float* x, const void* table, int dt, float* y, const Dims& d,
+                     const Grid& grid, int64_t chunk, [[maybe_unused]] int nt) {
     const FwdRec* rec = batch_records<FwdRec>(x, d, grid, chunk, nt, isa.precompute_fwd);
     if (rec == nullptr) return LMKAN_CPU_ENOMEM;
     const auto tiles = output_tiles(d.N);
@@ -349,8 +389,8 @@ int forward_streamed(const Isa& isa, const float* x, const float* table, float* 
         }
         for (int64_t p0 = 0; p0 < d.P && b0 < b1; p0 += chunk) {
             const int64_t len = std::min(chunk, d.P - p0);
-            pack_slice(table, buf, p0, p0 + len, o0, width, d);
-            isa.forward(rec + p0 * d.B + b0 * len, len, buf, width, y, b0, b1, p0, p0 + len, o0, width, d, p0 == 0);
+            pack_slice(isa, table, dt, buf, p0, p0 + len, o0, width, d);
+            isa.forward[LMKAN_CPU_FLOAT32](rec + p0 * d.B + b0 * len, len, buf, width, y, b0, b1, p0, p0 + len, o0, width, d, p0 == 0);
         }
     }
     return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
@@ -360,7 +400,13 @@ int forward_streamed(const Isa& isa, const float* x, const float* table, float* 
 
 extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, int64_t batch, int64_t pairs,
                                  int64_t grids, int64_t n_out, int num_threads) {
-    if (!valid(batch, pairs, grids, n_out) || (batch * n_out > 0 && (!x || !table || !y))) return LMKAN_CPU_EINVAL;
+    return lmkan_cpu_forward_typed(x, table, LMKAN_CPU_FLOAT32, y, batch, pairs, grids, n_out, num_threads);
+}
+
+extern "C" int lmkan_cpu_forward_typed(const float* x, const void* table, int dt, float* y, int64_t batch,
+                                       int64_t pairs, int64_t grids, int64_t n_out, int num_threads) {
+    if (!valid(batch, pairs, grids, n_out) || dt < 0 || dt > 2 || (batch * n_out > 0 && (!x || !table || !y)))
+        return LMKAN_CPU_EINVAL;
     if (batch == 0 || n_out == 0) return LMKAN_CPU_OK;
     if (pairs == 0) {
         std::memset(y, 0, sizeof(float) * batch * n_out);
@@ -370,9 +416,10 @@ extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, i
     const Grid grid(grids);
     const int nt = useful_threads(thread_count(num_threads), batch * pairs * n_out);
     const int64_t chunk = pair_chunk(d, 4 * kTile);
-    const bool small = pairs * d.n2 * n_out * 4 <= kFusedTableBytes || n_out <= kTile;
-    return small ? forward_fused(active_isa(), x, table, y, d, grid, chunk, nt)
-                 : forward_streamed(active_isa(), x, table, y, d, grid, chunk, nt);
+    const bool small = pairs * d.n2 * n_out * lmkan_half::kElemBytes[dt] <= kFusedTableBytes || n_out <= kTile;
+    if (!small) return forward_streamed(active_isa(), x, table, dt, y, d, grid, chunk, nt);
+    const auto [readable, rdt] = readable_table(active_isa(), table, dt, d, nt);
+    return forward_fused(active_isa(), x, readable, rdt, y, d, grid, chunk, nt);
 }
 
 #include "lmkan_cpu_backward.inc"

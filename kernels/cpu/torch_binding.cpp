@@ -12,9 +12,20 @@ void check_float_cpu(const torch::Tensor& t, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32, name, " must be a float32 CPU tensor");
 }
 
+// The kernels' storage code of a float32, float16 or bfloat16 CPU table.
+int table_dtype(const torch::Tensor& table) {
+    TORCH_CHECK(table.device().is_cpu(), "table must be a CPU tensor");
+    switch (table.scalar_type()) {
+        case torch::kFloat32: return LMKAN_CPU_FLOAT32;
+        case torch::kFloat16: return LMKAN_CPU_FLOAT16;
+        case torch::kBFloat16: return LMKAN_CPU_BFLOAT16;
+        default: TORCH_CHECK(false, "table must be float32, float16 or bfloat16, got ", table.scalar_type());
+    }
+}
+
 void check_table(const torch::Tensor& x, const torch::Tensor& table) {
     check_float_cpu(x, "x");
-    check_float_cpu(table, "table");
+    table_dtype(table);
     TORCH_CHECK(x.dim() == 2 && table.dim() == 4 && table.size(1) == table.size(2) && x.size(1) == 2 * table.size(0),
                 "expected x [B, 2P] and table [P, G+1, G+1, N_out]");
 }
@@ -29,8 +40,9 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table) {
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
-        check_rc(lmkan_cpu_forward(x.data_ptr<float>(), table.data_ptr<float>(), y.data_ptr<float>(), x.size(0),
-                                   table.size(0), table.size(1) - 1, table.size(3), threads));
+        check_rc(lmkan_cpu_forward_typed(x.data_ptr<float>(), table.data_ptr(), table_dtype(table),
+                                         y.data_ptr<float>(), x.size(0), table.size(0), table.size(1) - 1,
+                                         table.size(3), threads));
     }
     return y;
 }
@@ -45,16 +57,17 @@ std::tuple<torch::Tensor, torch::Tensor> backward(torch::Tensor grad_out, torch:
     table = table.contiguous();
     grad_out = grad_out.contiguous();
     auto grad_x = need_x ? torch::empty_like(x) : x.new_empty({0});
-    auto grad_table = need_table ? torch::empty_like(table) : table.new_empty({0});
+    // float32 accumulation whatever the table's storage dtype; rounded to it once at the end
+    auto grad_table = need_table ? torch::empty(table.sizes(), x.options()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
-        check_rc(lmkan_cpu_backward(grad_out.data_ptr<float>(), x.data_ptr<float>(), table.data_ptr<float>(),
-                                    need_x ? grad_x.data_ptr<float>() : nullptr,
-                                    need_table ? grad_table.data_ptr<float>() : nullptr, x.size(0), table.size(0),
-                                    table.size(1) - 1, table.size(3), threads));
+        check_rc(lmkan_cpu_backward_typed(grad_out.data_ptr<float>(), x.data_ptr<float>(), table.data_ptr(),
+                                          table_dtype(table), need_x ? grad_x.data_ptr<float>() : nullptr,
+                                          need_table ? grad_table.data_ptr<float>() : nullptr, x.size(0),
+                                          table.size(0), table.size(1) - 1, table.size(3), threads));
     }
-    return {grad_x, grad_table};
+    return {grad_x, grad_table.to(table.scalar_type())};
 }
 
 void select_isa(const std::string& name) {
@@ -65,7 +78,7 @@ void select_isa(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "lmKAN native CPU kernels (C++/OpenMP)";
-    m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out])");
+    m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out]); table float32, float16 or bfloat16");
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");

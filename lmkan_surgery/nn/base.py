@@ -10,6 +10,7 @@ from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
 from .hessian import hessian_penalty
+from .table_storage import half_table_name
 from .tables import branch_table
 
 INPUT_NORMS = ("none", "affine", "batchnorm")
@@ -121,7 +122,7 @@ class LMKANLayer(nn.Module):
         if has_stats:
             self.set_input_statistics(mean, std)
         self.table = nn.Parameter(table)
-        self.bias = nn.Parameter(bias.to(table.dtype))
+        self.bias = nn.Parameter(bias.to(self.bias.dtype))  # the layer's dtype (the table may be half)
 
     def _normalize(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
         if self.input_norm == "affine" and channel_dim == x.dim() - 1:  # features last: broadcast without views
@@ -153,6 +154,11 @@ class LMKANLayer(nn.Module):
     def hessian_penalty(self) -> torch.Tensor:
         """The paper's Hessian regularizer summed over this layer's 2-D functions."""
         return hessian_penalty(self.table)
+
+    @property
+    def table_dtype(self) -> str | None:
+        """'float16' or 'bfloat16' when the table is stored in half precision, else None (the layer's dtype)."""
+        return half_table_name(self.table)
 
     def table_bytes(self) -> int:
         """Bytes held by the lookup table."""

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from .base import LMKANLayer
+from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, random_table, table_shape
 
 
@@ -23,7 +24,7 @@ class LMKANLinear(LMKANLayer):
 
     def __init__(self, in_features: int, out_features: int, num_grids: int = 8, bias: bool = True,
                  input_norm: str = "none", preconditioning: str | None = None, init_scale: float = 0.1,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, table_dtype: str | torch.dtype | None = None) -> None:
         factory = {"device": device, "dtype": dtype}
         super().__init__(num_grids, input_norm, in_features, nn.BatchNorm1d, factory)
         if in_features < 1 or out_features < 1:
@@ -31,7 +32,8 @@ class LMKANLinear(LMKANLayer):
         self.in_features = in_features
         self.out_features = out_features
         shape = table_shape(in_features, out_features, self.num_grids)
-        self.table = nn.Parameter(random_table(shape, in_features, init_scale, **factory))
+        self.table = nn.Parameter(random_table(shape, in_features, init_scale, device=device,
+                                               dtype=resolve_table_dtype(table_dtype, dtype)))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         branch = nn.Linear(in_features, out_features, bias=True, **factory) if preconditioning else None
         self._init_preconditioning(preconditioning, branch, factory)
@@ -53,18 +55,20 @@ class LMKANLinear(LMKANLayer):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_grids: int = 8, input_mean: torch.Tensor | None = None,
-                    input_std: torch.Tensor | None = None) -> "LMKANLinear":
+                    input_std: torch.Tensor | None = None,
+                    table_dtype: str | torch.dtype | None = None) -> "LMKANLinear":
         """An LMKANLinear computing exactly linear(x) for every x (inputs normalised by the given statistics)."""
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"from_linear expects nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
         mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device)
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
-                    input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype)
+                    input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype,
+                    table_dtype=table_dtype)
         bias = weight.to(torch.float64) @ mean
         if linear.bias is not None:
             bias = bias + linear.bias.detach().to(torch.float64)
-        table = exact_linear_table(weight, num_grids, std if has_stats else None, weight.dtype)
+        table = exact_linear_table(weight, num_grids, std if has_stats else None, layer.table.dtype)
         layer._install_exact(table, bias, mean, std, has_stats)
         return layer
 

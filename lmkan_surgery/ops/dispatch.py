@@ -1,8 +1,8 @@
 """Backend choice for the lmKAN op: the one home of kernel dispatch.
 
 ``LMKAN_BACKEND=reference|cpu|cuda`` forces a backend. Otherwise float32 work on CPU goes to the native C++
-kernel and float32 (or bfloat16-table) work on CUDA to the CUDA kernel, when they build; anything else (float64,
-other devices, a failed build) goes to the pure-PyTorch reference. A failed build warns once, naming the cause.
+kernel (float32, float16 or bfloat16 tables) and float32 (or bfloat16-table) work on CUDA to the CUDA kernel, when
+they build; anything else (float64, other devices, a failed build) goes to the pure-PyTorch reference. A failed build warns once, naming the cause.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def forced_backend() -> str | None:
 def _native_supports(kind: str, x: torch.Tensor, table: torch.Tensor) -> bool:
     if x.device.type != kind or x.dtype != torch.float32:
         return False
-    return table.dtype == torch.float32 or (kind == "cuda" and table.dtype == torch.bfloat16)
+    return table.dtype in (torch.float32, torch.bfloat16) or (kind == "cpu" and table.dtype == torch.float16)
 
 
 def direct_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
