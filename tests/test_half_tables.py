@@ -86,3 +86,19 @@ def test_bad_table_dtype_is_rejected():
         LMKANConfig(table_dtype="int8")
     with pytest.raises(DTypeError, match="table_dtype"):
         LMKANLinear(4, 4, table_dtype="float8")
+
+
+def test_onnx_export_of_half_tables(tmp_path):
+    """Exporters see a float32 table (lmkan.LMKAN2D types X and the table alike); the result validates in ORT."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from lmkan_surgery.onnx import FUNCTION_BODY, export_onnx, validate_onnx
+
+    torch.manual_seed(4)
+    dense = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 7))
+    model = nn.Sequential(LMKANLinear.from_linear(dense[0], table_dtype="bfloat16"), nn.ReLU(),
+                          LMKANLinear.from_linear(dense[2], 5, table_dtype="float16")).eval()
+    x = torch.randn(4, 10)
+    export_onnx(model, tmp_path / "half.onnx", (x,))
+    report = validate_onnx(model, tmp_path / "half.onnx", (x,), runtime_path=FUNCTION_BODY)
+    assert report.max_rel <= 1e-4

@@ -29,6 +29,7 @@ QUICK_SHAPES = [(512, 64, 64, 8), (2048, 32, 32, 16)]
 # GPU: the CPU shapes plus the README case of the official kernels (B=2^20, 512x512) at G=20 and G=8.
 GPU_SHAPES = [(2**20, 512, 512, 20), (2**20, 512, 512, 8)]
 SHAPES = {"cpu": CPU_SHAPES, "cuda": CPU_SHAPES + GPU_SHAPES}
+HALF_TABLES = {"cpu": ("float16", "bfloat16"), "cuda": ("bfloat16",)}  # table storage dtypes timed beside float32
 REFERENCE_MAX_EVALS = 2**33  # the PyTorch reference is skipped above B * N_in/2 * N_out evaluations (minutes a call)
 SLOW_CALL_S = 1.0  # a method whose warm-up call takes longer gets only `slow_rounds` timed rounds
 
@@ -81,10 +82,10 @@ def build_methods(
     def linear_fb():
         return torch.autograd.grad(linear(x_req), [x_req, linear.weight], dy)
 
-    def lookup_fwd(backend):
+    def lookup_fwd(backend, with_table=table):
         def run():
             with torch.no_grad():
-                return _lookup_with(backend, x, table)
+                return _lookup_with(backend, x, with_table)
         return run
 
     def lookup_fb(backend):
@@ -97,14 +98,8 @@ def build_methods(
     methods = [Method("linear fwd", linear_fwd), Method("linear fwd+bwd", linear_fb)]
     for backend in ("reference", native) if with_reference else (native,):
         methods += [Method(f"{backend} fwd", lookup_fwd(backend)), Method(f"{backend} fwd+bwd", lookup_fb(backend))]
-    if device.type == "cuda":  # the inference path with a bfloat16 table (fp32 arithmetic)
-        table_bf16 = table.to(torch.bfloat16)
-
-        def bf16_fwd():
-            with torch.no_grad():
-                return _lookup_with(native, x, table_bf16)
-
-        methods.append(Method(f"{native} bf16 fwd", bf16_fwd))
+    for half in HALF_TABLES[device.type]:  # the inference path with a half-precision table (fp32 arithmetic)
+        methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
     return methods, table.numel() * 4 / 2**20
 
 
@@ -201,12 +196,19 @@ def report(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]
     return "\n".join(lines)
 
 
-def report_bf16(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
-    """GPU only: the bfloat16-table forward against nn.Linear's float32 forward."""
-    lines = [f"| shape (B, N_in, N_out, G) | {native} bf16 fwd ms | {native} bf16 fwd x linear |", "|---|---|---|"]
-    for shape, _, ms in rows:
-        bf16, lin = ms[f"{native} bf16 fwd"], ms["linear fwd"]
-        lines.append(f"| {shape} | {_fmt(bf16.median_ms())} | {_fmt(bf16.median_ms() / lin.median_ms())} |")
+def report_half(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
+    """The half-precision-table forwards against nn.Linear and the float32-table forward of the same run."""
+    halves = HALF_TABLES[native]
+    head = "| shape (B, N_in, N_out, G) | float32 table MB | " + " | ".join(
+        f"{h} fwd ms | {h} x linear | {h} / float32 table" for h in halves) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, mb, ms in rows:
+        lin, f32 = ms["linear fwd"].median_ms(), ms[f"{native} fwd"].median_ms()
+        cells = [str(shape), f"{mb:.1f}"]
+        for h in halves:
+            t = ms[f"{native} {h} fwd"].median_ms()
+            cells += [_fmt(t), _fmt(t / lin), f"{t / f32:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report(rows, args.device))
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-        print(report_bf16(rows, args.device))
+    print(report_half(rows, args.device))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 // Native CPU kernels of the lmKAN 2-D lookup: OpenMP drivers and runtime instruction-set dispatch.
 // The per-task kernels live in lmkan_cpu_kernels.inc, compiled three times: a generic baseline, an AVX2+FMA path
 // and an AVX-512F/VL path, chosen at run time by CPUID (and XGETBV for the OS-enabled register state); the
-// backward drivers in lmkan_cpu_backward.inc. See lmkan_cpu.h for the contract.
+// forward and backward drivers in lmkan_cpu_forward.inc and lmkan_cpu_backward.inc. See lmkan_cpu.h for the contract.
 #include "lmkan_cpu.h"
 #include "lmkan_cpu_half.h"
 
@@ -45,6 +45,13 @@ struct FwdRec {
     float w[4];
 };
 
+// The record of one (sample, pair): the scalar form of precompute_fwd's 8-lane step (same operations, same bits).
+FwdRec make_fwd_rec(int32_t row, float t1, float t2) {
+    if (!(t1 >= 0.0f && t1 <= 1.0f && t2 >= 0.0f && t2 <= 1.0f)) return FwdRec{~row, {t1, t2, 0.0f, 0.0f}};
+    const float s1 = 1.0f - t1, s2 = 1.0f - t2;
+    return FwdRec{row, {s1 * s2, s1 * t2, t1 * s2, t1 * t2}};
+}
+
 // Backward record per (sample, pair): corner row and local coordinates.
 struct BwdRec {
     int32_t row;
@@ -60,6 +67,7 @@ struct CellRec {
 struct Isa {
     const char* name;
     int64_t sweep;  // widest table-gradient sweep (output columns): 4 corners x sweep / 8 vectors fit the registers
+    void (*locate_span)(const float*, int64_t, int64_t, const float*, const float*, int32_t*, float*);
     void (*precompute_fwd)(const float*, FwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
     void (*precompute_bwd)(const float*, BwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
@@ -287,142 +295,11 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
     return failed ? nullptr : rec;
 }
 
-// Copy the columns [o0, o0 + width) of the table rows of pairs [p0, p1) into a dense [rows, width] buffer. With
-// the canonical layout those columns are short pieces of rows N_out floats apart, which alias onto a few cache sets
-// (and pages); packed, the slice is contiguous and stays in L2 while the batch streams through it.
-// A table of storage dtype `dt` is widened to float on the way (so the streamed forward reads half the DRAM bytes).
-void pack_slice(const Isa& isa, const void* table, int dt, float* out, int64_t p0, int64_t p1, int64_t o0,
-                int64_t width, const Dims& d) {
-    const char* src = static_cast<const char*>(table) + (p0 * d.n2 * d.N + o0) * lmkan_half::kElemBytes[dt];
-    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r)
-        isa.widen[dt](src + r * d.N * lmkan_half::kElemBytes[dt], out + r * width, width);
-}
-
-void unpack_slice(const float* in, float* table, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
-    float* dst = table + p0 * d.n2 * d.N + o0;
-    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r) std::memcpy(dst + r * d.N, in + r * width, sizeof(float) * width);
-}
-
-// Per-thread buffer for one packed table slice of `floats` floats.
-float* slice_buffer(int64_t floats) {
-    thread_local std::unique_ptr<float[]> buf;
-    thread_local size_t cap = 0;
-    return scratch(buf, cap, static_cast<size_t>(floats));
-}
-
-// A half-precision table to read as float32: widened once per call into the calling thread's scratch when the
-// batch reads each row about 4 times or more (converting on every read costs FP-pipe slots in the load-bound inner
-// loops, one pass costs less) and the float32 copy stays within kFusedTableBytes; otherwise the table as it is.
-// The conversions are exact, so either way gives the same bits.
-std::pair<const void*, int> readable_table(const Isa& isa, const void* table, int dt, const Dims& d,
-                                           [[maybe_unused]] int nt) {
-    const int64_t rows = d.P * d.n2;
-    if (dt == LMKAN_CPU_FLOAT32 || d.B < 4 * d.n2 || rows * d.N * 4 > kFusedTableBytes) return {table, dt};
-    thread_local std::unique_ptr<float[]> buf;
-    thread_local size_t cap = 0;
-    float* out = scratch(buf, cap, static_cast<size_t>(rows * d.N));
-    if (out == nullptr) return {table, dt};
-    const char* src = static_cast<const char*>(table);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t r = 0; r < rows; ++r) isa.widen[dt](src + r * d.N * lmkan_half::kElemBytes[dt], out + r * d.N, d.N);
-    return {out, LMKAN_CPU_FLOAT32};
-}
-
-// Small tables (cache-resident): each task takes a block of samples, computes its records into a per-thread buffer
-// and runs every output tile over them, so the records never leave L2.
-int forward_fused(const Isa& isa, const float* x, const void* table, int dt, float* y, const Dims& d,
-                  const Grid& grid, int64_t chunk, [[maybe_unused]] int nt) {
-    const auto tiles = output_tiles(d.N);
-    const int64_t block = std::max<int64_t>(8, std::min<int64_t>(256, kRecBlockBytes / (d.P * sizeof(FwdRec))));
-    const int64_t tasks = ceil_div(d.B, block);
-    bool failed = false;
-#pragma omp parallel num_threads(nt)
-    {
-        thread_local std::unique_ptr<FwdRec[]> buf;
-        thread_local size_t cap = 0;
-        FwdRec* rec = scratch(buf, cap, static_cast<size_t>(block * d.P));
-        SampleScratch ss;
-        const bool ok = rec != nullptr && sample_scratch(d.P, ss);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < tasks; ++task) {
-            if (!ok) continue;
-            const int64_t b0 = task * block, b1 = std::min(d.B, b0 + block);
-            isa.precompute_fwd(x, rec, b0, b1, b1 - b0, b0, chunk, d, grid.nodes.data(), grid.inv_len.data(), ss.cell,
-                               ss.t);
-            for (const auto& tile : tiles)
-                for (int64_t p0 = 0; p0 < d.P; p0 += chunk) {
-                    const int64_t len = std::min(chunk, d.P - p0);
-                    const void* slice = static_cast<const char*>(table) +
-                                        (p0 * d.n2 * d.N + tile.first) * lmkan_half::kElemBytes[dt];
-                    isa.forward[dt](rec + p0 * (b1 - b0), len, slice, d.N, y, b0, b1, p0, p0 + len, tile.first,
-                                    tile.second, d, p0 == 0);
-                }
-        }
-        if (!ok) {
-#pragma omp atomic write
-            failed = true;
-        }
-    }
-    return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
-}
-
-// Large tables: records of the whole batch first; then tasks = (output tile, sample block), each packing one pair
-// chunk's table slice at a time and streaming its samples through it, so the table is read about once.
-int forward_streamed(const Isa& isa, const float* x, const void* table, int dt, float* y, const Dims& d,
-                     const Grid& grid, int64_t chunk, [[maybe_unused]] int nt) {
-    const FwdRec* rec = batch_records<FwdRec>(x, d, grid, chunk, nt, isa.precompute_fwd);
-    if (rec == nullptr) return LMKAN_CPU_ENOMEM;
-    const auto tiles = output_tiles(d.N);
-    const int64_t n_blocks = ceil_div(2 * nt, static_cast<int64_t>(tiles.size()));
-    const int64_t block = ceil_div(d.B, n_blocks);
-    const int64_t tasks = static_cast<int64_t>(tiles.size()) * n_blocks;
-    bool failed = false;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t task = 0; task < tasks; ++task) {
-        const int64_t o0 = tiles[task / n_blocks].first, width = tiles[task / n_blocks].second;
-        const int64_t b0 = (task % n_blocks) * block, b1 = std::min(d.B, b0 + block);
-        float* buf = slice_buffer(chunk * d.n2 * width);
-        if (buf == nullptr) {
-#pragma omp atomic write
-            failed = true;
-            continue;
-        }
-        for (int64_t p0 = 0; p0 < d.P && b0 < b1; p0 += chunk) {
-            const int64_t len = std::min(chunk, d.P - p0);
-            pack_slice(isa, table, dt, buf, p0, p0 + len, o0, width, d);
-            isa.forward[LMKAN_CPU_FLOAT32](rec + p0 * d.B + b0 * len, len, buf, width, y, b0, b1, p0, p0 + len, o0, width, d, p0 == 0);
-        }
-    }
-    return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
-}
-
 }  // namespace
 
-extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, int64_t batch, int64_t pairs,
-                                 int64_t grids, int64_t n_out, int num_threads) {
-    return lmkan_cpu_forward_typed(x, table, LMKAN_CPU_FLOAT32, y, batch, pairs, grids, n_out, num_threads);
-}
-
-extern "C" int lmkan_cpu_forward_typed(const float* x, const void* table, int dt, float* y, int64_t batch,
-                                       int64_t pairs, int64_t grids, int64_t n_out, int num_threads) {
-    if (!valid(batch, pairs, grids, n_out) || dt < 0 || dt > 2 || (batch * n_out > 0 && (!x || !table || !y)))
-        return LMKAN_CPU_EINVAL;
-    if (batch == 0 || n_out == 0) return LMKAN_CPU_OK;
-    if (pairs == 0) {
-        std::memset(y, 0, sizeof(float) * batch * n_out);
-        return LMKAN_CPU_OK;
-    }
-    const Dims d{batch, pairs, grids, grids + 1, (grids + 1) * (grids + 1), n_out};
-    const Grid grid(grids);
-    const int nt = useful_threads(thread_count(num_threads), batch * pairs * n_out);
-    const int64_t chunk = pair_chunk(d, 4 * kTile);
-    const bool small = pairs * d.n2 * n_out * lmkan_half::kElemBytes[dt] <= kFusedTableBytes || n_out <= kTile;
-    if (!small) return forward_streamed(active_isa(), x, table, dt, y, d, grid, chunk, nt);
-    const auto [readable, rdt] = readable_table(active_isa(), table, dt, d, nt);
-    return forward_fused(active_isa(), x, readable, rdt, y, d, grid, chunk, nt);
-}
-
+#include "lmkan_cpu_forward.inc"
 #include "lmkan_cpu_backward.inc"
+#include "lmkan_cpu_conv.inc"
 
 extern "C" const char* lmkan_cpu_isa(void) { return active_isa().name; }
 

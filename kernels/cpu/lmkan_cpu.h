@@ -48,6 +48,20 @@ int lmkan_cpu_backward_typed(const float* grad_out, const float* x, const void* 
                              float* grad_x, float* grad_table, int64_t batch, int64_t pairs, int64_t grids,
                              int64_t n_out, int num_threads);
 
+/* Geometry of a direct convolution: the padded input [batch, channels, height, width] with its element strides
+ * (NCHW- or NHWC-contiguous), the kernel, step (stride), dilation, groups and output channels. */
+typedef struct {
+    int64_t batch, channels, height, width, stride_n, stride_c, stride_h, stride_w;
+    int64_t groups, kernel_h, kernel_w, step_h, step_w, dilation_h, dilation_w, out_channels;
+} lmkan_conv_geometry;
+
+/* Direct lmKAN convolution (forward): y [batch, out_h, out_w, out_channels] (channels last), out_h = (height -
+ * dilation_h (kernel_h - 1) - 1) / step_h + 1 (same for w), with table [groups, P, G+1, G+1, out_channels / groups]
+ * stored as table_dtype, P = ceil(K / 2) pairs of adjacent features of the (c, ky, kx)-ordered patch of K =
+ * channels / groups * kernel_h * kernel_w features (an odd K pairs its last feature with a constant 0). */
+int lmkan_cpu_conv2d_forward(const float* x, const void* table, int table_dtype, float* y,
+                             const lmkan_conv_geometry* geometry, int64_t grids, int num_threads);
+
 /* Name of the active instruction-set path: "avx512", "avx2" or "generic". */
 const char* lmkan_cpu_isa(void);
 

@@ -70,6 +70,35 @@ std::tuple<torch::Tensor, torch::Tensor> backward(torch::Tensor grad_out, torch:
     return {grad_x, grad_table.to(table.scalar_type())};
 }
 
+// The direct convolution over a padded NCHW tensor (NCHW- or channels_last-contiguous) and a table [groups, P, G+1,
+// G+1, out / groups]; returns [N, out, OH, OW] as a view of the channels-last result.
+torch::Tensor conv2d_forward(torch::Tensor x, torch::Tensor table, std::vector<int64_t> kernel,
+                             std::vector<int64_t> step, std::vector<int64_t> dilation) {
+    check_float_cpu(x, "x");
+    const int dt = table_dtype(table);
+    TORCH_CHECK(x.dim() == 4 && table.dim() == 5 && table.size(2) == table.size(3) && kernel.size() == 2 &&
+                    step.size() == 2 && dilation.size() == 2,
+                "expected x [N, C, H, W], table [groups, P, G+1, G+1, out / groups] and 2-element geometry");
+    if (!x.is_contiguous() && !x.is_contiguous(at::MemoryFormat::ChannelsLast)) x = x.contiguous();
+    table = table.contiguous();
+    const lmkan_conv_geometry g{x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2),
+                                x.stride(3), table.size(0), kernel[0], kernel[1], step[0], step[1], dilation[0],
+                                dilation[1], table.size(0) * table.size(4)};
+    TORCH_CHECK(x.size(2) >= dilation[0] * (kernel[0] - 1) + 1 && x.size(3) >= dilation[1] * (kernel[1] - 1) + 1 &&
+                    step[0] > 0 && step[1] > 0,
+                "input ", x.sizes(), " is smaller than the dilated kernel or a step is not positive");
+    const int64_t out_h = (x.size(2) - dilation[0] * (kernel[0] - 1) - 1) / step[0] + 1;
+    const int64_t out_w = (x.size(3) - dilation[1] * (kernel[1] - 1) - 1) / step[1] + 1;
+    auto y = torch::empty({x.size(0), out_h, out_w, g.out_channels}, x.options());
+    const int threads = at::get_num_threads();
+    {
+        pybind11::gil_scoped_release no_gil;
+        check_rc(lmkan_cpu_conv2d_forward(x.data_ptr<float>(), table.data_ptr(), dt, y.data_ptr<float>(), &g,
+                                          table.size(2) - 1, threads));
+    }
+    return y.permute({0, 3, 1, 2});
+}
+
 void select_isa(const std::string& name) {
     TORCH_CHECK(lmkan_cpu_select_isa(name.c_str()) == LMKAN_CPU_OK, "unknown or unsupported ISA path: ", name);
 }
@@ -80,6 +109,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "lmKAN native CPU kernels (C++/OpenMP)";
     m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out]); table float32, float16 or bfloat16");
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
+    m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");
 }

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, ShapeError
+from ..ops.conv import direct_conv2d
 from .base import LMKANLayer
 from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, random_table, table_shape
@@ -84,7 +85,10 @@ class LMKANConv2d(LMKANLayer):
         out_w = (x.shape[3] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if out_h < 1 or out_w < 1:
             raise ShapeError(f"input {tuple(x.shape[2:])} (after padding) is smaller than the kernel {self.kernel_size}")
-        if torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a dynamic batch size
+        y = direct_conv2d(x, self.table, self.kernel_size, self.stride, self.dilation)  # inference, no patches
+        if y is not None:
+            y = y.contiguous()
+        elif torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a dynamic batch size
             y = self._forward_chunk(x, out_h, out_w)
         else:
             per_image = self.in_channels * kh * kw * out_h * out_w

@@ -28,6 +28,7 @@ class Backend:
     name: str
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     backward: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]
+    conv2d_forward: Callable[..., torch.Tensor] | None = None  # direct convolution (inference), where there is one
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -53,7 +54,8 @@ def _native_backend(kind: str) -> Backend | None:
             warnings.warn(f"lmkan: native {kind} kernels unavailable, using the PyTorch reference: {err}", stacklevel=3)
             _native_cache[kind] = None
         else:
-            _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward))
+            _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward),
+                                          getattr(module, "conv2d_forward", None))
     return _native_cache[kind]
 
 

@@ -83,6 +83,11 @@ def check_lookup_inputs(x: torch.Tensor, table: torch.Tensor) -> None:
         raise DeviceError(f"x is on {x.device} but the table is on {table.device}: move both to one device")
 
 
+def _exporting() -> bool:
+    """Inside torch.export (the dynamo ONNX exporter) or the TorchScript ONNX exporter."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def lmkan_lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Apply the lmKAN 2-D lookup to x[..., 2P] with table [P, G+1, G+1, N_out]; returns [..., N_out].
 
@@ -91,7 +96,8 @@ def lmkan_lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """
     check_lookup_inputs(x, table)
     compute_dtype = x.dtype if x.dtype in _FLOAT_DTYPES else torch.float32
-    keep_half = table.dtype in _HALF_DTYPES and compute_dtype == torch.float32  # half storage, float32 maths
+    # half storage, float32 maths; exporters get a float32 table (lmkan.LMKAN2D types X and the table alike)
+    keep_half = table.dtype in _HALF_DTYPES and compute_dtype == torch.float32 and not _exporting()
     if table.dtype != compute_dtype and not keep_half:
         table = table.to(compute_dtype)
     flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # no-op calls skipped: each costs ~0.5 us at batch 1
