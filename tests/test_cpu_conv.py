@@ -1,0 +1,125 @@
+"""The direct CPU convolution kernel (LMKANConv2d in inference) against a float64 reference built from naive
+patches and the float64 lookup reference, on randomised geometries; layouts, threads, batch 0/1, far inputs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmkan_surgery.kernels import build
+from lmkan_surgery.errors import KernelBuildError
+from lmkan_surgery.nn import LMKANConv2d
+from lmkan_surgery.ops import dispatch
+from lmkan_surgery.ops.reference import forward_reference
+
+
+@pytest.fixture(scope="module")
+def native():
+    try:
+        return build.load_native("cpu")
+    except KernelBuildError as err:
+        pytest.skip(str(err))
+
+
+def reference_conv(layer: LMKANConv2d, x: torch.Tensor) -> torch.Tensor:
+    """float64: pad, cut every window with explicit loops over the kernel offsets, look each group's (c, ky, kx)
+    patch up with the float64 reference (odd patches get a zero partner), add the bias."""
+    x = x.double()
+    pads = layer._pads()
+    if any(pads):
+        x = F.pad(x, pads, mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    n, c, h, w = x.shape
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    cols = torch.stack([x[:, :, ky * dh: ky * dh + sh * (oh - 1) + 1: sh, kx * dw: kx * dw + sw * (ow - 1) + 1: sw]
+                        for ky in range(kh) for kx in range(kw)], dim=2)  # [n, c, kh*kw, oh, ow]
+    g = layer.groups
+    cols = cols.reshape(n, g, c // g * kh * kw, oh * ow).permute(0, 3, 1, 2)  # [n, L, g, K]
+    if cols.shape[-1] % 2:
+        cols = F.pad(cols, (0, 1))
+    table = layer.table.detach().double()
+    outs = [forward_reference(cols[:, :, i].reshape(-1, cols.shape[-1]), table[i]) for i in range(g)]
+    y = torch.cat(outs, dim=-1).reshape(n, oh, ow, layer.out_channels).permute(0, 3, 1, 2)
+    return y + layer.bias.detach().double().view(1, -1, 1, 1)
+
+
+def _random_layer(rng: random.Random) -> tuple[LMKANConv2d, tuple[int, ...]]:
+    groups = rng.choice([1, 1, 2, 3, "depthwise"])
+    per_group_in, per_group_out = rng.randint(1, 5), rng.randint(1, 4)
+    if groups == "depthwise":
+        groups, per_group_in, per_group_out = rng.randint(2, 7), 1, rng.choice([1, 2])
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    padding = rng.choice([0, 1, 2, "same", "valid", (1, 0)])
+    stride = (1, 1) if padding == "same" else (rng.randint(1, 3), rng.randint(1, 3))
+    layer = LMKANConv2d(groups * per_group_in, groups * per_group_out, kernel, stride, padding,
+                        (rng.randint(1, 2), rng.randint(1, 2)), groups, bias=True,
+                        padding_mode=rng.choice(["zeros", "reflect", "replicate", "circular"]),
+                        num_grids=rng.choice([3, 5, 8]), init_scale=2.0)
+    with torch.no_grad():
+        layer.bias.normal_()
+    size = (rng.randint(0, 3), groups * per_group_in, rng.randint(7, 12), rng.randint(7, 12))
+    return layer, size
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_direct_conv_matches_float64_reference(native, seed):
+    """Random stride/padding/dilation/groups (incl. depthwise), odd channel counts, batch 0-3, both layouts; 20% of
+    the inputs far outside the grid (|x| up to 1e3)."""
+    rng = random.Random(seed)
+    layer, size = _random_layer(rng)
+    gen = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(size, generator=gen)
+    x = torch.where(torch.rand(size, generator=gen) < 0.2, 1e3 * (2 * torch.rand(size, generator=gen) - 1), x)
+    truth = reference_conv(layer, x)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        with torch.no_grad():
+            y = layer(x.contiguous(memory_format=memory_format))
+        assert y.shape == truth.shape
+        if truth.numel():  # batch 0: the shape is the test
+            scale = max(1.0, truth.abs().max().item())
+            assert (y.double() - truth).abs().max().item() <= 2e-5 * scale, (layer, size)
+
+
+def test_inference_takes_the_direct_kernel_and_training_the_patch_path(native, monkeypatch):
+    calls = []
+    backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
+    assert backend.conv2d_forward is not None
+    kernel = backend.conv2d_forward
+    monkeypatch.setitem(dispatch._native_cache, "cpu", backend.__class__(
+        backend.name, backend.forward, backend.backward, lambda *a: calls.append(1) or kernel(*a)))
+    layer = LMKANConv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        direct = layer(x)
+    assert calls == [1]
+    trained = layer(x)
+    assert calls == [1] and trained.grad_fn is not None
+    assert torch.allclose(direct, trained.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_one_and_two_threads_bitwise_equal(native):
+    torch.manual_seed(3)
+    layer = LMKANConv2d(16, 24, 3, padding=1, groups=2, init_scale=2.0)
+    x = 2 * torch.randn(3, 16, 20, 20)
+    threads = torch.get_num_threads()
+    outs = []
+    with torch.no_grad():
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outs.append(layer(x))
+    torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_direct_conv_with_half_table(native, dtype):
+    torch.manual_seed(4)
+    layer = LMKANConv2d(6, 9, 3, stride=2, padding=1, groups=3, table_dtype=dtype, init_scale=2.0)
+    x = 2 * torch.randn(2, 6, 11, 9)
+    with torch.no_grad():
+        y = layer(x)
+    truth = reference_conv(layer, x)
+    assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
