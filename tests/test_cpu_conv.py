@@ -123,3 +123,17 @@ def test_direct_conv_with_half_table(native, dtype):
         y = layer(x)
     truth = reference_conv(layer, x)
     assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("table_dtype", [None, "bfloat16"])
+def test_direct_conv_large_group_table(native, table_dtype):
+    """Group tables over 8 MB with more than 64 outputs take the streamed accumulation (records of every pixel)."""
+    torch.manual_seed(5)
+    layer = LMKANConv2d(32, 200, 3, stride=2, padding=1, groups=2, num_grids=26, init_scale=2.0,
+                        table_dtype=table_dtype)
+    assert layer.table[0].numel() * layer.table.element_size() > 8 * 2**20
+    x = 2 * torch.randn(2, 32, 7, 6)
+    with torch.no_grad():
+        y = layer(x.contiguous(memory_format=torch.channels_last))
+    truth = reference_conv(layer, x)
+    assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
