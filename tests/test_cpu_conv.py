@@ -3,6 +3,7 @@ patches and the float64 lookup reference, on randomised geometries; layouts, thr
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -24,7 +25,7 @@ def native():
         pytest.skip(str(err))
 
 
-def reference_conv(layer: LMKANConv2d, x: torch.Tensor) -> torch.Tensor:
+def reference_conv(layer: LMKANConv2d, x: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
     """float64: pad, cut every window with explicit loops over the kernel offsets, look each group's (c, ky, kx)
     patch up with the float64 reference (odd patches get a zero partner), add the bias."""
     x = x.double()
@@ -40,7 +41,7 @@ def reference_conv(layer: LMKANConv2d, x: torch.Tensor) -> torch.Tensor:
     cols = cols.reshape(n, g, c // g * kh * kw, oh * ow).permute(0, 3, 1, 2)  # [n, L, g, K]
     if cols.shape[-1] % 2:
         cols = F.pad(cols, (0, 1))
-    table = layer.table.detach().double()
+    table = layer.table.detach().double() if table is None else table
     outs = [forward_reference(cols[:, :, i].reshape(-1, cols.shape[-1]), table[i]) for i in range(g)]
     y = torch.cat(outs, dim=-1).reshape(n, oh, ow, layer.out_channels).permute(0, 3, 1, 2)
     return y + layer.bias.detach().double().view(1, -1, 1, 1)
@@ -83,21 +84,24 @@ def test_direct_conv_matches_float64_reference(native, seed):
             assert (y.double() - truth).abs().max().item() <= 2e-5 * scale, (layer, size)
 
 
-def test_inference_takes_the_direct_kernel_and_training_the_patch_path(native, monkeypatch):
+def test_inference_and_eager_training_take_the_direct_kernel(native, monkeypatch):
+    """Inference and eager training call the direct kernel; a traced forward (fvcore, the TorchScript exporter)
+    keeps the patch path through lmkan::lookup2d."""
     calls = []
     backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
-    assert backend.conv2d_forward is not None
+    assert backend.conv2d_forward is not None and backend.conv2d_backward is not None
     kernel = backend.conv2d_forward
-    monkeypatch.setitem(dispatch._native_cache, "cpu", backend.__class__(
-        backend.name, backend.forward, backend.backward, lambda *a: calls.append(1) or kernel(*a)))
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
+        backend, conv2d_forward=lambda *a: calls.append(1) or kernel(*a)))
     layer = LMKANConv2d(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         direct = layer(x)
-    assert calls == [1]
     trained = layer(x)
-    assert calls == [1] and trained.grad_fn is not None
-    assert torch.allclose(direct, trained.detach(), rtol=1e-5, atol=1e-5)
+    assert calls == [1, 1] and trained.grad_fn is not None and torch.equal(direct, trained.detach())
+    traced = torch.jit.trace(layer, x, check_trace=False)
+    assert calls == [1, 1] and "lmkan::lookup2d" in str(traced.graph)
+    assert torch.allclose(traced(x), direct, rtol=1e-5, atol=1e-5)
 
 
 def test_direct_conv_one_and_two_threads_bitwise_equal(native):
@@ -137,3 +141,48 @@ def test_direct_conv_large_group_table(native, table_dtype):
         y = layer(x.contiguous(memory_format=torch.channels_last))
     truth = reference_conv(layer, x)
     assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+def _reference_grads(layer: LMKANConv2d, x: torch.Tensor, dy: torch.Tensor):
+    """float64 gradients of sum(dy * conv) for x and the table, by autograd through reference_conv."""
+    x64 = x.detach().double().requires_grad_(True)
+    table64 = layer.table.detach().double().requires_grad_(True)
+    return torch.autograd.grad(reference_conv(layer, x64, table64), [x64, table64], dy.double())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_direct_conv_gradients_match_float64_reference(native, seed):
+    """Eager training takes the kernel's backward: both gradients vs float64 autograd through the naive reference."""
+    rng = random.Random(100 + seed)
+    layer, size = _random_layer(rng)
+    size = (max(1, size[0]), *size[1:])
+    gen = torch.Generator().manual_seed(seed)
+    x = (3 * torch.randn(size, generator=gen)).contiguous(
+        memory_format=torch.channels_last if seed % 2 else torch.contiguous_format).requires_grad_(True)
+    y = layer(x)
+    dy = torch.randn(y.shape, generator=gen)
+    gx, gt = torch.autograd.grad(y, [x, layer.table], dy)
+    rx, rt = _reference_grads(layer, x, dy)
+    assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
+    assert (gt.double() - rt).abs().max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+
+
+def test_direct_conv_backward_over_several_image_chunks_and_threads(native):
+    """Images are processed in chunks of bounded record memory (here 3 images of 56x56 x 288 pairs, then 1): the
+    per-image gradients equal those of single-image calls (one chunk each, checked against float64 above), the
+    table gradient is their sum, and 1 and 2 threads give the same bits."""
+    torch.manual_seed(6)
+    layer = LMKANConv2d(64, 8, 3, padding=1, init_scale=2.0)
+    x = torch.randn(4, 64, 56, 56, requires_grad=True)
+    dy = torch.randn(4, 8, 56, 56)
+    threads = torch.get_num_threads()
+    grads = []
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        grads.append(torch.autograd.grad(layer(x), [x, layer.table], dy))
+    torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    single = [torch.autograd.grad(layer(x[i:i + 1]), [x, layer.table], dy[i:i + 1]) for i in range(4)]
+    assert torch.equal(grads[0][0], sum(g[0] for g in single))  # each image's rows come from its own call only
+    table_sum = sum(g[1].double() for g in single)
+    assert (grads[0][1].double() - table_sum).abs().max().item() <= 1e-5 * table_sum.abs().max().item()

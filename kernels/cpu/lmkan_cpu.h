@@ -62,6 +62,12 @@ typedef struct {
 int lmkan_cpu_conv2d_forward(const float* x, const void* table, int table_dtype, float* y,
                              const lmkan_conv_geometry* geometry, int64_t grids, int num_threads);
 
+/* Gradients of sum(grad_y * y) for lmkan_cpu_conv2d_forward: grad_y [batch, out_h, out_w, out_channels]
+ * (channels last); grad_x (x's size and strides) and/or grad_table (float32, the table's shape); each overwritten
+ * unless NULL. */
+int lmkan_cpu_conv2d_backward(const float* grad_y, const float* x, const void* table, int table_dtype, float* grad_x,
+                              float* grad_table, const lmkan_conv_geometry* geometry, int64_t grids, int num_threads);
+
 /* Name of the active instruction-set path: "avx512", "avx2" or "generic". */
 const char* lmkan_cpu_isa(void);
 

@@ -28,7 +28,8 @@ class Backend:
     name: str
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     backward: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]
-    conv2d_forward: Callable[..., torch.Tensor] | None = None  # direct convolution (inference), where there is one
+    conv2d_forward: Callable[..., torch.Tensor] | None = None  # direct convolution, where there is one
+    conv2d_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -55,7 +56,8 @@ def _native_backend(kind: str) -> Backend | None:
             _native_cache[kind] = None
         else:
             _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward),
-                                          getattr(module, "conv2d_forward", None))
+                                          getattr(module, "conv2d_forward", None),
+                                          getattr(module, "conv2d_backward", None))
     return _native_cache[kind]
 
 
@@ -85,13 +87,17 @@ def _native_supports(kind: str, x: torch.Tensor, table: torch.Tensor) -> bool:
 
 def direct_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
     """Whether a forward may call its backend directly instead of going through the torch.library op (about 15 us
-    a call saved at batch 1): plain CPU/CUDA tensors, no gradient to record, and nothing that must see the op node
-    (a tracer, torch.compile/export, a Python dispatch or function mode such as fvcore's or a FakeTensor mode)."""
+    a call saved at batch 1): eager (see eager_call_allowed) with no gradient to record."""
+    return not (torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)) and eager_call_allowed(x, table)
+
+
+def eager_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
+    """Plain CPU/CUDA tensors and nothing that must see the op node: a tracer, torch.compile/export, a Python
+    dispatch or function mode (fvcore's, a FakeTensor mode)."""
     return (
         type(x) is torch.Tensor
         and type(table) in (torch.Tensor, torch.nn.Parameter)
         and x.device.type in ("cpu", "cuda")
-        and not (torch.is_grad_enabled() and (x.requires_grad or table.requires_grad))
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
