@@ -1,9 +1,9 @@
 """Benchmark LMKANConv2d against nn.Conv2d of the same shape: forward (inference) and forward+backward.
 
 All methods of a shape run round-robin in one process (warm-up rounds, then timed rounds, median wall time):
-``nn.Conv2d``; the lmKAN layer's inference forward (the direct kernel, no patches); the same forward through the
-patch path (unfold + ``lmkan::lookup2d``, the previous inference path, kept for training and export); and
-forward+backward of both layers (x and the weights/table require grad, ``torch.autograd.grad`` against a fixed dy).
+``nn.Conv2d``; the lmKAN layer's forward (the direct kernel, no patches); the same forward through the patch path
+(unfold + ``lmkan::lookup2d``, the previous path, kept for tracing and export); and with ``--backward``
+forward+backward of all three (x and the weights/table require grad, ``torch.autograd.grad`` against a fixed dy).
 Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default). Example (docs/benchmarks.md)::
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench_conv.py --threads 2
@@ -53,30 +53,33 @@ def build_methods(shape: tuple, grids: int, backward: bool) -> tuple[list[Method
                 return fn()
         return run
 
-    def patch_path():
-        padded = nn.functional.pad(x, layer._pads())
+    def patch_path(inputs=x):
+        padded = nn.functional.pad(inputs, layer._pads())
         return layer._forward_chunk(padded, dy.shape[2], dy.shape[3]) + layer.bias.view(1, -1, 1, 1)
 
     methods = [Method("conv fwd", no_grad(lambda: conv(x))), Method("lmkan direct fwd", no_grad(lambda: layer(x))),
                Method("lmkan patch fwd", no_grad(patch_path))]
     if backward:
         methods += [Method("conv fwd+bwd", lambda: torch.autograd.grad(conv(x_req), [x_req, conv.weight], dy)),
-                    Method("lmkan fwd+bwd", lambda: torch.autograd.grad(layer(x_req), [x_req, layer.table], dy))]
+                    Method("lmkan fwd+bwd", lambda: torch.autograd.grad(layer(x_req), [x_req, layer.table], dy)),
+                    Method("lmkan patch fwd+bwd",
+                           lambda: torch.autograd.grad(patch_path(x_req), [x_req, layer.table], dy))]
     return methods, layer.table_bytes() / 2**20
 
 
 def report(rows: list[tuple[tuple, float, dict[str, Method]]], backward: bool) -> str:
     """Markdown table: times and ratios to nn.Conv2d."""
     head = ("| layer | batch | table MB | conv fwd ms | direct fwd x conv | patch fwd x conv | direct / patch |"
-            + (" conv fwd+bwd ms | lmkan fwd+bwd x conv |" if backward else ""))
+            + (" conv fwd+bwd ms | direct fwd+bwd x conv | patch fwd+bwd x conv | direct / patch fwd+bwd |"
+               if backward else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for shape, mb, ms in rows:
         conv, direct, patch = (ms[k].median_ms() for k in ("conv fwd", "lmkan direct fwd", "lmkan patch fwd"))
         cells = [shape[0], str(shape[1]), f"{mb:.1f}", f"{conv:.2f}", f"{direct / conv:.1f}", f"{patch / conv:.1f}",
                  f"{direct / patch:.2f}"]
         if backward:
-            cfb, lfb = ms["conv fwd+bwd"].median_ms(), ms["lmkan fwd+bwd"].median_ms()
-            cells += [f"{cfb:.2f}", f"{lfb / cfb:.1f}"]
+            cfb, lfb, pfb = (ms[k].median_ms() for k in ("conv fwd+bwd", "lmkan fwd+bwd", "lmkan patch fwd+bwd"))
+            cells += [f"{cfb:.2f}", f"{lfb / cfb:.1f}", f"{pfb / cfb:.1f}", f"{lfb / pfb:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grids", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--backward", action="store_true", help="also time forward+backward (the patch path)")
+    parser.add_argument("--backward", action="store_true", help="also time forward+backward (direct and patch)")
     parser.add_argument("--only", help="comma-separated substrings of layer labels to run")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 2 rounds")
     args = parser.parse_args(argv)
