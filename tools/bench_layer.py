@@ -138,7 +138,8 @@ def per_call_methods(calls: int) -> list[Method]:
     batch, n_in, n_out, grids = PER_CALL_SHAPE
     gen = torch.Generator().manual_seed(0)
     linear = torch.nn.Linear(n_in, n_out)
-    layer = LMKANLinear.from_linear(linear, grids, torch.randn(n_in, generator=gen), torch.rand(n_in, generator=gen) + 0.5)
+    mean, std = torch.randn(n_in, generator=gen), torch.rand(n_in, generator=gen) + 0.5
+    layer = LMKANLinear.from_linear(linear, grids, mean, std)
     plain = LMKANLinear(n_in, n_out, grids)
     x = torch.randn(batch, n_in, generator=gen)
     table = layer.table.detach()
@@ -151,7 +152,8 @@ def per_call_methods(calls: int) -> list[Method]:
                     fn()
         return run
 
-    return [Method("nn.Linear", loop(lambda: linear(x))), Method("kernel (native forward)", loop(lambda: kernel(x, table))),
+    return [Method("nn.Linear", loop(lambda: linear(x))),
+            Method("kernel (native forward)", loop(lambda: kernel(x, table))),
             Method("lmkan_lookup", loop(lambda: lmkan_lookup(x, table))),
             Method("LMKANLinear (input_norm none)", loop(lambda: plain(x))),
             Method("LMKANLinear (exact, affine norm)", loop(lambda: layer(x)))]

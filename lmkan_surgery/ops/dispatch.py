@@ -2,7 +2,8 @@
 
 ``LMKAN_BACKEND=reference|cpu|cuda`` forces a backend. Otherwise float32 work on CPU goes to the native C++
 kernel (float32, float16 or bfloat16 tables) and float32 (or bfloat16-table) work on CUDA to the CUDA kernel, when
-they build; anything else (float64, other devices, a failed build) goes to the pure-PyTorch reference. A failed build warns once, naming the cause.
+they build; anything else (float64, other devices, a failed build) goes to the pure-PyTorch reference. A failed
+build warns once, naming the cause.
 """
 
 from __future__ import annotations
