@@ -181,6 +181,7 @@ const Isa& active_isa() {
 constexpr int64_t kSliceBytes = 512 * 1024;  // table slice of one pair chunk (per output tile): L2-resident
 constexpr int64_t kTile = 64;  // outputs per register tile
 constexpr int64_t kFusedTableBytes = 8 << 20;  // tables up to this size take the fused (per-block records) path
+constexpr int64_t kWidenTableBytes = 32 << 20;  // half tables up to this float32 size are widened once per call
 constexpr int64_t kRecBlockBytes = 128 * 1024;  // records of one fused forward block
 
 // Node positions and inverse cell lengths: computed in double exactly as grid.py does, then cast to float.
