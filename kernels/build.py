@@ -115,7 +115,8 @@ SPECS: dict[str, ExtensionSpec] = {
     "cpu": ExtensionSpec(
         name="lmkan_cpu",
         sources=("cpu/torch_binding.cpp", "cpu/lmkan_cpu.cpp"),
-        depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_kernels.inc", "cpu/lmkan_cpu_backward.inc"),
+        depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_half.h", "cpu/lmkan_cpu_kernels.inc", "cpu/lmkan_cpu_forward.inc",
+                 "cpu/lmkan_cpu_backward.inc", "cpu/lmkan_cpu_conv.inc", "cpu/lmkan_cpu_conv_backward.inc"),
         cflags=("-O3", "-fopenmp"),
         ldflags=("-fopenmp",),
         include_dirs=("cpu",),

@@ -88,7 +88,7 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     linears = [n for n in chosen if type(student.get_submodule(n)) is nn.Linear]
     samples = input_samples(student, linears, stat_batches) if config.input_norm == "quantile" else {}
     sources = {name: student.get_submodule(name) for name in chosen}
-    replace_layers(student, chosen, moments, samples, config.quantile_mix)
+    replace_layers(student, chosen, moments, samples, config.quantile_mix, config.table_dtype)
     reverted = set(chosen) if _validate(student, config, example_inputs, probe, sources, report) else set()
     for cand in candidates:
         if cand.name in reverted:

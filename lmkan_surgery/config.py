@@ -13,6 +13,7 @@ MODES = ("exact", "shrink")
 WIDTH_MODES = ("flops", "channels")
 INPUT_NORMS = ("affine", "none", "quantile")
 GiB = 2**30
+TABLE_DTYPE_NAMES = (None, "float32", "float64", "float16", "bfloat16")
 
 
 def _pattern_to_json(pattern: Any) -> str:
@@ -51,6 +52,8 @@ class LMKANConfig:
     - quantile_mix: share of the value-uniform CDF blended into the rank CDF by input_norm="quantile".
     - shrink_fit: "lmkan" also fits each converted, narrowed consumer's tables by regularised least squares
       (passes/fit.py) and keeps them where the held-out block error beats the Linear refit; "linear" only refits.
+    - table_dtype: storage dtype of the tables: None (the model's dtype), "float16" or "bfloat16" (half the table
+      bytes; float32 arithmetic; the exact init is then exact only to the half dtype's precision).
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -72,6 +75,7 @@ class LMKANConfig:
     allow_failed_validation: bool = False
     quantile_mix: float = 0.25
     shrink_fit: str = "lmkan"
+    table_dtype: str | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -113,6 +117,8 @@ class LMKANConfig:
         if not 0.0 <= self.quantile_mix <= 1.0 or self.shrink_fit not in ("lmkan", "linear"):
             raise ConfigError(f"LMKANConfig.quantile_mix must be in [0, 1] and shrink_fit 'lmkan' or 'linear', got "
                               f"{self.quantile_mix!r}, {self.shrink_fit!r}")
+        if self.table_dtype not in TABLE_DTYPE_NAMES:
+            raise ConfigError(f"LMKANConfig.table_dtype must be one of {TABLE_DTYPE_NAMES}, got {self.table_dtype!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

@@ -27,9 +27,9 @@ SPEC_ATTR = "lmkan_spec"
 
 _CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 _BUILDERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
-    "LMKANLinear": (LMKANLinear, ("in_features", "out_features", "num_grids", "input_norm")),
-    "LMKANConv2d": (LMKANConv2d, _CONV_ARGS + ("num_grids", "input_norm")),
-    "LMKANConv1d": (LMKANConv1d, _CONV_ARGS + ("num_grids", "input_norm")),
+    "LMKANLinear": (LMKANLinear, ("in_features", "out_features", "num_grids", "input_norm", "table_dtype")),
+    "LMKANConv2d": (LMKANConv2d, _CONV_ARGS + ("num_grids", "input_norm", "table_dtype")),
+    "LMKANConv1d": (LMKANConv1d, _CONV_ARGS + ("num_grids", "input_norm", "table_dtype")),
     "Linear": (nn.Linear, ("in_features", "out_features")),
     "Conv2d": (nn.Conv2d, _CONV_ARGS),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
@@ -141,6 +141,8 @@ def load(path: str | os.PathLike, base_model_fn: Callable[[], nn.Module]) -> nn.
     for name, module_spec_ in spec["modules"].items():
         tensor = state.get(f"{name}.table", state.get(f"{name}.weight"))
         dtype = tensor.dtype if tensor is not None else torch.get_default_dtype()
+        if module_spec_.get("kwargs", {}).get("table_dtype"):  # a half-precision table: the layer's dtype is the bias's
+            dtype = state[f"{name}.bias"].dtype if f"{name}.bias" in state else torch.get_default_dtype()
         try:
             old = model.get_submodule(name)
         except AttributeError as err:

@@ -16,16 +16,18 @@ from .calibrate import RunningMoments, safe_input_std
 
 
 def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | None,
-                   samples: torch.Tensor | None = None, mix: float = 0.25) -> LMKANLayer:
-    """The exact lmKAN counterpart of a convertible layer: an nn.Linear with sample input rows is placed on the grid
-    by their quantiles; otherwise inputs are normalised by the given input moments (or, without any, by the
-    data-free default scale that keeps the layer exact at every input magnitude). An lmKAN layer (already fitted by
-    the shrink pass) is kept as it is."""
+                   samples: torch.Tensor | None = None, mix: float = 0.25,
+                   table_dtype: str | None = None) -> LMKANLayer:
+    """The exact lmKAN counterpart of a convertible layer, its table stored as `table_dtype` (None: the module's
+    dtype): an nn.Linear with sample input rows is placed on the grid by their quantiles; otherwise inputs are
+    normalised by the given input moments (or, without any, by the data-free default scale that keeps the layer
+    exact at every input magnitude). An lmKAN layer (already fitted by the shrink pass) is kept as it is."""
     if isinstance(module, LMKANLayer):
         return module
     if samples is not None and type(module) is nn.Linear:
         with torch.no_grad():
-            layer = LMKANLinear.from_linear(module, num_grids, input_knots=quantile_knots(samples, num_grids, mix))
+            layer = LMKANLinear.from_linear(module, num_grids, input_knots=quantile_knots(samples, num_grids, mix),
+                                            table_dtype=table_dtype)
         layer.train(module.training)
         return layer
     rule = rule_for(module)
@@ -35,7 +37,7 @@ def convert_module(module: nn.Module, num_grids: int, moments: RunningMoments | 
     else:
         mean, std = torch.zeros(features, dtype=torch.float64), None
     with torch.no_grad():
-        layer = rule.to_lmkan(module, num_grids, mean, safe_input_std(std, features))
+        layer = rule.to_lmkan(module, num_grids, mean, safe_input_std(std, features), table_dtype)
     layer.train(module.training)
     return layer
 
@@ -50,12 +52,14 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def replace_layers(model: nn.Module, chosen: Mapping[str, int], moments: Mapping[str, RunningMoments],
-                   samples: Mapping[str, torch.Tensor] | None = None, mix: float = 0.25) -> dict[str, LMKANLayer]:
-    """Convert every chosen {name: G}; returns the new layers by name."""
+                   samples: Mapping[str, torch.Tensor] | None = None, mix: float = 0.25,
+                   table_dtype: str | None = None) -> dict[str, LMKANLayer]:
+    """Convert every chosen {name: G} (tables stored as `table_dtype`); returns the new layers by name."""
     new_layers = {}
     samples = samples or {}
     for name, num_grids in chosen.items():
-        layer = convert_module(model.get_submodule(name), num_grids, moments.get(name), samples.get(name), mix)
+        layer = convert_module(model.get_submodule(name), num_grids, moments.get(name), samples.get(name), mix,
+                               table_dtype)
         set_module(model, name, layer)
         new_layers[name] = layer
     return new_layers

@@ -159,11 +159,52 @@ def test_exact_linear_table_survives_extrapolation(native):
     assert (err / truth.abs().clamp_min(1e-2 * truth.abs().max())).max() <= 1e-5
 
 
+# fused path read as half (B < 4 (G+1)^2), a narrow last tile, fused path widened once (B >= 4 (G+1)^2), and the
+# streamed path (a 13 MB half table with 3 output tiles)
+HALF_SHAPES = [(33, 6, 8, 127), (5, 3, 8, 5), (300, 4, 5, 20), (12, 64, 26, 136)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", HALF_SHAPES)
+def test_half_tables_give_the_float32_kernels_bits(native, shape, dtype, isa):
+    """A float16/bfloat16 table is converted exactly and accumulated in float32: the forward is bitwise that of the
+    float32 kernel on the same values, grad_x as accurate as float32 (the compiler may contract the scalar tail of
+    its dot products differently per table type), and the table gradient the float32 one rounded once."""
+    x, table, grad_out = _inputs(shape, seed=sum(shape))
+    half = table.to(dtype)
+    same = half.float()
+    with isa_path(native, isa):
+        y, (gx, gt) = native.forward(x, half), native.backward(grad_out, x, half, True, True)
+        y32, (gx32, gt32) = native.forward(x, same), native.backward(grad_out, x, same, True, True)
+    assert torch.equal(y, y32)
+    assert gt.dtype == dtype and torch.equal(gt, gt32.to(dtype))
+    _assert_as_accurate(y, forward_reference(x, same), forward_reference(x.double(), same.double()))
+    _assert_as_accurate(gx, backward_reference(grad_out, x, same, True, False)[0],
+                        backward_reference(grad_out.double(), x.double(), same.double(), True, False)[0])
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float16, 2.0**-11), (torch.bfloat16, 2.0**-8)])
+def test_half_tables_stay_within_the_rounding_bound_of_float32(native, dtype, rel):
+    """For inputs inside the grid (bilinear weights in [0, 1], summing to 1) a half table changes each output by at
+    most P x the largest table rounding error, rel x max|T| per pair (rel: 2^-11 float16, 2^-8 bfloat16)."""
+    pairs, grids, n_out = 16, 8, 40
+    gen = torch.Generator().manual_seed(5)
+    x = 2.6 * torch.rand(300, 2 * pairs, generator=gen) - 1.3  # inside the inner nodes +-ln 4
+    table = torch.randn(pairs, grids + 1, grids + 1, n_out, generator=gen)
+    diff = (native.forward(x, table.to(dtype)).double() - forward_reference(x.double(), table.double())).abs()
+    bound = pairs * rel * table.abs().max().item()
+    assert diff.max().item() <= bound + 1e-5 * table.abs().max().item()
+    assert diff.max().item() > 0  # the rounding is real: the test can fail
+
+
 def test_one_and_two_threads_are_bitwise_equal(native):
     threads = torch.get_num_threads()
     results = []
-    for shape in [(96, 8, 8, 130), (40, 64, 26, 72), (600, 3, 3, 20)]:
+    # above the kernels' serial cut (2^17 evaluations: smaller calls run on one thread whatever is asked)
+    for shape in [(400, 8, 8, 130), (40, 64, 26, 72), (4000, 3, 3, 20)]:
         x, table, grad_out = _inputs(shape, seed=7)
+        table = table.to(torch.bfloat16) if shape[0] == 400 else table  # a half table (widened in parallel)
         per_count = []
         for count in (1, 2):
             torch.set_num_threads(count)

@@ -31,3 +31,31 @@ def test_export_keeps_one_node_per_layer():
     assert targets.count(torch.ops.lmkan.lookup2d.default) == 3
     x = torch.randn(4, 6)
     assert torch.allclose(exported.module()(x), model(x), atol=1e-6)
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the overload of every op dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_inference_fast_path_matches_the_op_and_modes_still_see_it():
+    """Under no_grad the backend is called directly (no op dispatch layers), with the op's result; a dispatch mode
+    (as a FLOP counter uses) and a graph that records gradients still go through lmkan::lookup2d."""
+    torch.manual_seed(0)
+    layer = LMKANLinear(10, 7)
+    x = torch.randn(3, 10)
+    with torch.no_grad():
+        direct = layer(x)
+        with _OpRecorder() as rec:
+            via_op = layer(x)
+    assert torch.ops.lmkan.lookup2d.default in rec.seen
+    assert torch.equal(direct, via_op)
+    with_grad = layer(x)
+    assert with_grad.grad_fn is not None and torch.equal(with_grad.detach(), direct)

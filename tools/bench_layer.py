@@ -5,6 +5,9 @@ and forward+backward (x and the weights/table require grad, ``torch.autograd.gra
 reference calls are capped to fewer rounds. Example (the CPU numbers in docs/benchmarks.md)::
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench_layer.py --threads 2
+
+``--per-call`` instead times the per-call cost at batch 1 (a 288->32 layer, as a converted resnet18 head would
+be): loops of calls per method, round-robin, median microseconds per call, the bare kernel beside the layer.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ QUICK_SHAPES = [(512, 64, 64, 8), (2048, 32, 32, 16)]
 # GPU: the CPU shapes plus the README case of the official kernels (B=2^20, 512x512) at G=20 and G=8.
 GPU_SHAPES = [(2**20, 512, 512, 20), (2**20, 512, 512, 8)]
 SHAPES = {"cpu": CPU_SHAPES, "cuda": CPU_SHAPES + GPU_SHAPES}
+HALF_TABLES = {"cpu": ("float16", "bfloat16"), "cuda": ("bfloat16",)}  # table storage dtypes timed beside float32
 REFERENCE_MAX_EVALS = 2**33  # the PyTorch reference is skipped above B * N_in/2 * N_out evaluations (minutes a call)
 SLOW_CALL_S = 1.0  # a method whose warm-up call takes longer gets only `slow_rounds` timed rounds
 
@@ -78,10 +82,10 @@ def build_methods(
     def linear_fb():
         return torch.autograd.grad(linear(x_req), [x_req, linear.weight], dy)
 
-    def lookup_fwd(backend):
+    def lookup_fwd(backend, with_table=table):
         def run():
             with torch.no_grad():
-                return _lookup_with(backend, x, table)
+                return _lookup_with(backend, x, with_table)
         return run
 
     def lookup_fb(backend):
@@ -94,14 +98,8 @@ def build_methods(
     methods = [Method("linear fwd", linear_fwd), Method("linear fwd+bwd", linear_fb)]
     for backend in ("reference", native) if with_reference else (native,):
         methods += [Method(f"{backend} fwd", lookup_fwd(backend)), Method(f"{backend} fwd+bwd", lookup_fb(backend))]
-    if device.type == "cuda":  # the inference path with a bfloat16 table (fp32 arithmetic)
-        table_bf16 = table.to(torch.bfloat16)
-
-        def bf16_fwd():
-            with torch.no_grad():
-                return _lookup_with(native, x, table_bf16)
-
-        methods.append(Method(f"{native} bf16 fwd", bf16_fwd))
+    for half in HALF_TABLES[device.type]:  # the inference path with a half-precision table (fp32 arithmetic)
+        methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
     return methods, table.numel() * 4 / 2**20
 
 
@@ -126,6 +124,48 @@ def run_round_robin(methods: list[Method], device: torch.device, warmup: int, ro
             m.wall.append(wall)
             m.cpu.append(cpu)
             m.rounds += 1
+
+
+PER_CALL_SHAPE = (1, 288, 32, 8)  # (B, N_in, N_out, G)
+
+
+def per_call_methods(calls: int) -> list[Method]:
+    """nn.Linear, the bare native kernel, the lookup op and an exact LMKANLinear (affine input normalisation, as
+    lmkanify builds it), each a loop of `calls` forward calls at batch 1 under torch.no_grad()."""
+    from lmkan_surgery.kernels import build
+    from lmkan_surgery.nn import LMKANLinear
+
+    batch, n_in, n_out, grids = PER_CALL_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(n_in, n_out)
+    mean, std = torch.randn(n_in, generator=gen), torch.rand(n_in, generator=gen) + 0.5
+    layer = LMKANLinear.from_linear(linear, grids, mean, std)
+    plain = LMKANLinear(n_in, n_out, grids)
+    x = torch.randn(batch, n_in, generator=gen)
+    table = layer.table.detach()
+    kernel = build.load_native("cpu").forward
+
+    def loop(fn):
+        def run():
+            with torch.no_grad():
+                for _ in range(calls):
+                    fn()
+        return run
+
+    return [Method("nn.Linear", loop(lambda: linear(x))),
+            Method("kernel (native forward)", loop(lambda: kernel(x, table))),
+            Method("lmkan_lookup", loop(lambda: lmkan_lookup(x, table))),
+            Method("LMKANLinear (input_norm none)", loop(lambda: plain(x))),
+            Method("LMKANLinear (exact, affine norm)", loop(lambda: layer(x)))]
+
+
+def report_per_call(methods: list[Method], calls: int) -> str:
+    """Microseconds per call and the excess over the bare kernel."""
+    kernel = methods[1].median_ms()
+    lines = ["| method | us per call | over the kernel, us |", "|---|---|---|"]
+    for m in methods:
+        lines.append(f"| {m.name} | {1e3 * m.median_ms() / calls:.1f} | {1e3 * (m.median_ms() - kernel) / calls:.1f} |")
+    return "\n".join(lines)
 
 
 def _fmt(value: float) -> str:
@@ -158,12 +198,19 @@ def report(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]
     return "\n".join(lines)
 
 
-def report_bf16(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
-    """GPU only: the bfloat16-table forward against nn.Linear's float32 forward."""
-    lines = [f"| shape (B, N_in, N_out, G) | {native} bf16 fwd ms | {native} bf16 fwd x linear |", "|---|---|---|"]
-    for shape, _, ms in rows:
-        bf16, lin = ms[f"{native} bf16 fwd"], ms["linear fwd"]
-        lines.append(f"| {shape} | {_fmt(bf16.median_ms())} | {_fmt(bf16.median_ms() / lin.median_ms())} |")
+def report_half(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
+    """The half-precision-table forwards against nn.Linear and the float32-table forward of the same run."""
+    halves = HALF_TABLES[native]
+    head = "| shape (B, N_in, N_out, G) | float32 table MB | " + " | ".join(
+        f"{h} fwd ms | {h} x linear | {h} / float32 table" for h in halves) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, mb, ms in rows:
+        lin, f32 = ms["linear fwd"].median_ms(), ms[f"{native} fwd"].median_ms()
+        cells = [str(shape), f"{mb:.1f}"]
+        for h in halves:
+            t = ms[f"{native} {h} fwd"].median_ms()
+            cells += [_fmt(t), _fmt(t / lin), f"{t / f32:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -188,9 +235,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-rounds", type=int, default=3, help="timed rounds of calls slower than 1 s")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) PyTorch reference")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 3 rounds")
+    parser.add_argument("--per-call", action="store_true", help=f"per-call cost at batch 1, shape {PER_CALL_SHAPE}")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.per_call:
+        calls = 20 if args.quick else 200
+        methods = per_call_methods(calls)
+        run_round_robin(methods, device, args.warmup, args.rounds, args.slow_rounds)
+        print(f"threads={torch.get_num_threads()} rounds={args.rounds} x {calls} calls, batch 1, (B, in, out, G) = "
+              f"{PER_CALL_SHAPE}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+        print(report_per_call(methods, calls))
+        return
     if device.type == "cuda":  # plain fp32 SGEMM for the nn.Linear baseline, as the paper measured
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -208,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report(rows, args.device))
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-        print(report_bf16(rows, args.device))
+    print(report_half(rows, args.device))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 // Native CPU kernels of the lmKAN 2-D lookup: OpenMP drivers and runtime instruction-set dispatch.
 // The per-task kernels live in lmkan_cpu_kernels.inc, compiled three times: a generic baseline, an AVX2+FMA path
 // and an AVX-512F/VL path, chosen at run time by CPUID (and XGETBV for the OS-enabled register state); the
-// backward drivers in lmkan_cpu_backward.inc. See lmkan_cpu.h for the contract.
+// forward and backward drivers in lmkan_cpu_forward.inc and lmkan_cpu_backward.inc. See lmkan_cpu.h for the contract.
 #include "lmkan_cpu.h"
+#include "lmkan_cpu_half.h"
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +17,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
+#include <immintrin.h>
 #endif
 
 #ifdef _OPENMP
@@ -23,6 +25,10 @@
 #endif
 
 namespace {
+
+using lmkan_half::Bf16;
+using lmkan_half::F16;
+using lmkan_half::to_float;
 
 // Sizes shared by every kernel: n = G + 1 nodes per axis, n2 = n * n corner rows per pair.
 struct Dims {
@@ -39,6 +45,13 @@ struct FwdRec {
     float w[4];
 };
 
+// The record of one (sample, pair): the scalar form of precompute_fwd's 8-lane step (same operations, same bits).
+FwdRec make_fwd_rec(int32_t row, float t1, float t2) {
+    if (!(t1 >= 0.0f && t1 <= 1.0f && t2 >= 0.0f && t2 <= 1.0f)) return FwdRec{~row, {t1, t2, 0.0f, 0.0f}};
+    const float s1 = 1.0f - t1, s2 = 1.0f - t2;
+    return FwdRec{row, {s1 * s2, s1 * t2, t1 * s2, t1 * t2}};
+}
+
 // Backward record per (sample, pair): corner row and local coordinates.
 struct BwdRec {
     int32_t row;
@@ -54,21 +67,26 @@ struct CellRec {
 struct Isa {
     const char* name;
     int64_t sweep;  // widest table-gradient sweep (output columns): 4 corners x sweep / 8 vectors fit the registers
+    void (*locate_span)(const float*, int64_t, int64_t, const float*, const float*, int32_t*, float*);
     void (*precompute_fwd)(const float*, FwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
     void (*precompute_bwd)(const float*, BwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
-    void (*forward)(const FwdRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    int64_t, const Dims&, bool);
+    // forward, grad_x and widen per table storage dtype (LMKAN_CPU_FLOAT32, FLOAT16, BFLOAT16)
+    void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, const Dims&, bool);
     void (*grad_table)(const CellRec*, int64_t, const float*, float*, int64_t, int64_t, const Dims&);
-    void (*grad_x)(const BwdRec*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                   const Dims&, const float*);
+    void (*grad_x[3])(const BwdRec*, const void*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                      const Dims&, const float*);
+    void (*widen[3])(const void*, float*, int64_t);
 };
 
 namespace generic {
 #define ISA_NAME "generic"
 #define ISA_SWEEP 16
+#define ISA_F16C 0
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_F16C
 #undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace generic
@@ -76,31 +94,35 @@ namespace generic {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LMKAN_HAVE_X86_PATHS 1
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 namespace avx2 {
 #define ISA_NAME "avx2"
 #define ISA_SWEEP 16
+#define ISA_F16C 1
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_F16C
 #undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#pragma GCC target("avx512f,avx512vl,avx2,fma,f16c")
 #endif
 // The same 8-lane code with AVX-512VL: 32 vector registers, so the table gradient sweeps 32 columns at a time.
 namespace avx512 {
 #define ISA_NAME "avx512"
 #define ISA_SWEEP 32
+#define ISA_F16C 1
 #include "lmkan_cpu_kernels.inc"
+#undef ISA_F16C
 #undef ISA_SWEEP
 #undef ISA_NAME
 }  // namespace avx512
@@ -110,9 +132,12 @@ namespace avx512 {
 #pragma GCC pop_options
 #endif
 
+// AVX2 + FMA + F16C (every AVX2 CPU has F16C; the x86 paths use it for float16 tables).
 bool avx2_supported() {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) &&
+           (ecx & bit_F16C);
 }
 
 // AVX-512F/VL in the CPU and the opmask and upper-ZMM register state enabled by the OS (XCR0 bits 1, 2, 5, 6, 7).
@@ -156,6 +181,7 @@ const Isa& active_isa() {
 constexpr int64_t kSliceBytes = 512 * 1024;  // table slice of one pair chunk (per output tile): L2-resident
 constexpr int64_t kTile = 64;  // outputs per register tile
 constexpr int64_t kFusedTableBytes = 8 << 20;  // tables up to this size take the fused (per-block records) path
+constexpr int64_t kWidenTableBytes = 32 << 20;  // half tables up to this float32 size are widened once per call
 constexpr int64_t kRecBlockBytes = 128 * 1024;  // records of one fused forward block
 
 // Node positions and inverse cell lengths: computed in double exactly as grid.py does, then cast to float.
@@ -184,6 +210,12 @@ int thread_count(int requested) {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Waking a sleeping OpenMP thread costs about as much as this many evaluations (~10 us), far more when the other
+// core is busy; smaller calls run on the calling thread alone (the results are bitwise equal either way).
+constexpr int64_t kSerialEvals = 1 << 17;
+
+int useful_threads(int nt, int64_t evaluations) { return evaluations < kSerialEvals ? 1 : nt; }
 
 // Output tiles: full 64-wide tiles, then one each of 32, 16, 8 and a narrow rest, as the remainder needs.
 std::vector<std::pair<int64_t, int64_t>> output_tiles(int64_t N) {
@@ -264,112 +296,12 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
     return failed ? nullptr : rec;
 }
 
-// Copy the columns [o0, o0 + width) of the table rows of pairs [p0, p1) into a dense [rows, width] buffer. With
-// the canonical layout those columns are short pieces of rows N_out floats apart, which alias onto a few cache sets
-// (and pages); packed, the slice is contiguous and stays in L2 while the batch streams through it.
-void pack_slice(const float* table, float* out, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
-    const float* src = table + p0 * d.n2 * d.N + o0;
-    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r) std::memcpy(out + r * width, src + r * d.N, sizeof(float) * width);
-}
-
-void unpack_slice(const float* in, float* table, int64_t p0, int64_t p1, int64_t o0, int64_t width, const Dims& d) {
-    float* dst = table + p0 * d.n2 * d.N + o0;
-    for (int64_t r = 0; r < (p1 - p0) * d.n2; ++r) std::memcpy(dst + r * d.N, in + r * width, sizeof(float) * width);
-}
-
-// Per-thread buffer for one packed table slice of `floats` floats.
-float* slice_buffer(int64_t floats) {
-    thread_local std::unique_ptr<float[]> buf;
-    thread_local size_t cap = 0;
-    return scratch(buf, cap, static_cast<size_t>(floats));
-}
-
-// Small tables (cache-resident): each task takes a block of samples, computes its records into a per-thread buffer
-// and runs every output tile over them, so the records never leave L2.
-int forward_fused(const Isa& isa, const float* x, const float* table, float* y, const Dims& d, const Grid& grid,
-                  int64_t chunk, [[maybe_unused]] int nt) {
-    const auto tiles = output_tiles(d.N);
-    const int64_t block = std::max<int64_t>(8, std::min<int64_t>(256, kRecBlockBytes / (d.P * sizeof(FwdRec))));
-    const int64_t tasks = ceil_div(d.B, block);
-    bool failed = false;
-#pragma omp parallel num_threads(nt)
-    {
-        thread_local std::unique_ptr<FwdRec[]> buf;
-        thread_local size_t cap = 0;
-        FwdRec* rec = scratch(buf, cap, static_cast<size_t>(block * d.P));
-        SampleScratch ss;
-        const bool ok = rec != nullptr && sample_scratch(d.P, ss);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < tasks; ++task) {
-            if (!ok) continue;
-            const int64_t b0 = task * block, b1 = std::min(d.B, b0 + block);
-            isa.precompute_fwd(x, rec, b0, b1, b1 - b0, b0, chunk, d, grid.nodes.data(), grid.inv_len.data(), ss.cell,
-                               ss.t);
-            for (const auto& tile : tiles)
-                for (int64_t p0 = 0; p0 < d.P; p0 += chunk) {
-                    const int64_t len = std::min(chunk, d.P - p0);
-                    isa.forward(rec + p0 * (b1 - b0), len, table + p0 * d.n2 * d.N + tile.first, d.N, y, b0, b1, p0,
-                                p0 + len, tile.first, tile.second, d, p0 == 0);
-                }
-        }
-        if (!ok) {
-#pragma omp atomic write
-            failed = true;
-        }
-    }
-    return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
-}
-
-// Large tables: records of the whole batch first; then tasks = (output tile, sample block), each packing one pair
-// chunk's table slice at a time and streaming its samples through it, so the table is read about once.
-int forward_streamed(const Isa& isa, const float* x, const float* table, float* y, const Dims& d, const Grid& grid,
-                     int64_t chunk, [[maybe_unused]] int nt) {
-    const FwdRec* rec = batch_records<FwdRec>(x, d, grid, chunk, nt, isa.precompute_fwd);
-    if (rec == nullptr) return LMKAN_CPU_ENOMEM;
-    const auto tiles = output_tiles(d.N);
-    const int64_t n_blocks = ceil_div(2 * nt, static_cast<int64_t>(tiles.size()));
-    const int64_t block = ceil_div(d.B, n_blocks);
-    const int64_t tasks = static_cast<int64_t>(tiles.size()) * n_blocks;
-    bool failed = false;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t task = 0; task < tasks; ++task) {
-        const int64_t o0 = tiles[task / n_blocks].first, width = tiles[task / n_blocks].second;
-        const int64_t b0 = (task % n_blocks) * block, b1 = std::min(d.B, b0 + block);
-        float* buf = slice_buffer(chunk * d.n2 * width);
-        if (buf == nullptr) {
-#pragma omp atomic write
-            failed = true;
-            continue;
-        }
-        for (int64_t p0 = 0; p0 < d.P && b0 < b1; p0 += chunk) {
-            const int64_t len = std::min(chunk, d.P - p0);
-            pack_slice(table, buf, p0, p0 + len, o0, width, d);
-            isa.forward(rec + p0 * d.B + b0 * len, len, buf, width, y, b0, b1, p0, p0 + len, o0, width, d, p0 == 0);
-        }
-    }
-    return failed ? LMKAN_CPU_ENOMEM : LMKAN_CPU_OK;
-}
-
 }  // namespace
 
-extern "C" int lmkan_cpu_forward(const float* x, const float* table, float* y, int64_t batch, int64_t pairs,
-                                 int64_t grids, int64_t n_out, int num_threads) {
-    if (!valid(batch, pairs, grids, n_out) || (batch * n_out > 0 && (!x || !table || !y))) return LMKAN_CPU_EINVAL;
-    if (batch == 0 || n_out == 0) return LMKAN_CPU_OK;
-    if (pairs == 0) {
-        std::memset(y, 0, sizeof(float) * batch * n_out);
-        return LMKAN_CPU_OK;
-    }
-    const Dims d{batch, pairs, grids, grids + 1, (grids + 1) * (grids + 1), n_out};
-    const Grid grid(grids);
-    const int nt = thread_count(num_threads);
-    const int64_t chunk = pair_chunk(d, 4 * kTile);
-    const bool small = pairs * d.n2 * n_out * 4 <= kFusedTableBytes || n_out <= kTile;
-    return small ? forward_fused(active_isa(), x, table, y, d, grid, chunk, nt)
-                 : forward_streamed(active_isa(), x, table, y, d, grid, chunk, nt);
-}
-
+#include "lmkan_cpu_forward.inc"
 #include "lmkan_cpu_backward.inc"
+#include "lmkan_cpu_conv.inc"
+#include "lmkan_cpu_conv_backward.inc"
 
 extern "C" const char* lmkan_cpu_isa(void) { return active_isa().name; }
 

@@ -12,9 +12,20 @@ void check_float_cpu(const torch::Tensor& t, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32, name, " must be a float32 CPU tensor");
 }
 
+// The kernels' storage code of a float32, float16 or bfloat16 CPU table.
+int table_dtype(const torch::Tensor& table) {
+    TORCH_CHECK(table.device().is_cpu(), "table must be a CPU tensor");
+    switch (table.scalar_type()) {
+        case torch::kFloat32: return LMKAN_CPU_FLOAT32;
+        case torch::kFloat16: return LMKAN_CPU_FLOAT16;
+        case torch::kBFloat16: return LMKAN_CPU_BFLOAT16;
+        default: TORCH_CHECK(false, "table must be float32, float16 or bfloat16, got ", table.scalar_type());
+    }
+}
+
 void check_table(const torch::Tensor& x, const torch::Tensor& table) {
     check_float_cpu(x, "x");
-    check_float_cpu(table, "table");
+    table_dtype(table);
     TORCH_CHECK(x.dim() == 2 && table.dim() == 4 && table.size(1) == table.size(2) && x.size(1) == 2 * table.size(0),
                 "expected x [B, 2P] and table [P, G+1, G+1, N_out]");
 }
@@ -29,8 +40,9 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table) {
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
-        check_rc(lmkan_cpu_forward(x.data_ptr<float>(), table.data_ptr<float>(), y.data_ptr<float>(), x.size(0),
-                                   table.size(0), table.size(1) - 1, table.size(3), threads));
+        check_rc(lmkan_cpu_forward_typed(x.data_ptr<float>(), table.data_ptr(), table_dtype(table),
+                                         y.data_ptr<float>(), x.size(0), table.size(0), table.size(1) - 1,
+                                         table.size(3), threads));
     }
     return y;
 }
@@ -45,16 +57,75 @@ std::tuple<torch::Tensor, torch::Tensor> backward(torch::Tensor grad_out, torch:
     table = table.contiguous();
     grad_out = grad_out.contiguous();
     auto grad_x = need_x ? torch::empty_like(x) : x.new_empty({0});
-    auto grad_table = need_table ? torch::empty_like(table) : table.new_empty({0});
+    // float32 accumulation whatever the table's storage dtype; rounded to it once at the end
+    auto grad_table = need_table ? torch::empty(table.sizes(), x.options()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
-        check_rc(lmkan_cpu_backward(grad_out.data_ptr<float>(), x.data_ptr<float>(), table.data_ptr<float>(),
-                                    need_x ? grad_x.data_ptr<float>() : nullptr,
-                                    need_table ? grad_table.data_ptr<float>() : nullptr, x.size(0), table.size(0),
-                                    table.size(1) - 1, table.size(3), threads));
+        check_rc(lmkan_cpu_backward_typed(grad_out.data_ptr<float>(), x.data_ptr<float>(), table.data_ptr(),
+                                          table_dtype(table), need_x ? grad_x.data_ptr<float>() : nullptr,
+                                          need_table ? grad_table.data_ptr<float>() : nullptr, x.size(0),
+                                          table.size(0), table.size(1) - 1, table.size(3), threads));
     }
-    return {grad_x, grad_table};
+    return {grad_x, grad_table.to(table.scalar_type())};
+}
+
+// Geometry of the direct convolution of a padded NCHW tensor x (made NCHW- or channels_last-contiguous in place)
+// with a table [groups, P, G+1, G+1, out / groups] (made contiguous in place).
+lmkan_conv_geometry conv_geometry(torch::Tensor& x, torch::Tensor& table, const std::vector<int64_t>& kernel,
+                                  const std::vector<int64_t>& step, const std::vector<int64_t>& dilation) {
+    check_float_cpu(x, "x");
+    table_dtype(table);
+    TORCH_CHECK(x.dim() == 4 && table.dim() == 5 && table.size(2) == table.size(3) && kernel.size() == 2 &&
+                    step.size() == 2 && dilation.size() == 2,
+                "expected x [N, C, H, W], table [groups, P, G+1, G+1, out / groups] and 2-element geometry");
+    if (!x.is_contiguous() && !x.is_contiguous(at::MemoryFormat::ChannelsLast)) x = x.contiguous();
+    table = table.contiguous();
+    TORCH_CHECK(x.size(2) >= dilation[0] * (kernel[0] - 1) + 1 && x.size(3) >= dilation[1] * (kernel[1] - 1) + 1 &&
+                    step[0] > 0 && step[1] > 0,
+                "input ", x.sizes(), " is smaller than the dilated kernel or a step is not positive");
+    return lmkan_conv_geometry{x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2),
+                               x.stride(3), table.size(0), kernel[0], kernel[1], step[0], step[1], dilation[0],
+                               dilation[1], table.size(0) * table.size(4)};
+}
+
+// The direct convolution (no patches); returns [N, out, OH, OW] as a view of the channels-last result.
+torch::Tensor conv2d_forward(torch::Tensor x, torch::Tensor table, std::vector<int64_t> kernel,
+                             std::vector<int64_t> step, std::vector<int64_t> dilation) {
+    const lmkan_conv_geometry g = conv_geometry(x, table, kernel, step, dilation);
+    const int64_t out_h = (g.height - g.dilation_h * (g.kernel_h - 1) - 1) / g.step_h + 1;
+    const int64_t out_w = (g.width - g.dilation_w * (g.kernel_w - 1) - 1) / g.step_w + 1;
+    auto y = torch::empty({g.batch, out_h, out_w, g.out_channels}, x.options());
+    const int threads = at::get_num_threads();
+    {
+        pybind11::gil_scoped_release no_gil;
+        check_rc(lmkan_cpu_conv2d_forward(x.data_ptr<float>(), table.data_ptr(), table_dtype(table),
+                                          y.data_ptr<float>(), &g, table.size(2) - 1, threads));
+    }
+    return y.permute({0, 3, 1, 2});
+}
+
+// (grad_x, grad_table) of the direct convolution for grad_y [N, out, OH, OW]; empty tensors for those not needed.
+std::tuple<torch::Tensor, torch::Tensor> conv2d_backward(torch::Tensor grad_y, torch::Tensor x, torch::Tensor table,
+                                                         std::vector<int64_t> kernel, std::vector<int64_t> step,
+                                                         std::vector<int64_t> dilation, bool need_x,
+                                                         bool need_table) {
+    const lmkan_conv_geometry g = conv_geometry(x, table, kernel, step, dilation);
+    check_float_cpu(grad_y, "grad_y");
+    TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.batch && grad_y.size(1) == g.out_channels,
+                "grad_y must be [N, out, OH, OW]");
+    grad_y = grad_y.permute({0, 2, 3, 1}).contiguous();
+    auto grad_x = need_x ? torch::empty_like(x) : x.new_empty({0});
+    auto grad_table = need_table ? torch::empty(table.sizes(), x.options()) : x.new_empty({0});
+    const int threads = at::get_num_threads();
+    {
+        pybind11::gil_scoped_release no_gil;
+        check_rc(lmkan_cpu_conv2d_backward(grad_y.data_ptr<float>(), x.data_ptr<float>(), table.data_ptr(),
+                                           table_dtype(table), need_x ? grad_x.data_ptr<float>() : nullptr,
+                                           need_table ? grad_table.data_ptr<float>() : nullptr, &g,
+                                           table.size(2) - 1, threads));
+    }
+    return {grad_x, grad_table.to(table.scalar_type())};
 }
 
 void select_isa(const std::string& name) {
@@ -65,8 +136,10 @@ void select_isa(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "lmKAN native CPU kernels (C++/OpenMP)";
-    m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out])");
+    m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out]); table float32, float16 or bfloat16");
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
+    m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
+    m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");
 }

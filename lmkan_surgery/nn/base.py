@@ -12,6 +12,7 @@ from ..ops import lmkan_lookup
 from .hessian import hessian_penalty
 from .metadata import MetadataTensor
 from .placement import identity_knots, place, quantile_knots, with_tails
+from .table_storage import half_table_name
 from .tables import branch_table, safe_input_std
 
 INPUT_NORMS = ("none", "affine", "batchnorm", "quantile")
@@ -149,13 +150,15 @@ class LMKANLayer(nn.Module):
         if has_stats:
             self.set_input_statistics(mean, std)
         self.table = nn.Parameter(table)
-        self.bias = nn.Parameter(bias.to(table.dtype))
+        self.bias = nn.Parameter(bias.to(self.bias.dtype))  # the layer's dtype (the table may be half)
 
     def _normalize(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        if self.input_norm == "affine" and channel_dim == x.dim() - 1:  # features last: broadcast without views
+            return torch.addcmul(self.input_shift, x, self.input_scale)
         if self.input_norm == "affine":
             shape = [1] * x.dim()
             shape[channel_dim] = -1
-            return x * self.input_scale.view(shape) + self.input_shift.view(shape)
+            return torch.addcmul(self.input_shift.view(shape), x, self.input_scale.view(shape))  # one op, not two
         if self.input_norm == "quantile":
             return place(x, self.input_knots, self.num_grids, channel_dim)
         if self.input_norm == "batchnorm":
@@ -181,6 +184,11 @@ class LMKANLayer(nn.Module):
     def hessian_penalty(self) -> torch.Tensor:
         """The paper's Hessian regularizer summed over this layer's 2-D functions."""
         return hessian_penalty(self.table)
+
+    @property
+    def table_dtype(self) -> str | None:
+        """'float16' or 'bfloat16' when the table is stored in half precision, else None (the layer's dtype)."""
+        return half_table_name(self.table)
 
     def table_bytes(self) -> int:
         """Bytes held by the lookup table."""

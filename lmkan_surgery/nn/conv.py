@@ -9,7 +9,9 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, ShapeError
+from ..ops.conv import direct_conv2d
 from .base import LMKANLayer
+from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, random_table, table_shape
 
 PATCH_CHUNK_ELEMENTS = 16 * 2**20  # unfolded elements per chunk of images: bounds the im2col memory
@@ -27,7 +29,7 @@ class LMKANConv2d(LMKANLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", num_grids: int = 8,
                  input_norm: str = "none", preconditioning: str | None = None, init_scale: float = 0.1,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, table_dtype: str | torch.dtype | None = None) -> None:
         factory = {"device": device, "dtype": dtype}
         super().__init__(num_grids, input_norm, in_channels, nn.BatchNorm2d, factory)
         if groups < 1 or in_channels % groups or out_channels % groups:
@@ -46,7 +48,8 @@ class LMKANConv2d(LMKANLayer):
         patch = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         self.patch_features = patch
         shape = (groups, *table_shape(patch, out_channels // groups, self.num_grids))
-        self.table = nn.Parameter(random_table(shape, patch, init_scale, **factory))
+        self.table = nn.Parameter(random_table(shape, patch, init_scale, device=device,
+                                               dtype=resolve_table_dtype(table_dtype, dtype)))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         branch = nn.Conv2d(in_channels, out_channels, self.kernel_size, self.stride, 0, self.dilation, groups,
                            bias=True, **factory) if preconditioning else None  # runs on the already padded input
@@ -88,7 +91,10 @@ class LMKANConv2d(LMKANLayer):
         out_w = (x.shape[3] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if out_h < 1 or out_w < 1:
             raise ShapeError(f"input {tuple(x.shape[2:])} (after padding) is smaller than the kernel {self.kernel_size}")
-        if torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a dynamic batch size
+        y = direct_conv2d(x, self.table, self.kernel_size, self.stride, self.dilation)  # inference, no patches
+        if y is not None:
+            y = y.contiguous()
+        elif torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a dynamic batch size
             y = self._forward_chunk(x, out_h, out_w)
         else:
             per_image = self.in_channels * kh * kw * out_h * out_w
@@ -125,7 +131,8 @@ class LMKANConv2d(LMKANLayer):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, num_grids: int = 8, input_mean: torch.Tensor | None = None,
-                  input_std: torch.Tensor | None = None) -> "LMKANConv2d":
+                  input_std: torch.Tensor | None = None,
+                  table_dtype: str | torch.dtype | None = None) -> "LMKANConv2d":
         """An LMKANConv2d computing exactly conv(x); per-channel statistics normalise inputs onto the grid."""
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"from_conv expects nn.Conv2d, got {type(conv).__name__}")
@@ -133,14 +140,14 @@ class LMKANConv2d(LMKANLayer):
         mean, std, has_stats = cls._exact_statistics(conv.in_channels, input_mean, input_std, weight.device)
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, True, conv.padding_mode, num_grids, "affine" if has_stats else "none",
-                    device="meta", dtype=weight.dtype)
+                    device="meta", dtype=weight.dtype, table_dtype=table_dtype)
         groups, out_g, in_g = conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups
         w64 = weight.to(torch.float64).reshape(groups, out_g, in_g, -1)  # [g, out_g, in_g, kh*kw]
         bias = (w64.sum(-1) * mean.view(groups, 1, in_g)).sum(-1).reshape(-1)
         if conv.bias is not None:
             bias = bias + conv.bias.detach().to(torch.float64)
         patch_std = std.view(groups, in_g).repeat_interleave(w64.shape[-1], dim=1) if has_stats else None
-        table = exact_linear_table(w64.reshape(groups, out_g, -1), num_grids, patch_std, weight.dtype)
+        table = exact_linear_table(w64.reshape(groups, out_g, -1), num_grids, patch_std, layer.table.dtype)
         layer._install_exact(table, bias, mean, std, has_stats)
         return layer
 

@@ -28,7 +28,7 @@ class LMKANConv1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", num_grids: int = 8,
                  input_norm: str = "none", preconditioning: str | None = None, init_scale: float = 0.1,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, table_dtype: str | torch.dtype | None = None) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _single(kernel_size), _single(stride), _single(dilation)
@@ -36,7 +36,7 @@ class LMKANConv1d(nn.Module):
         pad = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
         self.lookup = LMKANConv2d(in_channels, out_channels, (1, self.kernel_size[0]), (1, self.stride[0]), pad,
                                   (1, self.dilation[0]), groups, bias, padding_mode, num_grids, input_norm,
-                                  preconditioning, init_scale, device, dtype)
+                                  preconditioning, init_scale, device, dtype, table_dtype)
 
     @property
     def num_grids(self) -> int:
@@ -45,6 +45,10 @@ class LMKANConv1d(nn.Module):
     @property
     def input_norm(self) -> str:
         return self.lookup.input_norm
+
+    @property
+    def table_dtype(self) -> str | None:
+        return self.lookup.table_dtype
 
     @property
     def bias(self) -> nn.Parameter | None:
@@ -66,8 +70,10 @@ class LMKANConv1d(nn.Module):
 
     @classmethod
     def from_conv1d(cls, conv: nn.Conv1d, num_grids: int = 8, input_mean: torch.Tensor | None = None,
-                    input_std: torch.Tensor | None = None) -> "LMKANConv1d":
-        """An LMKANConv1d computing exactly conv(x) (the inner layer built from the 1 x k Conv2d view)."""
+                    input_std: torch.Tensor | None = None,
+                    table_dtype: str | torch.dtype | None = None) -> "LMKANConv1d":
+        """An LMKANConv1d computing exactly conv(x) (the inner layer built from the 1 x k Conv2d view), its table
+        stored as table_dtype."""
         if not isinstance(conv, nn.Conv1d):
             raise ConfigError(f"from_conv1d expects nn.Conv1d, got {type(conv).__name__}")
         pad = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
@@ -80,7 +86,7 @@ class LMKANConv1d(nn.Module):
         with torch.device("meta"):
             layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                         conv.dilation, conv.groups, True, conv.padding_mode, num_grids, dtype=conv.weight.dtype)
-        layer.lookup = LMKANConv2d.from_conv(view, num_grids, input_mean, input_std)
+        layer.lookup = LMKANConv2d.from_conv(view, num_grids, input_mean, input_std, table_dtype)
         return layer
 
     def extra_repr(self) -> str:

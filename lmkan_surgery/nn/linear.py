@@ -9,6 +9,7 @@ from torch import nn
 from ..errors import ConfigError, ShapeError
 from .base import LMKANLayer
 from .placement import with_tails
+from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, knot_linear_table, random_table, table_shape
 
 
@@ -24,7 +25,7 @@ class LMKANLinear(LMKANLayer):
 
     def __init__(self, in_features: int, out_features: int, num_grids: int = 8, bias: bool = True,
                  input_norm: str = "none", preconditioning: str | None = None, init_scale: float = 0.1,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, table_dtype: str | torch.dtype | None = None) -> None:
         factory = {"device": device, "dtype": dtype}
         super().__init__(num_grids, input_norm, in_features, nn.BatchNorm1d, factory)
         if in_features < 1 or out_features < 1:
@@ -32,7 +33,8 @@ class LMKANLinear(LMKANLayer):
         self.in_features = in_features
         self.out_features = out_features
         shape = table_shape(in_features, out_features, self.num_grids)
-        self.table = nn.Parameter(random_table(shape, in_features, init_scale, **factory))
+        self.table = nn.Parameter(random_table(shape, in_features, init_scale, device=device,
+                                               dtype=resolve_table_dtype(table_dtype, dtype)))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         branch = nn.Linear(in_features, out_features, bias=True, **factory) if preconditioning else None
         self._init_preconditioning(preconditioning, branch, factory)
@@ -55,36 +57,39 @@ class LMKANLinear(LMKANLayer):
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_grids: int = 8, input_mean: torch.Tensor | None = None,
                     input_std: torch.Tensor | None = None,
-                    input_knots: torch.Tensor | None = None) -> "LMKANLinear":
+                    input_knots: torch.Tensor | None = None,
+                    table_dtype: str | torch.dtype | None = None) -> "LMKANLinear":
         """An LMKANLinear computing exactly linear(x) for every x (inputs normalised by the given statistics), or,
         with input_knots [in, G+1] from placement.quantile_knots, exactly linear(x) inside the calibrated range
-        plus one edge cell and saturating beyond it (input_norm='quantile')."""
+        plus one edge cell and saturating beyond it (input_norm='quantile'); tables stored as `table_dtype`."""
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"from_linear expects nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
         if input_knots is not None:
-            return cls._from_knots(linear, num_grids, input_knots)
+            return cls._from_knots(linear, num_grids, input_knots, table_dtype)
         mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device)
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
-                    input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype)
+                    input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype,
+                    table_dtype=table_dtype)
         bias = weight.to(torch.float64) @ mean
         if linear.bias is not None:
             bias = bias + linear.bias.detach().to(torch.float64)
-        table = exact_linear_table(weight, num_grids, std if has_stats else None, weight.dtype)
+        table = exact_linear_table(weight, num_grids, std if has_stats else None, layer.table.dtype)
         layer._install_exact(table, bias, mean, std, has_stats)
         return layer
 
     @classmethod
-    def _from_knots(cls, linear: nn.Linear, num_grids: int, knots: torch.Tensor) -> "LMKANLinear":
+    def _from_knots(cls, linear: nn.Linear, num_grids: int, knots: torch.Tensor,
+                    table_dtype: str | torch.dtype | None = None) -> "LMKANLinear":
         if tuple(knots.shape) != (linear.in_features, num_grids + 1):
             raise ShapeError(f"input_knots must be [{linear.in_features}, {num_grids + 1}] (in_features, G+1), got "
                              f"{tuple(knots.shape)}")
         weight = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True, input_norm="quantile",
-                    device="meta", dtype=weight.dtype)
+                    device="meta", dtype=weight.dtype, table_dtype=table_dtype)
         layer.to_empty(device=weight.device)
         layer.input_knots.copy_(with_tails(knots.detach().to(torch.float64)))
-        layer.table = nn.Parameter(knot_linear_table(weight, knots, weight.dtype))
+        layer.table = nn.Parameter(knot_linear_table(weight, knots, layer.table.dtype))
         bias = linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
         layer.bias = nn.Parameter(bias.clone())
         return layer

@@ -1,8 +1,9 @@
 """Backend choice for the lmKAN op: the one home of kernel dispatch.
 
 ``LMKAN_BACKEND=reference|cpu|cuda`` forces a backend. Otherwise float32 work on CPU goes to the native C++
-kernel and float32 (or bfloat16-table) work on CUDA to the CUDA kernel, when they build; anything else (float64,
-other devices, a failed build) goes to the pure-PyTorch reference. A failed build warns once, naming the cause.
+kernel (float32, float16 or bfloat16 tables) and float32 (or bfloat16-table) work on CUDA to the CUDA kernel, when
+they build; anything else (float64, other devices, a failed build) goes to the pure-PyTorch reference. A failed
+build warns once, naming the cause.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Backend:
     name: str
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     backward: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]
+    conv2d_forward: Callable[..., torch.Tensor] | None = None  # direct convolution, where there is one
+    conv2d_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -53,7 +56,9 @@ def _native_backend(kind: str) -> Backend | None:
             warnings.warn(f"lmkan: native {kind} kernels unavailable, using the PyTorch reference: {err}", stacklevel=3)
             _native_cache[kind] = None
         else:
-            _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward))
+            _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward),
+                                          getattr(module, "conv2d_forward", None),
+                                          getattr(module, "conv2d_backward", None))
     return _native_cache[kind]
 
 
@@ -78,7 +83,28 @@ def forced_backend() -> str | None:
 def _native_supports(kind: str, x: torch.Tensor, table: torch.Tensor) -> bool:
     if x.device.type != kind or x.dtype != torch.float32:
         return False
-    return table.dtype == torch.float32 or (kind == "cuda" and table.dtype == torch.bfloat16)
+    return table.dtype in (torch.float32, torch.bfloat16) or (kind == "cpu" and table.dtype == torch.float16)
+
+
+def direct_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
+    """Whether a forward may call its backend directly instead of going through the torch.library op (about 15 us
+    a call saved at batch 1): eager (see eager_call_allowed) with no gradient to record."""
+    return not (torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)) and eager_call_allowed(x, table)
+
+
+def eager_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
+    """Plain CPU/CUDA tensors and nothing that must see the op node: a tracer, torch.compile/export, a Python
+    dispatch or function mode (fvcore's, a FakeTensor mode)."""
+    return (
+        type(x) is torch.Tensor
+        and type(table) in (torch.Tensor, torch.nn.Parameter)
+        and x.device.type in ("cpu", "cuda")
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
 
 
 def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:

@@ -14,7 +14,8 @@ from ..grid import check_num_grids
 from . import dispatch
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-_TABLE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_TABLE_DTYPES = _FLOAT_DTYPES + _HALF_DTYPES
 
 
 @torch.library.custom_op("lmkan::lookup2d", mutates_args=())
@@ -77,21 +78,36 @@ def check_lookup_inputs(x: torch.Tensor, table: torch.Tensor) -> None:
     if x.dtype not in _FLOAT_DTYPES + (torch.float16, torch.bfloat16):
         raise DTypeError(f"x must be a floating tensor (float32, float64, float16, bfloat16), got {x.dtype}")
     if table.dtype not in _TABLE_DTYPES:
-        raise DTypeError(f"table must be float32, float64 or bfloat16, got {table.dtype}")
+        raise DTypeError(f"table must be float32, float64, float16 or bfloat16, got {table.dtype}")
     if x.device != table.device:
         raise DeviceError(f"x is on {x.device} but the table is on {table.device}: move both to one device")
+
+
+def _exporting() -> bool:
+    """Inside torch.export (the dynamo ONNX exporter) or the TorchScript ONNX exporter."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def lmkan_lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Apply the lmKAN 2-D lookup to x[..., 2P] with table [P, G+1, G+1, N_out]; returns [..., N_out].
 
-    float16/bfloat16 inputs are computed in float32 and the result is cast back to the input dtype.
+    float16/bfloat16 inputs are computed in float32 and the result is cast back to the input dtype; a float16 or
+    bfloat16 table with float32 (or half) inputs stays in its storage dtype and is read with float32 accumulation.
     """
     check_lookup_inputs(x, table)
     compute_dtype = x.dtype if x.dtype in _FLOAT_DTYPES else torch.float32
-    if table.dtype != torch.bfloat16 and table.dtype != compute_dtype:
+    # half storage, float32 maths; exporters get a float32 table (lmkan.LMKAN2D types X and the table alike)
+    keep_half = table.dtype in _HALF_DTYPES and compute_dtype == torch.float32 and not _exporting()
+    if table.dtype != compute_dtype and not keep_half:
         table = table.to(compute_dtype)
-    lead = x.shape[:-1]
-    flat = x.reshape(-1, x.shape[-1]).to(compute_dtype).contiguous()
-    y = lookup2d_op(flat, table.contiguous())
-    return y.reshape(*lead, table.shape[3]).to(x.dtype)
+    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # no-op calls skipped: each costs ~0.5 us at batch 1
+    if flat.dtype != compute_dtype:
+        flat = flat.to(compute_dtype)
+    flat, table = flat.contiguous(), table.contiguous()
+    if dispatch.direct_call_allowed(flat, table):  # inference: skip the op's Python dispatch layers
+        y = dispatch.backend_for(flat, table).forward(flat, table)
+    else:
+        y = lookup2d_op(flat, table)
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], table.shape[3])
+    return y if y.dtype == x.dtype else y.to(x.dtype)

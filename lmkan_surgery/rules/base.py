@@ -92,9 +92,10 @@ class LayerRule:
         k, out, groups = self.geometry(module)
         return (num_grids + 1) ** 2 * ((k + 1) // 2) * out * groups * self.weight(module).element_size()
 
-    def to_lmkan(self, module: nn.Module, num_grids: int, mean: torch.Tensor | None,
-                 std: torch.Tensor | None) -> nn.Module:
-        """The exact lmKAN counterpart (an LMKANLayer or a wrapper of one), inputs normalised by (mean, std)."""
+    def to_lmkan(self, module: nn.Module, num_grids: int, mean: torch.Tensor | None, std: torch.Tensor | None,
+                 table_dtype: str | torch.dtype | None = None) -> nn.Module:
+        """The exact lmKAN counterpart (an LMKANLayer or a wrapper of one), inputs normalised by (mean, std), its
+        table stored as table_dtype (None: the module's dtype)."""
         raise NotImplementedError
 
     # -- narrowing (shrink pass); only rules with narrowable = True implement these --------------------------------

@@ -40,8 +40,8 @@ class Conv2dRule(_ConvRule):
     lmkan = (LMKANConv2d,)
     narrowable = True
 
-    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
-        return LMKANConv2d.from_conv(module, num_grids, mean, std)
+    def to_lmkan(self, module, num_grids, mean, std, table_dtype=None) -> nn.Module:
+        return LMKANConv2d.from_conv(module, num_grids, mean, std, table_dtype)
 
     def narrow(self, module, out_idx, in_idx) -> nn.Module:
         if module.groups != 1:
@@ -67,5 +67,5 @@ class Conv1dRule(_ConvRule):
     source = (nn.Conv1d,)
     lmkan = (LMKANConv1d,)
 
-    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
-        return LMKANConv1d.from_conv1d(module, num_grids, mean, std)
+    def to_lmkan(self, module, num_grids, mean, std, table_dtype=None) -> nn.Module:
+        return LMKANConv1d.from_conv1d(module, num_grids, mean, std, table_dtype)

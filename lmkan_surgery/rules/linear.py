@@ -23,8 +23,8 @@ class LinearRule(LayerRule):
     def features(self, module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
 
-    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
-        return LMKANLinear.from_linear(module, num_grids, mean, std)
+    def to_lmkan(self, module, num_grids, mean, std, table_dtype=None) -> nn.Module:
+        return LMKANLinear.from_linear(module, num_grids, mean, std, table_dtype=table_dtype)
 
     def narrow(self, module, out_idx, in_idx) -> nn.Module:
         new = narrowed_copy(module, out_idx, in_idx)
@@ -61,10 +61,10 @@ class TransformersConv1DRule(LayerRule):
     def features(self, module: nn.Module) -> tuple[int, int]:
         return module.weight.shape[0], module.weight.shape[1]
 
-    def to_lmkan(self, module, num_grids, mean, std) -> nn.Module:
+    def to_lmkan(self, module, num_grids, mean, std, table_dtype=None) -> nn.Module:
         n_in, n_out = self.features(module)
         view = nn.Linear(n_in, n_out, bias=module.bias is not None, device="meta", dtype=module.weight.dtype)
         view.weight = nn.Parameter(module.weight.detach().t())
         if module.bias is not None:
             view.bias = nn.Parameter(module.bias.detach())
-        return LMKANLinear.from_linear(view, num_grids, mean, std)
+        return LMKANLinear.from_linear(view, num_grids, mean, std, table_dtype=table_dtype)

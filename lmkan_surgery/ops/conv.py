@@ -1,0 +1,49 @@
+"""Direct lmKAN convolution: LMKANConv2d's lookup without materialised patches, where a kernel has it (CPU).
+
+Only eager calls take it (see ``dispatch.eager_call_allowed``): tracing (fvcore), torch.compile/export and ONNX
+export keep the patch path through ``lmkan::lookup2d``, so the pair layout, the FLOP handle and the exported graph
+are those of the patch form; the results agree to float32 rounding. In eager training an autograd Function
+calls the kernel's backward (both gradients, groups inside the kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import dispatch
+
+
+class _DirectConv2d(torch.autograd.Function):
+    """y = conv(x, table) by the native kernel, with its native backward."""
+
+    @staticmethod
+    def forward(ctx, x, table, geometry, forward_kernel: Callable, backward_kernel: Callable):
+        ctx.save_for_backward(x, table)
+        ctx.geometry, ctx.backward_kernel = geometry, backward_kernel
+        return forward_kernel(x, table, *geometry)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, table = ctx.saved_tensors
+        need_x, need_table = ctx.needs_input_grad[:2]
+        grad_x, grad_table = ctx.backward_kernel(grad_y, x, table, *ctx.geometry, need_x, need_table)
+        return (grad_x if need_x else None, grad_table if need_table else None, None, None, None)
+
+
+def direct_conv2d(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+                  dilation: tuple[int, int]) -> torch.Tensor | None:
+    """The lookup over the padded, normalised input x [N, C, H, W] with table [groups, P, G+1, G+1, out / groups],
+    as [N, out, OH, OW] (channels-last memory), or None when the direct kernel does not apply here."""
+    if x.dtype != torch.float32 or x.dim() != 4 or not dispatch.eager_call_allowed(x, table):
+        return None
+    backend = dispatch.backend_for(x, table)
+    if backend.conv2d_forward is None:
+        return None
+    geometry = (list(kernel_size), list(stride), list(dilation))
+    if not (torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)):
+        return backend.conv2d_forward(x, table, *geometry)
+    if backend.conv2d_backward is None:
+        return None
+    return _DirectConv2d.apply(x, table, geometry, backend.conv2d_forward, backend.conv2d_backward)

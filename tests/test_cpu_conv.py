@@ -1,0 +1,188 @@
+"""The direct CPU convolution kernel (LMKANConv2d in inference) against a float64 reference built from naive
+patches and the float64 lookup reference, on randomised geometries; layouts, threads, batch 0/1, far inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmkan_surgery.kernels import build
+from lmkan_surgery.errors import KernelBuildError
+from lmkan_surgery.nn import LMKANConv2d
+from lmkan_surgery.ops import dispatch
+from lmkan_surgery.ops.reference import forward_reference
+
+
+@pytest.fixture(scope="module")
+def native():
+    try:
+        return build.load_native("cpu")
+    except KernelBuildError as err:
+        pytest.skip(str(err))
+
+
+def reference_conv(layer: LMKANConv2d, x: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """float64: pad, cut every window with explicit loops over the kernel offsets, look each group's (c, ky, kx)
+    patch up with the float64 reference (odd patches get a zero partner), add the bias."""
+    x = x.double()
+    pads = layer._pads()
+    if any(pads):
+        x = F.pad(x, pads, mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    n, c, h, w = x.shape
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    cols = torch.stack([x[:, :, ky * dh: ky * dh + sh * (oh - 1) + 1: sh, kx * dw: kx * dw + sw * (ow - 1) + 1: sw]
+                        for ky in range(kh) for kx in range(kw)], dim=2)  # [n, c, kh*kw, oh, ow]
+    g = layer.groups
+    cols = cols.reshape(n, g, c // g * kh * kw, oh * ow).permute(0, 3, 1, 2)  # [n, L, g, K]
+    if cols.shape[-1] % 2:
+        cols = F.pad(cols, (0, 1))
+    table = layer.table.detach().double() if table is None else table
+    outs = [forward_reference(cols[:, :, i].reshape(-1, cols.shape[-1]), table[i]) for i in range(g)]
+    y = torch.cat(outs, dim=-1).reshape(n, oh, ow, layer.out_channels).permute(0, 3, 1, 2)
+    return y + layer.bias.detach().double().view(1, -1, 1, 1)
+
+
+def _random_layer(rng: random.Random) -> tuple[LMKANConv2d, tuple[int, ...]]:
+    groups = rng.choice([1, 1, 2, 3, "depthwise"])
+    per_group_in, per_group_out = rng.randint(1, 5), rng.randint(1, 4)
+    if groups == "depthwise":
+        groups, per_group_in, per_group_out = rng.randint(2, 7), 1, rng.choice([1, 2])
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    padding = rng.choice([0, 1, 2, "same", "valid", (1, 0)])
+    stride = (1, 1) if padding == "same" else (rng.randint(1, 3), rng.randint(1, 3))
+    layer = LMKANConv2d(groups * per_group_in, groups * per_group_out, kernel, stride, padding,
+                        (rng.randint(1, 2), rng.randint(1, 2)), groups, bias=True,
+                        padding_mode=rng.choice(["zeros", "reflect", "replicate", "circular"]),
+                        num_grids=rng.choice([3, 5, 8]), init_scale=2.0)
+    with torch.no_grad():
+        layer.bias.normal_()
+    size = (rng.randint(0, 3), groups * per_group_in, rng.randint(7, 12), rng.randint(7, 12))
+    return layer, size
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_direct_conv_matches_float64_reference(native, seed):
+    """Random stride/padding/dilation/groups (incl. depthwise), odd channel counts, batch 0-3, both layouts; 20% of
+    the inputs far outside the grid (|x| up to 1e3)."""
+    rng = random.Random(seed)
+    layer, size = _random_layer(rng)
+    gen = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(size, generator=gen)
+    x = torch.where(torch.rand(size, generator=gen) < 0.2, 1e3 * (2 * torch.rand(size, generator=gen) - 1), x)
+    truth = reference_conv(layer, x)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        with torch.no_grad():
+            y = layer(x.contiguous(memory_format=memory_format))
+        assert y.shape == truth.shape
+        if truth.numel():  # batch 0: the shape is the test
+            scale = max(1.0, truth.abs().max().item())
+            assert (y.double() - truth).abs().max().item() <= 2e-5 * scale, (layer, size)
+
+
+def test_inference_and_eager_training_take_the_direct_kernel(native, monkeypatch):
+    """Inference and eager training call the direct kernel; a traced forward (fvcore, the TorchScript exporter)
+    keeps the patch path through lmkan::lookup2d."""
+    calls = []
+    backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
+    assert backend.conv2d_forward is not None and backend.conv2d_backward is not None
+    kernel = backend.conv2d_forward
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
+        backend, conv2d_forward=lambda *a: calls.append(1) or kernel(*a)))
+    layer = LMKANConv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        direct = layer(x)
+    trained = layer(x)
+    assert calls == [1, 1] and trained.grad_fn is not None and torch.equal(direct, trained.detach())
+    traced = torch.jit.trace(layer, x, check_trace=False)
+    assert calls == [1, 1] and "lmkan::lookup2d" in str(traced.graph)
+    assert torch.allclose(traced(x), direct, rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_one_and_two_threads_bitwise_equal(native):
+    torch.manual_seed(3)
+    layer = LMKANConv2d(16, 24, 3, padding=1, groups=2, init_scale=2.0)
+    x = 2 * torch.randn(3, 16, 20, 20)
+    threads = torch.get_num_threads()
+    outs = []
+    with torch.no_grad():
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outs.append(layer(x))
+    torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_direct_conv_with_half_table(native, dtype):
+    torch.manual_seed(4)
+    layer = LMKANConv2d(6, 9, 3, stride=2, padding=1, groups=3, table_dtype=dtype, init_scale=2.0)
+    x = 2 * torch.randn(2, 6, 11, 9)
+    with torch.no_grad():
+        y = layer(x)
+    truth = reference_conv(layer, x)
+    assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("table_dtype", [None, "bfloat16"])
+def test_direct_conv_large_group_table(native, table_dtype):
+    """Group tables over 8 MB with more than 64 outputs take the streamed accumulation (records of every pixel)."""
+    torch.manual_seed(5)
+    layer = LMKANConv2d(32, 200, 3, stride=2, padding=1, groups=2, num_grids=26, init_scale=2.0,
+                        table_dtype=table_dtype)
+    assert layer.table[0].numel() * layer.table.element_size() > 8 * 2**20
+    x = 2 * torch.randn(2, 32, 7, 6)
+    with torch.no_grad():
+        y = layer(x.contiguous(memory_format=torch.channels_last))
+    truth = reference_conv(layer, x)
+    assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+def _reference_grads(layer: LMKANConv2d, x: torch.Tensor, dy: torch.Tensor):
+    """float64 gradients of sum(dy * conv) for x and the table, by autograd through reference_conv."""
+    x64 = x.detach().double().requires_grad_(True)
+    table64 = layer.table.detach().double().requires_grad_(True)
+    return torch.autograd.grad(reference_conv(layer, x64, table64), [x64, table64], dy.double())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_direct_conv_gradients_match_float64_reference(native, seed):
+    """Eager training takes the kernel's backward: both gradients vs float64 autograd through the naive reference."""
+    rng = random.Random(100 + seed)
+    layer, size = _random_layer(rng)
+    size = (max(1, size[0]), *size[1:])
+    gen = torch.Generator().manual_seed(seed)
+    x = (3 * torch.randn(size, generator=gen)).contiguous(
+        memory_format=torch.channels_last if seed % 2 else torch.contiguous_format).requires_grad_(True)
+    y = layer(x)
+    dy = torch.randn(y.shape, generator=gen)
+    gx, gt = torch.autograd.grad(y, [x, layer.table], dy)
+    rx, rt = _reference_grads(layer, x, dy)
+    assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
+    assert (gt.double() - rt).abs().max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+
+
+def test_direct_conv_backward_over_several_image_chunks_and_threads(native):
+    """Images are processed in chunks of bounded record memory (here 3 images of 56x56 x 288 pairs, then 1): the
+    per-image gradients equal those of single-image calls (one chunk each, checked against float64 above), the
+    table gradient is their sum, and 1 and 2 threads give the same bits."""
+    torch.manual_seed(6)
+    layer = LMKANConv2d(64, 8, 3, padding=1, init_scale=2.0)
+    x = torch.randn(4, 64, 56, 56, requires_grad=True)
+    dy = torch.randn(4, 8, 56, 56)
+    threads = torch.get_num_threads()
+    grads = []
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        grads.append(torch.autograd.grad(layer(x), [x, layer.table], dy))
+    torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    single = [torch.autograd.grad(layer(x[i:i + 1]), [x, layer.table], dy[i:i + 1]) for i in range(4)]
+    assert torch.equal(grads[0][0], sum(g[0] for g in single))  # each image's rows come from its own call only
+    table_sum = sum(g[1].double() for g in single)
+    assert (grads[0][1].double() - table_sum).abs().max().item() <= 1e-5 * table_sum.abs().max().item()
