@@ -23,6 +23,7 @@ from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord
 from .errors import ConfigError, ShapeError, ValidationError
 from .modelcopy import check_model, copy_for_surgery
+from .nn.table_storage import exactness_floor
 from .validation import layer_errors, output_error
 from .serialization import SPEC_ATTR, build_spec
 
@@ -123,14 +124,15 @@ def _validate(student: nn.Module, config: LMKANConfig, example_inputs: Any, prob
         return True
     nonfinite = report.validation.get("nonfinite", 0)
     error = report.validation.get("rel_error", 0.0)
-    inexact = config.mode == "exact" and error > config.validation_tolerance
+    tolerance = max(config.validation_tolerance, exactness_floor(config.table_dtype))
+    inexact = config.mode == "exact" and error > tolerance
     if not nonfinite and not inexact:
         report.validated = "exact" if config.mode == "exact" else "validated"
         return False
     worst = layer_errors(student, sources, example_inputs)[:5]
     detail = ", ".join(f"{name} {err:.3g}" for name, err in worst) or "no single layer stands out"
     message = (f"validation failed: {nonfinite} non-finite outputs where the original is finite, relative error "
-               f"{error:.3g} (tolerance {config.validation_tolerance:g}); worst layers (relative error of their own "
+               f"{error:.3g} (tolerance {tolerance:g}); worst layers (relative error of their own "
                f"output): {detail}")
     report.validated = "FAILED"
     if not config.allow_failed_validation:

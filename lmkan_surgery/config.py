@@ -46,7 +46,8 @@ class LMKANConfig:
     - ridge: relative Tikhonov term of the least-squares reconstruction.
     - validate: compare student and original outputs on example_inputs after conversion.
     - strict: a shrink width/budget that cannot be met raises ConfigError (otherwise it is a report problem).
-    - validation_tolerance: largest relative output error (of the output scale) an exact conversion may show.
+    - validation_tolerance: largest relative output error (of the output scale) an exact conversion may show (with
+      half-precision tables at least 1e-2 for float16, 5e-2 for bfloat16: their rounding).
     - allow_failed_validation: a non-finite or (exact mode) out-of-tolerance validation is reported as a problem
       naming the layers and their errors instead of raising ValidationError.
     - quantile_mix: share of the value-uniform CDF blended into the rank CDF by input_norm="quantile".

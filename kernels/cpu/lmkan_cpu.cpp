@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <vector>
@@ -39,7 +40,8 @@ struct Dims {
 constexpr int64_t padded_pairs(int64_t P) { return (P + 7) / 8 * 8; }
 
 // Forward record per (sample, pair): corner row i1 * n + i2 and the 4 bilinear weights (00, 01, 10, 11); for a pair
-// with a coordinate outside [0, 1], row is bit-inverted (negative) and w[0], w[1] hold t1, t2.
+// with a coordinate outside [0, 1], row is bit-inverted (negative) and w[0], w[1], w[2] hold t1, t2 and t1 t2 capped
+// to the largest float (so a cross difference of exactly 0, as exact tables have, never gives inf * 0 = NaN).
 struct FwdRec {
     int32_t row;
     float w[4];
@@ -47,7 +49,11 @@ struct FwdRec {
 
 // The record of one (sample, pair): the scalar form of precompute_fwd's 8-lane step (same operations, same bits).
 FwdRec make_fwd_rec(int32_t row, float t1, float t2) {
-    if (!(t1 >= 0.0f && t1 <= 1.0f && t2 >= 0.0f && t2 <= 1.0f)) return FwdRec{~row, {t1, t2, 0.0f, 0.0f}};
+    if (!(t1 >= 0.0f && t1 <= 1.0f && t2 >= 0.0f && t2 <= 1.0f)) {
+        const float t12 = t1 * t2;
+        return FwdRec{~row, {t1, t2, std::isinf(t12) ? std::copysign(std::numeric_limits<float>::max(), t12) : t12,
+                             0.0f}};
+    }
     const float s1 = 1.0f - t1, s2 = 1.0f - t2;
     return FwdRec{row, {s1 * s2, s1 * t2, t1 * s2, t1 * t2}};
 }

@@ -134,12 +134,16 @@ class LMKANLayer(nn.Module):
         self.input_knots.copy_(with_tails(quantile_knots(rows, self.num_grids, mix)))
 
     @staticmethod
-    def _exact_statistics(features: int, input_mean, input_std, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _exact_statistics(features: int, input_mean, input_std, device,
+                          table_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """float64 (mean, std) of the inputs and True: zero mean when not given, and a std made safe by
-        safe_input_std (the data-free scale when not given, so the layer is exact at every input magnitude)."""
+        safe_input_std (the data-free scale when not given, so the layer is exact at every input magnitude). A
+        float16 table cannot hold values scaled by the data-free 2^-40 (its smallest is 6e-8): it keeps unit std."""
         mean = torch.zeros(features, dtype=torch.float64, device=device)
         if input_mean is not None:
             mean = input_mean.detach().to(mean)
+        if input_std is None and table_dtype == torch.float16:
+            input_std = torch.ones(features, dtype=torch.float64)
         std = safe_input_std(input_std, features).to(mean)
         return mean, std, True
 

@@ -137,7 +137,8 @@ class LMKANConv2d(LMKANLayer):
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"from_conv expects nn.Conv2d, got {type(conv).__name__}")
         weight = conv.weight.detach()
-        mean, std, has_stats = cls._exact_statistics(conv.in_channels, input_mean, input_std, weight.device)
+        mean, std, has_stats = cls._exact_statistics(conv.in_channels, input_mean, input_std, weight.device,
+                                                  resolve_table_dtype(table_dtype, weight.dtype))
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, True, conv.padding_mode, num_grids, "affine" if has_stats else "none",
                     device="meta", dtype=weight.dtype, table_dtype=table_dtype)

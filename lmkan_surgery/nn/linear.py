@@ -67,7 +67,8 @@ class LMKANLinear(LMKANLayer):
         weight = linear.weight.detach()
         if input_knots is not None:
             return cls._from_knots(linear, num_grids, input_knots, table_dtype)
-        mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device)
+        mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device,
+                                                  resolve_table_dtype(table_dtype, weight.dtype))
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
                     input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype,
                     table_dtype=table_dtype)
