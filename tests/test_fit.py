@@ -158,3 +158,34 @@ def test_relative_hessian_weight_scales_with_the_loss():
     assert large.loss / small.loss == pytest.approx(1e6, rel=1e-3)
     assert large.terms["hessian"] == pytest.approx(small.terms["hessian"], rel=1e-3)
     assert records[False, 1000.0].loss / records[False, 1.0].loss != pytest.approx(1e6, rel=1e-2)
+
+
+def test_relative_hessian_weight_survives_resume(tmp_path):
+    """The loss scale L0 is measured on the first batch and checkpointed: a resumed run equals an uninterrupted one."""
+    from lmkan_surgery.distill import TrainConfig, train_lmkan
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(step: int) -> None:
+        if step == 9:
+            raise Stop
+
+    x, y = _data(128, 6)
+    x, y = x.float(), y.float()
+
+    def run(folder: str, resume: bool = False, on_step_end=None) -> nn.Module:
+        torch.manual_seed(8)
+        model = nn.Sequential(LMKANLinear(5, 6, 4, input_norm="quantile", init_scale=1.0), LMKANLinear(6, 2, 4))
+        model[0].calibrate_placement(x)
+        cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, task="regression", hessian_start=1.0,
+                          hessian_relative=True, checkpoint_dir=str(tmp_path / folder), checkpoint_every=4,
+                          resume=resume, progress=False)
+        train_lmkan(model, (x, y), None, cfg, on_step_end=on_step_end)
+        return model
+
+    reference = run("a").state_dict()
+    with pytest.raises(Stop):
+        run("b", on_step_end=stop_at)
+    resumed = run("b", resume=True).state_dict()
+    assert all(torch.allclose(reference[k], resumed[k], rtol=0, atol=1e-6) for k in reference)

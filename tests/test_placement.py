@@ -154,3 +154,20 @@ def test_heavy_tailed_regression_does_not_diverge():
     curve = [r.val_metric for r in result.history]
     assert all(torch.isfinite(torch.tensor(curve))), curve
     assert all(curve[i] <= 2 * min(curve[:i]) for i in range(1, len(curve))) and curve[-1] < 0.6, curve
+
+
+def test_conv_quantile_placement_is_applied_per_channel_after_padding():
+    from lmkan_surgery import LMKANConv2d
+
+    torch.manual_seed(4)
+    x = torch.randn(3, 2, 6, 6).exp() ** 2
+    conv = LMKANConv2d(2, 4, 3, padding=1, num_grids=6, input_norm="quantile", init_scale=1.0)
+    conv.calibrate_placement(x, channel_dim=1)
+    plain = LMKANConv2d(2, 4, 3, padding=0, num_grids=6, input_norm="none")
+    with torch.no_grad():
+        plain.table.copy_(conv.table)
+        plain.bias.copy_(conv.bias)
+        placed = place(nn.functional.pad(x, (1, 1, 1, 1)), conv.input_knots, 6, channel_dim=1)
+        assert rel_err(conv(x), plain(placed)) < 1e-5
+    rows = x.transpose(0, 1).reshape(2, -1).t()
+    assert torch.allclose(conv.input_knots[:, 1:-1], quantile_knots(rows, 6).float())

@@ -38,7 +38,8 @@ from ch4_data import load_or_generate, random_configurations  # noqa: E402
 from common import cache_dir  # noqa: E402
 
 from lmkan_surgery import LMKANConfig, LMKANLinear, fit_tables, lmkanify, model_hessian_penalty  # noqa: E402
-from lmkan_surgery.distill import TrainConfig, evaluate, train_lmkan  # noqa: E402
+from lmkan_surgery.distill import TrainConfig, train_lmkan  # noqa: E402
+from lmkan_surgery.nn.placement import knot_values  # noqa: E402
 
 HARTREE_KCAL = 627.509
 CUTOFF = 6.0  # Angstrom
@@ -95,14 +96,16 @@ def mlp(d_in: int, width: int, act: type[nn.Module], stats: tuple[torch.Tensor, 
 
 
 def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor) -> nn.Sequential:
-    """lmKAN -> BN -> lmKAN -> BN -> lmKAN; the first layer placed by its inputs' quantiles, the others by the
-    bounded identity placement after BatchNorm(affine=False) (no extrapolation blow-up)."""
+    """lmKAN -> BN -> clamp -> lmKAN -> BN -> clamp -> lmKAN; the first layer placed by its inputs' quantiles, the
+    others by BatchNorm(affine=False) and a clamp to the grid plus one cell (what an uncalibrated quantile placement
+    computes, as one op: no extrapolation blow-up)."""
+    edge = float(knot_values(num_grids)[-1])
     model = nn.Sequential(
         LMKANLinear(d_in, width, num_grids, bias=False, input_norm="quantile", preconditioning="linear"),
-        nn.BatchNorm1d(width, affine=False),
-        LMKANLinear(width, width, num_grids, bias=False, input_norm="quantile", preconditioning="relu_first"),
-        nn.BatchNorm1d(width, affine=False),
-        LMKANLinear(width, 1, num_grids, input_norm="quantile", preconditioning="relu_first"))
+        nn.BatchNorm1d(width, affine=False), nn.Hardtanh(-edge, edge),
+        LMKANLinear(width, width, num_grids, bias=False, preconditioning="relu_first"),
+        nn.BatchNorm1d(width, affine=False), nn.Hardtanh(-edge, edge),
+        LMKANLinear(width, 1, num_grids, preconditioning="relu_first"))
     model[0].calibrate_placement(x_train)
     return model
 
@@ -277,8 +280,8 @@ def summary(result: dict, std_kcal: float) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=20000, help="labelled CH4 configurations (cached)")
-    p.add_argument("--transfer", type=int, default=84000, help="extra unlabelled configurations the teacher labels")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--transfer", type=int, default=280000, help="extra unlabelled configurations the teacher labels")
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--teacher-width", type=int, default=128)
     p.add_argument("--batch", type=int, default=256)

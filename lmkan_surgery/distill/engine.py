@@ -279,7 +279,7 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(), "rng": states, "step": self.step,
                 "epoch": self.step // self.batches.steps_per_epoch, "epoch_sums": dict(self.epoch_sums),
                 "history": [asdict(r) for r in self.history], "config": self.cfg.to_dict(),
-                "world_size": self.env.world_size, "finished": finished}
+                "world_size": self.env.world_size, "finished": finished, "hessian_loss_ref": self.loss_ref}
 
     def _checkpoint(self, finished: bool = False) -> None:
         if not self.cfg.checkpoint_dir:
@@ -311,6 +311,7 @@ class _Run:
         rt.set_rng_state(rngs[self.env.rank] if self.env.rank < len(rngs) else rngs[0])
         self.step, self.epoch_sums = state["step"], dict(state["epoch_sums"])
         self.history = [EpochRecord(**r) for r in state["history"]]
+        self.loss_ref = state.get("hessian_loss_ref")
         self.checkpoint_path = str(Path(self.cfg.checkpoint_dir) / rt.CHECKPOINT_NAME)
         return bool(state["finished"])
 
