@@ -56,18 +56,15 @@ def feature_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return rule_for(module).feature_rows(x)
 
 
-def input_moments(model: nn.Module, names: list[str], batches: Iterable[Any]) -> dict[str, RunningMoments]:
-    """Run the batches (eval mode, no grad) and accumulate the input moments of the named modules."""
-    moments = {name: RunningMoments() for name in names}
-    handles = []
-    for name in names:
-        module = model.get_submodule(name)
-
-        def hook(mod, args, _name=name):
+def _feed_inputs(model: nn.Module, names: list[str], batches: Iterable[Any], take) -> None:
+    """Run the batches (eval mode, no grad), calling take(name, feature rows) with every input of the named modules."""
+    def hook_for(name: str):
+        def hook(mod, args):
             if args and isinstance(args[0], torch.Tensor):
-                moments[_name].add(feature_rows(mod, args[0]))
+                take(name, feature_rows(mod, args[0]))
+        return hook
 
-        handles.append(module.register_forward_pre_hook(hook))
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in names]
     try:
         with eval_mode(model), torch.no_grad():
             for batch in batches:
@@ -75,6 +72,12 @@ def input_moments(model: nn.Module, names: list[str], batches: Iterable[Any]) ->
     finally:
         for handle in handles:
             handle.remove()
+
+
+def input_moments(model: nn.Module, names: list[str], batches: Iterable[Any]) -> dict[str, RunningMoments]:
+    """Run the batches (eval mode, no grad) and accumulate the input moments of the named modules."""
+    moments = {name: RunningMoments() for name in names}
+    _feed_inputs(model, names, batches, lambda name, rows: moments[name].add(rows))
     return {name: m for name, m in moments.items() if m.count}
 
 
@@ -83,20 +86,7 @@ def input_samples(model: nn.Module, names: list[str], batches: Iterable[Any],
     """Input feature rows [n <= max_rows, features] of the named modules (every k-th row past the cap), for
     quantile placement."""
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    handles = []
-    for name in names:
-        def hook(mod, args, _name=name):
-            if args and isinstance(args[0], torch.Tensor):
-                chunks[_name].append(feature_rows(mod, args[0]).detach().cpu())
-
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                call(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _feed_inputs(model, names, batches, lambda name, rows: chunks[name].append(rows.detach().cpu()))
     samples = {}
     for name, parts in chunks.items():
         if parts:

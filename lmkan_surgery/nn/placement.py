@@ -63,7 +63,6 @@ def quantile_knots(rows: torch.Tensor, num_grids: int, mix: float = 0.25, min_ga
     levels = torch.arange(num_grids + 1, dtype=torch.float64, device=rows.device) / num_grids
     nodes = grid_nodes(num_grids, torch.float64, rows.device)
     knots = torch.empty(rows.shape[1], num_grids + 1, dtype=torch.float64, device=rows.device)
-    n = rows.shape[0]
     for f in range(rows.shape[1]):
         values, counts = torch.unique(rows[:, f], sorted=True, return_counts=True)
         if len(values) == 1:
