@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import LMKANError
-from ..nn import LMKANConv2d, LMKANLayer, LMKANLinear
+from ..nn import LMKANLayer
 from ..passes.flops import macs_per_position
+from ..rules import rule_for
 
 LOOKUP_OP = "lmkan::lookup2d"
 LOOKUP_KEY = "lookup2d"  # fvcore's name for the op in by_operator()/by_module_and_operator()
@@ -51,12 +52,12 @@ def lookup_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 def lmkan_layer_macs(layer: LMKANLayer, output_shape: torch.Size | tuple[int, ...]) -> int:
-    """The lmKAN formula for one call of `layer` that produced `output_shape`: 2 * N_in * N_out per position."""
-    if isinstance(layer, LMKANLinear):
-        return math.prod(output_shape[:-1]) * macs_per_position(layer, lmkan=True)
-    if isinstance(layer, LMKANConv2d):
-        return output_shape[0] * output_shape[2] * output_shape[3] * macs_per_position(layer, lmkan=True)
-    raise LMKANError(f"no FLOP formula for lmKAN layer type {type(layer).__name__}")
+    """The lmKAN formula for one call of `layer` that produced `output_shape`: 2 * N_in * N_out per position (the
+    layer's rule gives the per-position cost; positions are the output elements per output feature)."""
+    rule = rule_for(layer)
+    if rule is None:
+        raise LMKANError(f"no FLOP formula for lmKAN layer type {type(layer).__name__}")
+    return math.prod(output_shape) // rule.features(layer)[1] * macs_per_position(layer, lmkan=True)
 
 
 @contextlib.contextmanager
