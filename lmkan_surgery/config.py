@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from .errors import ConfigError
 from .grid import check_num_grids
 
-MODES = ("exact", "shrink")
+MODES = ("exact", "shrink", "budget")
 WIDTH_MODES = ("flops", "channels")
 INPUT_NORMS = ("affine", "none", "quantile")
 GiB = 2**30
@@ -51,6 +51,9 @@ class LMKANConfig:
     - quantile_mix: share of the value-uniform CDF blended into the rank CDF by input_norm="quantile".
     - shrink_fit: "lmkan" also fits each converted, narrowed consumer's tables by regularised least squares
       (passes/fit.py) and keeps them where the held-out block error beats the Linear refit; "linear" only refits.
+    - budget_macs / budget_bytes (mode="budget"): the planner (lmkan_surgery.plan) narrows hidden widths as plain
+      layers or with lmKAN consumers, whichever damages the held-out block outputs least, until the model costs at
+      most these fractions of the original's formula MACs / bytes (None: no limit on that cost).
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -72,6 +75,8 @@ class LMKANConfig:
     allow_failed_validation: bool = False
     quantile_mix: float = 0.25
     shrink_fit: str = "lmkan"
+    budget_macs: float | None = 0.5
+    budget_bytes: float | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -113,6 +118,10 @@ class LMKANConfig:
         if not 0.0 <= self.quantile_mix <= 1.0 or self.shrink_fit not in ("lmkan", "linear"):
             raise ConfigError(f"LMKANConfig.quantile_mix must be in [0, 1] and shrink_fit 'lmkan' or 'linear', got "
                               f"{self.quantile_mix!r}, {self.shrink_fit!r}")
+        if self.mode == "budget":
+            from .plan.budget import Budget  # checks the limits (ConfigError)
+
+            Budget(self.budget_macs, self.budget_bytes)
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery import ConfigError, LMKANLinear
-from lmkan_surgery import plan as planner
+from lmkan_surgery.plan.planner import plan as plan_model
 from lmkan_surgery.plan import Budget, compare_arms, int8_dynamic
 
 
@@ -27,7 +27,7 @@ def batches(n: int = 4, rows: int = 96, d_in: int = 8, seed: int = 1) -> list[to
 
 def plan(model, data, budget, **kwargs):
     """The planner with a short candidate list (test speed)."""
-    return planner.plan(model, data, budget, fractions=(0.5, 0.25, 0.125), grids=(4,), **kwargs)
+    return plan_model(model, data, budget, fractions=(0.5, 0.25, 0.125), grids=(4,), **kwargs)
 
 
 def hand_macs(model: nn.Module) -> int:
@@ -150,3 +150,18 @@ def test_arms_table_measures_every_arm_and_names_winners():
     assert won["rel. error"] == min(("planner", "prune-only", "int8"), key=lambda n: rows[n].metric)
     assert won["MACs"] in ("planner", "prune-only") and set(rows["int8"].latency) == {1, 16}
     assert "winners:" in str(result)
+
+
+def test_lmkanify_budget_mode_dispatches_to_the_planner_and_saves(tmp_path):
+    from lmkan_surgery import LMKANConfig, lmkanify, load, save
+
+    teacher, data = mlp(nn.SiLU), batches()
+    student, report = lmkanify(teacher, LMKANConfig(mode="budget", budget_macs=0.4), calibration=data)
+    assert hand_macs(student) <= 0.4 * hand_macs(teacher) and report.mode == "budget"
+    assert len(report.rows) == 2 and all(r.reason for r in report.rows)
+    save(student, tmp_path / "s.pt")
+    x = batches(1, seed=9)[0]
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "s.pt", lambda: mlp(nn.SiLU, seed=5))(x), student(x))
+    with pytest.raises(ConfigError):
+        LMKANConfig(mode="budget", budget_macs=2.0)

@@ -4,6 +4,7 @@ same planner restricted to keep / plain narrowing) and int8 dynamic quantization
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -24,7 +25,9 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
     copied = copy.deepcopy(model).cpu().eval()
-    return quantize_dynamic(copied, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch 2.14 announces the quantized-tensor API's future removal
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        return quantize_dynamic(copied, {nn.Linear}, dtype=torch.qint8)
 
 
 def planned_arms(model: nn.Module, calibration: Iterable[Any], budget: Budget, example_inputs: Any = None,
