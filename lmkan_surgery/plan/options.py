@@ -23,7 +23,7 @@ from .costs import lmkan_cost, plain_cost
 
 DAMAGE_TOLERANCE = 1e-4  # damages closer than this are a tie, and a tie goes to the plain layer
 LMKAN_MARGIN = 0.9  # an lmKAN option must cut the damage of every plain option of no more cost by 10%
-MAX_TABLE_UNKNOWNS = 12_000  # larger lmKAN fits (pairs x (G+1)^2) are not tried: too slow for calibration-time search
+MAX_TABLE_UNKNOWNS = 6_000  # larger lmKAN fits (pairs x (G+1)^2) are not tried: too slow for calibration-time search
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_lay
     if type(consumer) is not nn.Linear:
         why = f"its consumer is a {type(consumer).__name__} (lmKAN candidates are fitted for Linear consumers)"
     elif space.consumer not in lmkan_layers:
-        why = "its consumer is skipped by the conversion defaults or exclusions"
+        why = "its consumer is excluded from conversion"
     return SpaceOptions(space, (p_macs, _weight_bytes(producer)), (c_macs, _weight_bytes(consumer)),
                         max(1, c_macs // max(1, per_position)), rule.features(consumer)[1],
                         consumer.weight.element_size(), why)

@@ -149,7 +149,8 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     blocked = escaped(tied_parameters(student, watched), graph_reads(trace, watched))
     candidates, _ = select_layers(student, config, probe.order, probe.raw_fed, blocked, probe.feeds_output)
     spaces = find_hidden_spaces(student, trace, {c.name for c in candidates if c.shrinkable}, probe)
-    lmkan_layers = {c.name for c in candidates if c.convert} if lmkan else set()
+    # lmKAN consumers are fitted, not exact conversions: the stem/head defaults do not apply, user exclusions do
+    lmkan_layers = {c.name for c in candidates if c.shrinkable} if lmkan else set()
     described = [describe_space(student, s, probe, lmkan_layers) for s in spaces]
     if not lmkan:
         for opts in described:
