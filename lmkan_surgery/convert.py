@@ -306,7 +306,8 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LMKANConfig]:
                              input_norm="quantile" if args.mode == "budget" else "affine", budget_macs=macs,
                              budget_bytes=args.budget_bytes)
     except LMKANError as err:  # ConfigError, GridSizeError; budget limits named by their options
-        raise UsageError(str(err).replace("Budget.macs", "--budget-macs").replace("Budget.bytes", "--budget-bytes")) from None
+        message = str(err).replace("Budget.macs", "--budget-macs").replace("Budget.bytes", "--budget-bytes")
+        raise UsageError(message) from None
     return shape, config
 
 
@@ -328,7 +329,8 @@ def save_student(student: nn.Module, path: Path) -> None:
 
 
 def convert_step(args: argparse.Namespace, model: nn.Module, config: LMKANConfig, example: torch.Tensor,
-                 calibration: list[torch.Tensor], val: Pair, train: Pair, rs: Settings, progress: Progress) -> nn.Module:
+                 calibration: list[torch.Tensor], val: Pair, train: Pair, rs: Settings,
+                 progress: Progress) -> nn.Module:
     """--mode exact / shrink: lmkanify, agreement with the original, optional distillation; saves the student."""
     progress(f"calibrate + convert ({args.mode}, G={args.num_grids}) on {len(calibration)} {args.data} batches "
              f"of {rs.batch}")

@@ -65,7 +65,8 @@ class PlanResult:
 
     def __str__(self) -> str:
         ratio = {k: self.planned[k] / max(1.0, self.original[k]) for k in self.planned}
-        head = (f"plan ({'keep / narrow / lmKAN' if self.lmkan else 'keep / narrow only'}) for {self.budget.describe()}: "
+        kinds = "keep / narrow / lmKAN" if self.lmkan else "keep / narrow only"
+        head = (f"plan ({kinds}) for {self.budget.describe()}: "
                 f"MACs {ratio['macs']:.3f}x, bytes {ratio['bytes']:.3f}x of the original; held-out output error "
                 f"{self.heldout.get('rel_error', float('nan')):.3g}")
         return "\n".join([head] + [f"  {d.consumer:<24} {d.choice:<20} {d.reason}" for d in self.decisions])
