@@ -93,6 +93,7 @@ def run_budget(teacher: nn.Module, train: Pair, val: Pair, task: str, fraction: 
         notes[name] = f"{len(result.lmkan_layers())} lmKAN; " + "; ".join(d.choice for d in result.decisions)
         print(result, flush=True)
     arms["int8"] = int8_dynamic(teacher)
+    notes["int8"] = "quantize_dynamic (Linear); MACs unchanged"
 
     def train_arm(student: nn.Module) -> None:
         cfg = DistillConfig(epochs=args.epochs, batch_size=256, task=task, progress=False)

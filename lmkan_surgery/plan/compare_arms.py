@@ -88,7 +88,8 @@ class ArmsTable:
                  "-" if r.distill_s is None else f"{r.distill_s:.1f}", r.note] for r in self.rows]
         won = ", ".join(f"{metric}: {name}" for metric, name in self.winners().items())
         title = f"arms at {self.budget}" if self.budget else "arms"
-        return "\n".join([title, table(headers, body, markdown), f"winners: {won}", *self.verdict()])
+        gap = [""] if markdown else []  # Markdown needs blank lines around a table
+        return "\n".join([title, *gap, table(headers, body, markdown), *gap, f"winners: {won}", *self.verdict()])
 
     def __str__(self) -> str:
         return self.render()
