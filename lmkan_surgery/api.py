@@ -109,7 +109,7 @@ def _planned(model: nn.Module, config: LMKANConfig, example_inputs: Any,
     """mode='budget': the planner's model and a report row per planned hidden space (lmkan_surgery.plan)."""
     from .plan import Budget, plan
 
-    result = plan(model, batches, Budget(config.budget_macs, config.budget_bytes), example_inputs, config=config)
+    result = plan(model, batches, Budget(config.budget_macs, config.budget_bytes, config.budget_latency), example_inputs, config=config)
     report = ConversionReport(mode="budget", validated="validated", validation=dict(result.heldout))
     for d in result.decisions:
         layer = result.model.get_submodule(d.consumer)

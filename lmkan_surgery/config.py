@@ -51,9 +51,10 @@ class LMKANConfig:
     - quantile_mix: share of the value-uniform CDF blended into the rank CDF by input_norm="quantile".
     - shrink_fit: "lmkan" also fits each converted, narrowed consumer's tables by regularised least squares
       (passes/fit.py) and keeps them where the held-out block error beats the Linear refit; "linear" only refits.
-    - budget_macs / budget_bytes (mode="budget"): the planner (lmkan_surgery.plan) narrows hidden widths as plain
-      layers or with lmKAN consumers, whichever damages the held-out block outputs least, until the model costs at
-      most these fractions of the original's formula MACs / bytes (None: no limit on that cost).
+    - budget_macs / budget_bytes / budget_latency (mode="budget"): the planner (lmkan_surgery.plan) narrows hidden
+      widths as plain layers or with lmKAN consumers, whichever damages the held-out block outputs least, until the
+      model costs at most these fractions of the original's formula MACs / bytes / CPU latency at batch 256
+      (None: no limit on that cost).
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -77,6 +78,7 @@ class LMKANConfig:
     shrink_fit: str = "lmkan"
     budget_macs: float | None = 0.5
     budget_bytes: float | None = None
+    budget_latency: float | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -121,7 +123,7 @@ class LMKANConfig:
         if self.mode == "budget":
             from .plan.budget import Budget  # checks the limits (ConfigError)
 
-            Budget(self.budget_macs, self.budget_bytes)
+            Budget(self.budget_macs, self.budget_bytes, self.budget_latency)
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

@@ -29,6 +29,7 @@ from torch import nn
 from .api import lmkanify
 from .config import LMKANConfig
 from .data import load_fashion_mnist
+from .plan import Budget
 from .datasources import DataSpec, load_source, parse_data
 from .convert_arms import run_arms
 from .distill import DistillConfig, distill
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget as a fraction of the original's formula MACs (default 0.5; --mode budget only)")
     p.add_argument("--budget-bytes", type=finite_float,
                    help="budget as a fraction of the original's bytes (default: no limit; --mode budget only)")
+    p.add_argument("--budget-latency", type=finite_float,
+                   help="budget as a fraction of the original's CPU latency at batch 256 (--mode budget only)")
     p.add_argument("--width", type=finite_float,
                    help="shrink target (LMKANConfig.width, default 0.5; --mode shrink only)")
     p.add_argument("--num-grids", type=positive_int, default=8, help="grid intervals G of every lmKAN layer")
@@ -287,7 +290,7 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LMKANConfig]:
         raise UsageError(f"--weights {str(args.weights)!r}: no such file")
     if args.mode != "shrink" and args.width is not None:
         raise UsageError(f"--width {args.width:g} only applies to --mode shrink (use --budget-macs with --mode budget)")
-    for name in ("budget_macs", "budget_bytes"):
+    for name in ("budget_macs", "budget_bytes", "budget_latency"):
         if args.mode != "budget" and getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} only applies to --mode budget")
     if args.out.exists() and not args.out.is_dir():
@@ -301,12 +304,13 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LMKANConfig]:
             raise UsageError(f"--exclude {pattern!r} is not a valid regular expression: {err}") from None
     width = 0.5 if args.width is None else args.width
     try:
-        macs = 0.5 if args.budget_macs is None and args.budget_bytes is None else args.budget_macs
+        limits = (args.budget_macs, args.budget_bytes, args.budget_latency)
+        macs = 0.5 if all(v is None for v in limits) else args.budget_macs
         config = LMKANConfig(num_grids=args.num_grids, mode=args.mode, width=width, exclude=list(args.exclude),
                              input_norm="quantile" if args.mode == "budget" else "affine", budget_macs=macs,
-                             budget_bytes=args.budget_bytes)
+                             budget_bytes=args.budget_bytes, budget_latency=args.budget_latency)
     except LMKANError as err:  # ConfigError, GridSizeError; budget limits named by their options
-        message = str(err).replace("Budget.macs", "--budget-macs").replace("Budget.bytes", "--budget-bytes")
+        message = re.sub(r"Budget\.(macs|bytes|latency)", r"--budget-\1", str(err))
         raise UsageError(message) from None
     return shape, config
 
@@ -386,12 +390,11 @@ def run(args: argparse.Namespace) -> int:
     progress(f"build: {args.model}, {params / 1e6:.2f}M parameters, {origin}")
     args.out.mkdir(parents=True, exist_ok=True)
     train, val = user if user is not None else make_data(args, shape, num_classes, rs)
-
     calibration = list(train[0][: rs.calibration_batches * rs.batch].split(rs.batch))
     if budget:
-        progress(f"plan to {config.budget_macs or '-'}x MACs / {config.budget_bytes or '-'}x bytes (planner, "
-                 f"prune-only and int8 arms, {args.distill_epochs} distillation epoch(s) each trainable arm) on "
-                 f"{len(calibration)} {args.data} batches of {rs.batch}")
+        limits = Budget(config.budget_macs, config.budget_bytes, config.budget_latency).describe()
+        progress(f"plan to {limits} (planner, prune-only and int8 arms, {args.distill_epochs} distillation epoch(s) "
+                 f"each trainable arm) on {len(calibration)} {args.data} batches of {rs.batch}")
         planned, _ = run_arms(model, calibration, example, train, val, config, args.distill_epochs, rs.batch * 4,
                               rs.throughput_batch, rs.repeats, rs.budget_s, args.out)
         student = planned.model

@@ -26,7 +26,7 @@ def run_arms(model: nn.Module, calibration: list[torch.Tensor], example: torch.T
              budget_s: float, out: Path) -> tuple[PlanResult, ArmsTable]:
     """Plan (lmKAN allowed and prune-only), int8, optional distillation, the arms table; writes plan.txt and
     arms.md into `out` and returns the planner's result and the table."""
-    budget = Budget(config.budget_macs, config.budget_bytes)
+    budget = Budget(config.budget_macs, config.budget_bytes, config.budget_latency)
     plans = planned_arms(model, calibration, budget, example_inputs=(example,), config=config)
     for result in plans.values():
         print(result)

@@ -46,6 +46,8 @@ BAD = {
     "budget-macs-nan": (MODEL + ["--budget-macs", "nan"], "--budget-macs"),
     "budget-macs-text": (MODEL + ["--budget-macs", "half"], "--budget-macs"),
     "budget-bytes-neg": (MODEL + ["--budget-bytes", "-0.5"], "--budget-bytes"),
+    "budget-latency-big": (MODEL + ["--budget-latency", "3"], "--budget-latency"),
+    "budget-latency-shrink": (MODEL + ["--mode", "shrink", "--budget-latency", "0.5"], "--budget-latency only"),
     "budget-macs-exact": (MODEL + ["--mode", "exact", "--budget-macs", "0.5"], "--budget-macs only applies"),
     "width-budget": (MODEL + ["--width", "0.5"], "--width 0.5 only applies to --mode shrink"),
     "distill-epochs-neg": (MODEL + ["--distill-epochs", "-1"], "--distill-epochs"),

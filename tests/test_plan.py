@@ -165,3 +165,18 @@ def test_lmkanify_budget_mode_dispatches_to_the_planner_and_saves(tmp_path):
         assert torch.equal(load(tmp_path / "s.pt", lambda: mlp(nn.SiLU, seed=5))(x), student(x))
     with pytest.raises(ConfigError):
         LMKANConfig(mode="budget", budget_macs=2.0)
+
+
+def test_latency_budget_uses_the_cached_per_shape_table(tmp_path, monkeypatch):
+    from lmkan_surgery.plan import latency_cache
+
+    monkeypatch.setattr(latency_cache, "cache_path", lambda: tmp_path / "plan_latency.json")
+    teacher, data = mlp(nn.SiLU, width=128), batches()
+    result = plan(teacher, data, Budget(macs=None, latency=0.8, latency_batch=4096))
+    assert result.planned["latency"] <= 0.8 * result.original["latency"]
+    assert any(not d.choice.startswith("keep") for d in result.decisions)
+    import json
+
+    cached = json.loads((tmp_path / "plan_latency.json").read_text())
+    assert cached and all(v > 0 for v in cached.values())
+    assert any(":plain:8:128:" in k for k in cached)  # the producer's own shape, measured once

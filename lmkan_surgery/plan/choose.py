@@ -5,36 +5,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import Option, SpaceOptions, option_cost
-from .costs import plain_cost
+from .options import Option, SpaceOptions, option_cost, producer_cost
 
 
 @dataclass
 class CostModel:
-    """The whole model's (MACs, bytes) for any assignment of options to hidden spaces."""
+    """The whole model's (MACs, bytes, latency) for any assignment of options to hidden spaces."""
 
     spaces: list[SpaceOptions]
-    original: dict[str, float]  # {"macs": ..., "bytes": ...} of the whole original model
+    original: dict[str, float]  # {"macs": ..., "bytes": ..., "latency": ...} of the whole original model
 
     def total(self, state: list[Option]) -> dict[str, float]:
         """Whole-model costs: the original's, with every producer and consumer of a space re-priced."""
         out_scale = {s.space.producer: o.kept / s.space.size for s, o in zip(self.spaces, state)}
-        macs, bytes_ = self.original["macs"], self.original["bytes"]
+        total = [self.original["macs"], self.original["bytes"], self.original.get("latency", 0.0)]
         priced: set[str] = set()
+
+        def add(new: tuple[float, ...], old: tuple[float, ...]) -> None:
+            for i in range(3):
+                total[i] += new[i] - old[i]
+
         for opts, option in zip(self.spaces, state):
-            consumer = opts.space.consumer
-            new = option_cost(opts, option, out_scale.get(consumer, 1.0))
-            macs += new[0] - opts.consumer_cost[0]
-            bytes_ += new[1] - opts.consumer_cost[1]
-            priced.add(consumer)
+            add(option_cost(opts, option, out_scale.get(opts.space.consumer, 1.0)), opts.consumer_cost)
+            priced.add(opts.space.consumer)
         for opts in self.spaces:
-            producer = opts.space.producer
-            if producer not in priced:
-                new = plain_cost(*opts.producer_cost, 1.0, out_scale[producer])
-                macs += new[0] - opts.producer_cost[0]
-                bytes_ += new[1] - opts.producer_cost[1]
-                priced.add(producer)
-        return {"macs": macs, "bytes": bytes_}
+            if opts.space.producer not in priced:
+                add(producer_cost(opts, out_scale[opts.space.producer]), opts.producer_cost)
+                priced.add(opts.space.producer)
+        return {"macs": total[0], "bytes": total[1], "latency": total[2]}
 
 
 def _fits(cost: dict[str, float], limits: dict[str, float]) -> bool:

@@ -20,6 +20,7 @@ from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _
 from lmkan_surgery.rules import rule_for
 
 from .costs import lmkan_cost, plain_cost
+from .latency_cache import LatencyTable
 
 DAMAGE_TOLERANCE = 1e-4  # damages closer than this are a tie, and a tie goes to the plain layer
 LMKAN_MARGIN = 0.9  # an lmKAN option must cut the damage of every plain option of no more cost by 10%
@@ -47,12 +48,14 @@ class SpaceOptions:
     """A hidden space, its layers' original costs and its options with their measured damage."""
 
     space: HiddenSpace
-    producer_cost: tuple[int, int]  # (MACs per sample, weight bytes) of the producer
-    consumer_cost: tuple[int, int]
-    consumer_positions: int
-    consumer_out: int
+    producer_cost: tuple[float, float, float]  # (MACs per sample, weight bytes, seconds per batch) of the producer
+    consumer_cost: tuple[float, float, float]
+    producer_shape: tuple[int, int, int]  # (inputs per position, outputs, positions per sample)
+    consumer_shape: tuple[int, int, int]
     itemsize: int
     lmkan_allowed: str  # "" when lmKAN options were tried, else why not
+    timer: LatencyTable | None = None
+    batch: int = 1
     damage: dict[Option, float] = field(default_factory=dict)
     dropped: list[Option] = field(default_factory=list)  # lmKAN options a plain option dominates
 
@@ -61,30 +64,57 @@ def _weight_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_layers: set[str]) -> SpaceOptions:
+def _shape(module: nn.Module, macs: int) -> tuple[int, int, int]:
+    """(inputs per output position, outputs, positions per sample) of a rule layer from its formula MACs."""
+    rule = rule_for(module)
+    per_position, out = rule.macs_per_position(module, False), rule.features(module)[1]
+    return per_position // max(1, out), out, max(1, macs // max(1, per_position))
+
+
+def seconds(opts: SpaceOptions, kind: str, n_in: float, n_out: float, positions: int, num_grids: int = 0) -> float:
+    """Cached per-shape seconds of one forward of opts.batch samples (0 without a latency budget)."""
+    if opts.timer is None:
+        return 0.0
+    return opts.timer.seconds(kind, round(n_in), round(n_out), positions * opts.batch, num_grids)
+
+
+def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_layers: set[str],
+                   timer: LatencyTable | None = None, batch: int = 1) -> SpaceOptions:
     """The costs of the space's producer and consumer and whether its consumer may become lmKAN."""
     producer, consumer = model.get_submodule(space.producer), model.get_submodule(space.consumer)
     p_macs = formula_flops(producer, space.producer, probe, False) or 0
     c_macs = formula_flops(consumer, space.consumer, probe, False) or 0
-    rule = rule_for(consumer)
-    per_position = rule.macs_per_position(consumer, False)
     why = ""
     if type(consumer) is not nn.Linear:
         why = f"its consumer is a {type(consumer).__name__} (lmKAN candidates are fitted for Linear consumers)"
     elif space.consumer not in lmkan_layers:
         why = "its consumer is excluded from conversion"
-    return SpaceOptions(space, (p_macs, _weight_bytes(producer)), (c_macs, _weight_bytes(consumer)),
-                        max(1, c_macs // max(1, per_position)), rule.features(consumer)[1],
-                        consumer.weight.element_size(), why)
+    opts = SpaceOptions(space, (p_macs, _weight_bytes(producer), 0.0), (c_macs, _weight_bytes(consumer), 0.0),
+                        _shape(producer, p_macs), _shape(consumer, c_macs), consumer.weight.element_size(), why,
+                        timer, batch)
+    opts.producer_cost = (*opts.producer_cost[:2], seconds(opts, "plain", *opts.producer_shape))
+    opts.consumer_cost = (*opts.consumer_cost[:2], seconds(opts, "plain", *opts.consumer_shape))
+    return opts
 
 
-def option_cost(opts: SpaceOptions, option: Option, out_scale: float) -> tuple[float, float]:
-    """(MACs, bytes) of the space's consumer under `option`, its outputs kept at out_scale (a later space)."""
+def option_cost(opts: SpaceOptions, option: Option, out_scale: float) -> tuple[float, float, float]:
+    """(MACs, bytes, seconds) of the space's consumer under `option`, its outputs kept at out_scale (a later
+    space)."""
     size = opts.space.size
+    k, out, positions = opts.consumer_shape
     if option.kind == "plain":
-        return plain_cost(*opts.consumer_cost, option.kept / size, out_scale)
-    n_out = max(1, round(opts.consumer_out * out_scale))
-    return lmkan_cost(opts.consumer_positions, option.kept, n_out, option.num_grids, opts.itemsize)
+        macs, bytes_ = plain_cost(*opts.consumer_cost[:2], option.kept / size, out_scale)
+        return macs, bytes_, seconds(opts, "plain", k * option.kept / size, out * out_scale, positions)
+    n_out = max(1, round(out * out_scale))
+    macs, bytes_ = lmkan_cost(positions, option.kept, n_out, option.num_grids, opts.itemsize)
+    return macs, bytes_, seconds(opts, "lmkan", option.kept, n_out, positions, option.num_grids)
+
+
+def producer_cost(opts: SpaceOptions, out_scale: float) -> tuple[float, float, float]:
+    """(MACs, bytes, seconds) of the space's producer with out_scale of its outputs kept."""
+    k, out, positions = opts.producer_shape
+    macs, bytes_ = plain_cost(*opts.producer_cost[:2], 1.0, out_scale)
+    return macs, bytes_, seconds(opts, "plain", k, out * out_scale, positions)
 
 
 def options_for(opts: SpaceOptions, fractions: tuple[float, ...], grids: tuple[int, ...]) -> list[Option]:

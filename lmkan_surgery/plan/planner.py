@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery.batches import InputFn, model_inputs
+from lmkan_surgery.report.latency import batch_of, model_latency
 from lmkan_surgery.config import LMKANConfig
 from lmkan_surgery.errors import ConfigError
 from lmkan_surgery.modelcopy import check_model
@@ -28,6 +29,7 @@ from lmkan_surgery.serialization import SPEC_ATTR, build_spec
 from .budget import Budget
 from .choose import CostModel, choose
 from .costs import model_bytes, model_macs
+from .latency_cache import LatencyTable
 from .options import (Option, SpaceOptions, describe_space, drop_dominated, measure_damage, option_cost,
                       options_for)
 
@@ -64,7 +66,7 @@ class PlanResult:
         return [d.consumer for d in self.decisions if d.choice.startswith("lmKAN")]
 
     def __str__(self) -> str:
-        ratio = {k: self.planned[k] / max(1.0, self.original[k]) for k in self.planned}
+        ratio = {k: self.planned[k] / max(1e-30, self.original[k]) for k in self.original}
         kinds = "keep / narrow / lmKAN" if self.lmkan else "keep / narrow only"
         head = (f"plan ({kinds}) for {self.budget.describe()}: "
                 f"MACs {ratio['macs']:.3f}x, bytes {ratio['bytes']:.3f}x of the original; held-out output error "
@@ -119,8 +121,14 @@ def _build(model: nn.Module, spaces: list[SpaceOptions], state: list[Option], or
     return student, changed
 
 
-def _costs(model: nn.Module, example: Any) -> dict[str, float]:
-    return {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
+def _costs(model: nn.Module, example: Any, latency_batch: int | None = None) -> dict[str, float]:
+    """Formula MACs and bytes of a model; with latency_batch, its measured seconds per forward of that batch."""
+    costs = {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
+    if latency_batch is not None:
+        args = example if isinstance(example, tuple) else (example,)  # positional inputs (dict inputs: not timed)
+        inputs = batch_of(args, latency_batch, torch.device("cpu"))
+        costs["latency"] = model_latency([model], inputs, torch.device("cpu"), repeats=5, budget_s=1.0)[0]
+    return costs
 
 
 def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = None, example_inputs: Any = None,
@@ -152,7 +160,8 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     spaces = find_hidden_spaces(student, trace, {c.name for c in candidates if c.shrinkable}, probe)
     # lmKAN consumers are fitted, not exact conversions: the stem/head defaults do not apply, user exclusions do
     lmkan_layers = {c.name for c in candidates if c.shrinkable} if lmkan else set()
-    described = [describe_space(student, s, probe, lmkan_layers) for s in spaces]
+    timer = LatencyTable() if budget.latency is not None else None
+    described = [describe_space(student, s, probe, lmkan_layers, timer, budget.latency_batch) for s in spaces]
     if not lmkan:
         for opts in described:
             opts.lmkan_allowed = "prune-only plan"
@@ -161,26 +170,28 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
         measure_damage(student, opts, opts_list, train, held, PLAN_RIDGE, config.input_norm, config.quantile_mix)
     everything = options
     options = [drop_dominated(o, opts_list) for o, opts_list in zip(described, options)]
-    original = _costs(student, example)
+    original = _costs(student, example, budget.latency_batch if timer is not None else None)
     limits = budget.limits(original)
     cost_model = CostModel(described, original)
     for _ in range(6):  # the formula model is exact for MACs; a measured overshoot tightens the limits and re-plans
         state = choose(cost_model, options, limits)
         if state is None:
             floor = cost_model.total([o[-1] for o in options])
+            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original)
             raise ConfigError(f"budget {budget.describe()} cannot be met: narrowing every shrinkable hidden width "
-                              f"({len(spaces)} found) reaches {floor['macs'] / original['macs']:.3f}x MACs, "
-                              f"{floor['bytes'] / original['bytes']:.3f}x bytes; raise the budget or make more "
+                              f"({len(spaces)} found) reaches {reached}; raise the budget or make more "
                               f"widths shrinkable (Linear->act->Linear, Conv->BN->act->Conv chains)")
         built, changed = _build(student, described, state, probe.order, train, held, PLAN_RIDGE,
                                 config.input_norm, config.quantile_mix)
-        planned = _costs(built, example)
+        planned = {**_costs(built, example), "latency": cost_model.total(state)["latency"]}
         over = {k: planned[k] / v for k, v in budget.limits(original).items() if planned[k] > v}
         if not over:
             break
         limits = {k: v / over.get(k, 1.0) * 0.999 for k, v in limits.items()}
     else:
         raise ConfigError(f"plan: the built model exceeds the budget {budget.describe()} ({planned}); report this")
+    if timer is not None:
+        timer.save()
     setattr(built, SPEC_ATTR, build_spec(config.to_dict(), [], built, changed))
     out_scale = {s.space.producer: o.kept / s.space.size for s, o in zip(described, state)}
     decisions = [Decision(s.space.consumer, s.space.producer, o.label(s.space.size), s.damage[o],
