@@ -60,7 +60,7 @@ class ArmsTable:
         rows = {r.name: r for r in self.rows}
         planner = rows.get("planner")
         if planner is None:
-            return []
+            return ["no planner arm at this budget: the winners above are among the arms that were built"]
         if not planner.lmkan_layers:
             return ["the planner chose no lmKAN layer: at this budget every lmKAN candidate lost to keep / plain "
                     "narrowing (lmKAN does not pay here); its arm is a pruned network"]
