@@ -19,12 +19,14 @@ from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord, ShrinkGroupRecord
 from .api import lmkanify
 from .passes.fit import FitResult, fit_tables
+from .plan import Budget, PlanResult, plan
 from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchError",
+    "Budget",
     "ConfigError",
     "ConversionReport",
     "ConversionError",
@@ -40,6 +42,7 @@ __all__ = [
     "LMKANLinear",
     "LayerRecord",
     "ModelError",
+    "PlanResult",
     "SaveFileError",
     "ShapeError",
     "ShrinkGroupRecord",
@@ -49,5 +52,6 @@ __all__ = [
     "lmkanify",
     "load",
     "model_hessian_penalty",
+    "plan",
     "save",
 ]

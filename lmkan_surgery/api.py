@@ -52,6 +52,8 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     batches = [model_inputs(model, b, input_fn, "calibration batch") for b in items]
     if example_inputs is not None:
         example_inputs = model_inputs(model, example_inputs, what="example_inputs")
+    if config.mode == "budget":
+        return _planned(model, config, example_inputs, batches)
     if config.mode == "shrink" and not batches:
         raise ConfigError("mode='shrink' needs calibration batches (for channel scores and local reconstruction)")
     example_inputs = batches[0] if example_inputs is None and batches else example_inputs
@@ -101,6 +103,24 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
     changed = list(chosen) + [n for n in shrunk.changed if n not in chosen]
     setattr(student, SPEC_ATTR, build_spec(config.to_dict(), rewrites, student, changed))
     return student, report
+
+
+def _planned(model: nn.Module, config: LMKANConfig, example_inputs: Any,
+             batches: list[Any]) -> tuple[nn.Module, ConversionReport]:
+    """mode='budget': the planner's model and a report row per planned hidden space (lmkan_surgery.plan)."""
+    from .plan import Budget, plan
+
+    result = plan(model, batches, Budget(config.budget_macs, config.budget_bytes, config.budget_latency), example_inputs, config=config)
+    report = ConversionReport(mode="budget", validated="validated", validation=dict(result.heldout))
+    for d in result.decisions:
+        layer = result.model.get_submodule(d.consumer)
+        status = "converted" if d.choice.startswith("lmKAN") else ("skipped" if d.choice.startswith("keep")
+                                                                   else "shrunk-plain")
+        report.rows.append(LayerRecord(name=d.consumer, kind=type(model.get_submodule(d.consumer)).__name__,
+                                       status=status, reason=f"{d.choice}: {d.reason}", path="",
+                                       params_after=sum(p.numel() for p in layer.parameters())))
+    report.warnings.append(str(result).splitlines()[0])
+    return result.model, report
 
 
 def _validate(student: nn.Module, config: LMKANConfig, example_inputs: Any, probe: Probe,

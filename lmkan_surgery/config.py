@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from .errors import ConfigError
 from .grid import check_num_grids
 
-MODES = ("exact", "shrink")
+MODES = ("exact", "shrink", "budget")
 WIDTH_MODES = ("flops", "channels")
 INPUT_NORMS = ("affine", "none", "quantile")
 GiB = 2**30
@@ -55,6 +55,10 @@ class LMKANConfig:
       (passes/fit.py) and keeps them where the held-out block error beats the Linear refit; "linear" only refits.
     - table_dtype: storage dtype of the tables: None (the model's dtype), "float16" or "bfloat16" (half the table
       bytes; float32 arithmetic; the exact init is then exact only to the half dtype's precision).
+    - budget_macs / budget_bytes / budget_latency (mode="budget"): the planner (lmkan_surgery.plan) narrows hidden
+      widths as plain layers or with lmKAN consumers, whichever damages the held-out block outputs least, until the
+      model costs at most these fractions of the original's formula MACs / bytes / CPU latency at batch 256
+      (None: no limit on that cost).
     """
 
     num_grids: int | Mapping[str, int] = 8
@@ -77,6 +81,9 @@ class LMKANConfig:
     quantile_mix: float = 0.25
     shrink_fit: str = "lmkan"
     table_dtype: str | None = None
+    budget_macs: float | None = 0.5
+    budget_bytes: float | None = None
+    budget_latency: float | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -120,6 +127,10 @@ class LMKANConfig:
                               f"{self.quantile_mix!r}, {self.shrink_fit!r}")
         if self.table_dtype not in TABLE_DTYPE_NAMES:
             raise ConfigError(f"LMKANConfig.table_dtype must be one of {TABLE_DTYPE_NAMES}, got {self.table_dtype!r}")
+        if self.mode == "budget":
+            from .plan.budget import Budget  # checks the limits (ConfigError)
+
+            Budget(self.budget_macs, self.budget_bytes, self.budget_latency)
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"LMKANConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
 

@@ -1,7 +1,9 @@
 """The command line: build a model, calibrate, convert to lmKAN, optionally distill, report savings, export ONNX.
 
 ``python tools/convert.py --model resnet18 --data synthetic --quick`` (also ``python -m lmkan_surgery.convert`` and
-the ``lmkan-convert`` script). Exit codes: 0 ok, 2 usage error, 1 failure (one line naming the cause).
+the ``lmkan-convert`` script). The default mode plans the model to a budget (0.5x MACs) and prints the planner's
+lmKAN arm beside the prune-only and int8 arms; --mode exact / shrink convert as lmkanify does.
+Exit codes: 0 ok, 2 usage error, 1 failure (one line naming the cause).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from torch import nn
 from .api import lmkanify
 from .config import LMKANConfig
 from .data import load_fashion_mnist
+from .plan import Budget
+from .datasources import DataSpec, load_source, parse_data
+from .convert_arms import run_arms
 from .distill import DistillConfig, distill
 from .errors import ConfigError, LMKANError
 from .report import compare
@@ -79,6 +84,14 @@ def finite_float(text: str) -> float:
     return _number(float, text, math.isfinite, "a finite number")
 
 
+def data_source(text: str) -> DataSpec:
+    """argparse type: a --data value (datasources.parse_data)."""
+    try:
+        return parse_data(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of lmkan-convert."""
     p = _Parser(prog=PROG, description="Convert a model's Linear/Conv2d layers to lmKAN layers and report savings.")
@@ -88,14 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int,
                    help="classifier outputs (default: the model's own, 10 for --data)")
     p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224 (the batch is ignored)")
-    p.add_argument("--mode", choices=("exact", "shrink"), default="exact", help="keep shapes or narrow hidden widths")
+    p.add_argument("--mode", choices=("budget", "exact", "shrink"), default="budget",
+                   help="budget (default): plan keep / narrow / lmKAN per hidden width to a cost budget and compare "
+                        "with prune-only and int8 arms; exact: keep shapes; shrink: narrow every hidden width")
+    p.add_argument("--budget-macs", type=finite_float,
+                   help="budget as a fraction of the original's formula MACs (default 0.5; --mode budget only)")
+    p.add_argument("--budget-bytes", type=finite_float,
+                   help="budget as a fraction of the original's bytes (default: no limit; --mode budget only)")
+    p.add_argument("--budget-latency", type=finite_float,
+                   help="budget as a fraction of the original's CPU latency at batch 256 (--mode budget only)")
     p.add_argument("--width", type=finite_float,
                    help="shrink target (LMKANConfig.width, default 0.5; --mode shrink only)")
     p.add_argument("--num-grids", type=positive_int, default=8, help="grid intervals G of every lmKAN layer")
     p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="REGEX",
                    help="module names, types or regexes to keep unconverted (added to the defaults)")
-    p.add_argument("--data", choices=("synthetic", "fashion-mnist"), default="synthetic",
-                   help="calibration/distillation data: random tensors or the project's Fashion-MNIST")
+    p.add_argument("--data", type=data_source, default=DataSpec("synthetic"),
+                   help="calibration/distillation data: synthetic (random tensors), fashion-mnist, npz:PATH (arrays x, "
+                        "y), imagefolder:PATH or module:package.module:factory (returns train, val datasets)")
     p.add_argument("--distill-epochs", type=non_negative_int, default=0, help="epochs of distillation after conversion")
     p.add_argument("--onnx", type=Path, help="export the converted model to this file (relative: inside --out)")
     p.add_argument("--out", type=Path, default=Path("lmkan_out"), help="output folder (default ./lmkan_out)")
@@ -210,9 +232,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise StepFailure(f"{path} does not fit the model: {str(err).splitlines()[1].strip()}") from None
 
 
-def default_input_shape(data: str) -> tuple[int, ...]:
+def default_input_shape(data: DataSpec) -> tuple[int, ...]:
     """Fashion-MNIST images by default for --data fashion-mnist; torchvision's 224x224 RGB otherwise."""
-    return (1, 3, 28, 28) if data == "fashion-mnist" else (1, 3, 224, 224)
+    return (1, 3, 28, 28) if data.kind == "fashion-mnist" else (1, 3, 224, 224)
 
 
 def fit_images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -233,7 +255,7 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 def make_data(args: argparse.Namespace, shape: tuple[int, ...], num_classes: int, run: Settings) -> tuple[Pair, Pair]:
     """(train, validation) as (inputs, labels) tensors; inputs shaped like `shape` apart from the batch."""
-    if args.data == "synthetic":
+    if args.data.kind == "synthetic":
         gen = torch.Generator().manual_seed(args.seed)
         return tuple((torch.randn(n, *shape[1:], generator=gen), torch.randint(0, num_classes, (n,), generator=gen))
                      for n in (run.train_samples, run.val_samples))
@@ -266,8 +288,11 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LMKANConfig]:
     shape = parse_shape(args.input_shape) if args.input_shape else default_input_shape(args.data)
     if args.weights is not None and not args.weights.is_file():
         raise UsageError(f"--weights {str(args.weights)!r}: no such file")
-    if args.mode == "exact" and args.width is not None:
-        raise UsageError(f"--width {args.width:g} only applies to --mode shrink (exact conversion keeps every width)")
+    if args.mode != "shrink" and args.width is not None:
+        raise UsageError(f"--width {args.width:g} only applies to --mode shrink (use --budget-macs with --mode budget)")
+    for name in ("budget_macs", "budget_bytes", "budget_latency"):
+        if args.mode != "budget" and getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} only applies to --mode budget")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {str(args.out)!r} exists and is not a folder")
     if args.onnx is not None and (args.onnx.name in ("", ".", "..") or _onnx_path(args.out, args.onnx).is_dir()):
@@ -279,9 +304,14 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LMKANConfig]:
             raise UsageError(f"--exclude {pattern!r} is not a valid regular expression: {err}") from None
     width = 0.5 if args.width is None else args.width
     try:
-        config = LMKANConfig(num_grids=args.num_grids, mode=args.mode, width=width, exclude=list(args.exclude))
-    except LMKANError as err:  # ConfigError, GridSizeError
-        raise UsageError(str(err)) from None
+        limits = (args.budget_macs, args.budget_bytes, args.budget_latency)
+        macs = 0.5 if all(v is None for v in limits) else args.budget_macs
+        config = LMKANConfig(num_grids=args.num_grids, mode=args.mode, width=width, exclude=list(args.exclude),
+                             input_norm="quantile" if args.mode == "budget" else "affine", budget_macs=macs,
+                             budget_bytes=args.budget_bytes, budget_latency=args.budget_latency)
+    except LMKANError as err:  # ConfigError, GridSizeError; budget limits named by their options
+        message = re.sub(r"Budget\.(macs|bytes|latency)", r"--budget-\1", str(err))
+        raise UsageError(message) from None
     return shape, config
 
 
@@ -302,15 +332,47 @@ def save_student(student: nn.Module, path: Path) -> None:
     save(student, path)
 
 
+def convert_step(args: argparse.Namespace, model: nn.Module, config: LMKANConfig, example: torch.Tensor,
+                 calibration: list[torch.Tensor], val: Pair, train: Pair, rs: Settings,
+                 progress: Progress) -> nn.Module:
+    """--mode exact / shrink: lmkanify, agreement with the original, optional distillation; saves the student."""
+    progress(f"calibrate + convert ({args.mode}, G={args.num_grids}) on {len(calibration)} {args.data} batches "
+             f"of {rs.batch}")
+    student, conversion = lmkanify(model, config=config, example_inputs=(example,), calibration=calibration)
+    print(conversion)
+    print(agreement(model, student.eval(), val, rs.batch))
+    (args.out / "conversion.json").write_text(conversion.to_json() + "\n")
+    (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    save_student(student, args.out / "student.pt")
+    if args.distill_epochs:
+        progress(f"distill: {args.distill_epochs} epoch(s) on {len(train[0])} {args.data} samples")
+        distill(student, model, train, val, config=DistillConfig(epochs=args.distill_epochs, batch_size=rs.batch * 4))
+        print(agreement(model, student.eval(), val, rs.batch))
+        save_student(student, args.out / "student.pt")
+    return student
+
+
+def load_user_data(args: argparse.Namespace, shape: tuple[int, ...], run: Settings) -> tuple[Pair, Pair] | None:
+    """(train, validation) from --data npz:/imagefolder:/module: (UsageError on bad content), None for built-ins."""
+    try:
+        return load_source(args.data, shape, run.train_samples + run.val_samples, args.seed)
+    except ConfigError as err:
+        raise UsageError(f"--data {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """All steps of one conversion; raises UsageError / StepFailure / anything else on failure."""
     shape, config = check_args(args)
-    progress = Progress(4 + (args.distill_epochs > 0) + (args.onnx is not None))
-    torch.manual_seed(args.seed)
     rs = settings(args.quick)
-    num_classes = args.num_classes or (10 if args.data == "fashion-mnist" else None)
+    user = load_user_data(args, shape, rs)
+    if user is not None and not args.input_shape:
+        shape = (1, *user[0][0].shape[1:])
+    budget = args.mode == "budget"
+    progress = Progress(4 + (args.distill_epochs > 0 and not budget) + (args.onnx is not None))
+    torch.manual_seed(args.seed)
+    num_classes = args.num_classes or (10 if args.data.kind == "fashion-mnist" else None)
     model = build_model(args.model, num_classes).eval()
-    example = torch.randn(*shape)
+    example = torch.randn(*shape) if user is None else user[0][0][:1]
     try:
         with torch.no_grad():
             outputs = model(example)
@@ -327,24 +389,19 @@ def run(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.parameters())
     progress(f"build: {args.model}, {params / 1e6:.2f}M parameters, {origin}")
     args.out.mkdir(parents=True, exist_ok=True)
-    train, val = make_data(args, shape, num_classes, rs)
-
+    train, val = user if user is not None else make_data(args, shape, num_classes, rs)
     calibration = list(train[0][: rs.calibration_batches * rs.batch].split(rs.batch))
-    progress(f"calibrate + convert ({args.mode}, G={args.num_grids}) on {len(calibration)} {args.data} batches "
-             f"of {rs.batch}")
-    student, conversion = lmkanify(model, config=config, example_inputs=(example,), calibration=calibration)
-    print(conversion)
-    print(agreement(model, student.eval(), val, rs.batch))
-    (args.out / "conversion.json").write_text(conversion.to_json() + "\n")
-    (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    save_student(student, args.out / "student.pt")
-
-    if args.distill_epochs:
-        progress(f"distill: {args.distill_epochs} epoch(s) on {len(train[0])} {args.data} samples")
-        distill(student, model, train, val, config=DistillConfig(epochs=args.distill_epochs, batch_size=rs.batch * 4))
-        print(agreement(model, student.eval(), val, rs.batch))
+    if budget:
+        limits = Budget(config.budget_macs, config.budget_bytes, config.budget_latency).describe()
+        progress(f"plan to {limits} (planner, prune-only and int8 arms, {args.distill_epochs} distillation epoch(s) "
+                 f"each trainable arm) on {len(calibration)} {args.data} batches of {rs.batch}")
+        planned, _ = run_arms(model, calibration, example, train, val, config, args.distill_epochs, rs.batch * 4,
+                              rs.throughput_batch, rs.repeats, rs.budget_s, args.out)
+        student = planned.model
+        (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         save_student(student, args.out / "student.pt")
-
+    else:
+        student = convert_step(args, model, config, example, calibration, val, train, rs, progress)
     with quiet():  # fvcore's import warns about TorchScript
         optional("fvcore.nn", "the savings report", "FlopCountAnalysis", extra="report")
     progress("report: fvcore FLOPs, parameters, measured latency")

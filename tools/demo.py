@@ -1,8 +1,9 @@
 """`make demo`: the main job end to end on Fashion-MNIST, in a few minutes on a 2-core CPU.
 
-Train a small CNN teacher briefly, convert it exactly (and show the student computes the same function), convert
-it with shrink + a short distillation, print the FLOP/parameter/latency report, export the shrunk student to ONNX
-and check it in onnxruntime. A piece that is unavailable prints one clear line and the rest still runs.
+Train a small CNN teacher briefly, convert it exactly (and show the student computes the same function), plan it to
+half its MACs and set the planner's arm beside the prune-only and int8 arms (each trainable arm distilled alike),
+print the FLOP/parameter/latency report, export the planned student to ONNX and check it in onnxruntime. A piece
+that is unavailable prints one clear line and the rest still runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lmkan_surgery.convert import Progress, quiet_build_logs
+from lmkan_surgery.convert import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -99,22 +100,18 @@ def exact_step(teacher: nn.Module, train: Pair, test: Pair) -> None:
           f"top-1 agreement {agree:.1%}, accuracy {accuracy(student, test):.2%}")
 
 
-def shrink_step(teacher: nn.Module, train: Pair, test: Pair, epochs: int, samples: int, out: Path) -> nn.Module:
-    """Shrink conversion (half of every shrinkable hidden width) plus a short distillation; saves and returns the
-    student."""
-    from lmkan_surgery import save
-    from lmkan_surgery.distill import DistillConfig, distill
+def arms_step(teacher: nn.Module, train: Pair, test: Pair, epochs: int, samples: int, out: Path) -> nn.Module:
+    """Plan to 0.5x MACs; planner, prune-only and int8 arms side by side (trainable arms distilled for the same
+    epochs on the same images); saves and returns the planner's student."""
+    from lmkan_surgery import LMKANConfig, save
+    from lmkan_surgery.convert_arms import run_arms
 
-    student, report = convert(teacher, train, "shrink")
-    print(report)
-    print(f"  shrunk student accuracy before distillation: {accuracy(student, test):.2%}")
+    calibration = list(train[0][:512].split(64))
+    config = LMKANConfig(mode="budget", budget_macs=0.5, input_norm="quantile")
     subset = (train[0][:samples], train[1][:samples])
-    distill(student, teacher, subset, None, config=DistillConfig(epochs=epochs, batch_size=128, progress=False))
-    student.eval()
-    print(f"  after {epochs} epoch(s) of distillation: {accuracy(student, test):.2%} "
-          f"(teacher {accuracy(teacher, test):.2%})")
-    save(student, out / "student.pt")
-    return student
+    planned, _ = run_arms(teacher, calibration, test[0][:1], subset, test, config, epochs, 128, 256, 10, 2.0, out)
+    save(planned.model, out / "student.pt")
+    return planned.model
 
 
 def report_step(teacher: nn.Module, student: nn.Module, test: Pair, out: Path) -> None:
@@ -152,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-samples", type=int, default=2048, help="images the student distills on")
     parser.add_argument("--distill-epochs", type=int, default=2)
     args = parser.parse_args(argv)
-    quiet_build_logs()
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
@@ -169,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     attempt("teacher accuracy", failures, lambda: print(f"  teacher test accuracy {accuracy(teacher, test):.2%}"))
     progress("convert exact (G=8): the student computes the teacher's function")
     attempt("exact conversion", failures, lambda: exact_step(teacher, train, test))
-    progress(f"convert shrink (half the hidden widths) + distill {args.distill_epochs} epoch(s) on "
-             f"{args.distill_samples} images")
-    student = attempt("shrink + distill", failures,
-                      lambda: shrink_step(teacher, train, test, args.distill_epochs, args.distill_samples, args.out))
+    progress(f"plan to 0.5x MACs: planner / prune-only / int8 arms, trainable arms distilled {args.distill_epochs} "
+             f"epoch(s) on {args.distill_samples} images")
+    student = attempt("budget plan + arms", failures,
+                      lambda: arms_step(teacher, train, test, args.distill_epochs, args.distill_samples, args.out))
     if student is not None:
         progress("savings report: fvcore FLOPs (MACs), parameters, measured latency")
         attempt("savings report", failures, lambda: report_step(teacher, student, test, args.out))

@@ -1,0 +1,84 @@
+"""Pick one option per hidden space: the cheapest set meeting the budget, greedily by damage per unit of cost saved,
+then undo damage wherever the budget still holds. Deterministic: ties go to the earlier space and option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import Option, SpaceOptions, option_cost, producer_cost
+
+
+@dataclass
+class CostModel:
+    """The whole model's (MACs, bytes, latency) for any assignment of options to hidden spaces."""
+
+    spaces: list[SpaceOptions]
+    original: dict[str, float]  # {"macs": ..., "bytes": ..., "latency": ...} of the whole original model
+
+    def total(self, state: list[Option]) -> dict[str, float]:
+        """Whole-model costs: the original's, with every producer and consumer of a space re-priced."""
+        out_scale = {s.space.producer: o.kept / s.space.size for s, o in zip(self.spaces, state)}
+        total = [self.original["macs"], self.original["bytes"], self.original.get("latency", 0.0)]
+        priced: set[str] = set()
+
+        def add(new: tuple[float, ...], old: tuple[float, ...]) -> None:
+            for i in range(3):
+                total[i] += new[i] - old[i]
+
+        for opts, option in zip(self.spaces, state):
+            add(option_cost(opts, option, out_scale.get(opts.space.consumer, 1.0)), opts.consumer_cost)
+            priced.add(opts.space.consumer)
+        for opts in self.spaces:
+            if opts.space.producer not in priced:
+                add(producer_cost(opts, out_scale[opts.space.producer]), opts.producer_cost)
+                priced.add(opts.space.producer)
+        return {"macs": total[0], "bytes": total[1], "latency": total[2]}
+
+
+def _fits(cost: dict[str, float], limits: dict[str, float]) -> bool:
+    return all(cost[k] <= v for k, v in limits.items())
+
+
+def _gain(before: dict[str, float], after: dict[str, float], limits: dict[str, float]) -> float:
+    """Cost saved where a limit is still exceeded, each kind relative to its limit."""
+    return sum((before[k] - after[k]) / v for k, v in limits.items() if before[k] > v)
+
+
+def choose(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
+    """One option per space meeting every limit, or None when even the cheapest options do not."""
+    state = [opts[0] for opts in options]
+    damage = [s.damage for s in model.spaces]
+    while not _fits(model.total(state), limits):
+        now = model.total(state)
+        best, best_score = None, 0.0
+        for i, opts in enumerate(options):
+            for option in opts:
+                trial = state[:i] + [option] + state[i + 1:]
+                gain = _gain(now, model.total(trial), limits)
+                if gain <= 0:
+                    continue
+                extra = damage[i][option] - damage[i][state[i]]
+                score = gain / max(extra, 1e-9)
+                if score > best_score:
+                    best, best_score = (i, option), score
+        if best is None:
+            return None
+        state[best[0]] = best[1]
+    return _repair(model, options, state, limits)
+
+
+def _repair(model: CostModel, options: list[list[Option]], state: list[Option],
+            limits: dict[str, float]) -> list[Option]:
+    """Swap in less damaging options while the budget still holds (largest damage reduction first)."""
+    damage = [s.damage for s in model.spaces]
+    while True:
+        best, best_drop = None, 0.0
+        for i, opts in enumerate(options):
+            for option in opts:
+                drop = damage[i][state[i]] - damage[i][option]
+                trial = state[:i] + [option] + state[i + 1:]
+                if drop > best_drop and _fits(model.total(trial), limits):
+                    best, best_drop = (i, option), drop
+        if best is None:
+            return state
+        state[best[0]] = best[1]

@@ -1,0 +1,202 @@
+"""plan(model, calibration, budget): per hidden space keep / narrow as plain layers / narrow with an lmKAN consumer,
+chosen by measured damage against formula cost, built, fitted locally, checked against the budget and reported."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from lmkan_surgery.batches import InputFn, model_inputs
+from lmkan_surgery.report.latency import batch_of, model_latency
+from lmkan_surgery.config import LMKANConfig
+from lmkan_surgery.errors import ConfigError
+from lmkan_surgery.modelcopy import check_model
+from lmkan_surgery.passes.escapes import escaped, graph_reads, tied_parameters
+from lmkan_surgery.passes.fit import shrink_refit
+from lmkan_surgery.passes.probe import eval_mode, run_probe
+from lmkan_surgery.passes.replace import set_module
+from lmkan_surgery.passes.select import select_layers
+from lmkan_surgery.passes.shrink import (_capture, _choose_units, _target, find_hidden_spaces, model_error,
+                                         narrow_modules, reconstruct, teacher_outputs)
+from lmkan_surgery.passes.trace import trace_model
+from lmkan_surgery.rules import is_convertible
+from lmkan_surgery.serialization import SPEC_ATTR, build_spec
+
+from .budget import Budget
+from .choose import CostModel, choose
+from .costs import model_bytes, model_macs
+from .latency_cache import LatencyTable
+from .options import (Option, SpaceOptions, describe_space, drop_dominated, measure_damage, option_cost,
+                      options_for)
+
+PLAN_RIDGE = 1e-4  # relative ridge of the plain refit (the lmKAN table fit of passes/fit.py starts from that refit)
+FRACTIONS = (0.5, 0.25, 0.125, 0.0625, 0.03125)
+GRIDS = (4, 8)
+
+
+@dataclass
+class Decision:
+    """What the planner did with one hidden space, and why."""
+
+    consumer: str
+    producer: str
+    choice: str
+    damage: float
+    reason: str
+
+
+@dataclass
+class PlanResult:
+    """The planned model, every decision, the budget and the measured costs before and after."""
+
+    model: nn.Module
+    budget: Budget
+    decisions: list[Decision] = field(default_factory=list)
+    original: dict[str, float] = field(default_factory=dict)
+    planned: dict[str, float] = field(default_factory=dict)
+    heldout: dict[str, float] = field(default_factory=dict)
+    lmkan: bool = True
+
+    def lmkan_layers(self) -> list[str]:
+        """Consumers the plan made lmKAN layers."""
+        return [d.consumer for d in self.decisions if d.choice.startswith("lmKAN")]
+
+    def __str__(self) -> str:
+        ratio = {k: self.planned[k] / max(1e-30, self.original[k]) for k in self.original}
+        kinds = "keep / narrow / lmKAN" if self.lmkan else "keep / narrow only"
+        head = (f"plan ({kinds}) for {self.budget.describe()}: "
+                f"MACs {ratio['macs']:.3f}x, bytes {ratio['bytes']:.3f}x of the original; held-out output error "
+                f"{self.heldout.get('rel_error', float('nan')):.3g}")
+        return "\n".join([head] + [f"  {d.consumer:<24} {d.choice:<20} {d.reason}" for d in self.decisions])
+
+
+def _reason(opts: SpaceOptions, chosen: Option, options: list[Option], out_scale: float) -> str:
+    """Why this option: against the best alternative of the other kind at no more cost."""
+    size = opts.space.size
+    if chosen.kept == size:
+        return "kept: the budget is met without narrowing it"
+    cost = option_cost(opts, chosen, out_scale)[0]
+    rivals = [o for o in options if o.kind != chosen.kind and o.kept < size
+              and option_cost(opts, o, out_scale)[0] <= cost]
+    rival = min(rivals, key=lambda o: opts.damage[o], default=None)
+    own = opts.damage[chosen]
+    if chosen.kind == "lmkan":
+        vs = f"prune damage {opts.damage[rival]:.3g}" if rival else "no plain narrowing is as cheap"
+        return f"lmKAN pays here (damage {own:.3g} vs {vs} at no more MACs)"
+    if opts.lmkan_allowed:
+        return f"narrowed as plain layers (damage {own:.3g}); lmKAN not tried: {opts.lmkan_allowed}"
+    if rival is None:
+        return f"narrowed as plain layers (damage {own:.3g}); no lmKAN option is as cheap"
+    return f"kept plain: lmKAN does not pay here (damage {opts.damage[rival]:.3g} vs prune {own:.3g})"
+
+
+def _build(model: nn.Module, spaces: list[SpaceOptions], state: list[Option], order: list[str], train: list[Any],
+           held: list[Any], ridge: float, input_norm: str, mix: float) -> tuple[nn.Module, list[str]]:
+    """The planned model: chosen units kept, consumers refitted in execution order, lmKAN consumers fitted."""
+    student = copy.deepcopy(model)
+    active = [(copy.copy(s.space), o) for s, o in zip(spaces, state) if o.kept < s.space.size]
+    if not active:
+        return student, []
+    with eval_mode(student), torch.no_grad():
+        for space, option in active:
+            _choose_units(student, [space], option.kept / space.size, train)
+        changed = narrow_modules(student, [s for s, _ in active])
+        out_of = {s.producer: s.kept for s, _ in active}
+        kinds = {s.consumer: o for s, o in active}
+        consumers = sorted(kinds, key=order.index)
+        targets = teacher_outputs(model, consumers, train + held)
+        for name in consumers:
+            pairs = list(zip(train + held, targets[name]))
+            reconstruct(student, name, out_of.get(name), pairs[:len(train)], pairs[len(train):], ridge)
+            if kinds[name].kind == "lmkan":
+                rows = [(_capture(student, name, b), _target(student.get_submodule(name), y, out_of.get(name)))
+                        for b, y in pairs]
+                _, _, layer = shrink_refit(student, name, rows[:len(train)], rows[len(train):],
+                                           kinds[name].num_grids, input_norm, mix)
+                set_module(student, name, layer)
+    return student, changed
+
+
+def _costs(model: nn.Module, example: Any, latency_batch: int | None = None) -> dict[str, float]:
+    """Formula MACs and bytes of a model; with latency_batch, its measured seconds per forward of that batch."""
+    costs = {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
+    if latency_batch is not None:
+        args = example if isinstance(example, tuple) else (example,)  # positional inputs (dict inputs: not timed)
+        inputs = batch_of(args, latency_batch, torch.device("cpu"))
+        costs["latency"] = model_latency([model], inputs, torch.device("cpu"), repeats=5, budget_s=1.0)[0]
+    return costs
+
+
+def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = None, example_inputs: Any = None,
+         input_fn: InputFn | None = None, lmkan: bool = True, config: LMKANConfig | None = None,
+         fractions: tuple[float, ...] = FRACTIONS, grids: tuple[int, ...] = GRIDS) -> PlanResult:
+    """A compressed copy of `model` meeting `budget` (default 0.5x MACs) and the reason for every decision.
+
+    calibration: batches (at least 2; config.holdout_fraction of them held out to measure damage). lmkan=False
+    restricts the planner to keep / plain narrowing (the prune-only baseline). config supplies the selection
+    patterns, ridge, input placement and skip defaults of lmkanify. Raises ConfigError when the budget cannot be
+    met by narrowing the shrinkable hidden widths.
+    """
+    check_model(model)
+    budget = Budget() if budget is None else budget
+    config = config if config is not None else LMKANConfig(mode="shrink", input_norm="quantile")
+    batches = [model_inputs(model, b, input_fn, "calibration batch") for b in calibration]
+    n_held = max(1, int(len(batches) * config.holdout_fraction))
+    if len(batches) < 2:
+        raise ConfigError(f"plan needs at least 2 calibration batches (one held out to measure damage), got "
+                          f"{len(batches)}")
+    example = batches[0] if example_inputs is None else model_inputs(model, example_inputs, what="example_inputs")
+    train, held = batches[:-n_held], batches[-n_held:]
+    student = copy.deepcopy(model).eval()
+    trace = trace_model(student)
+    watched = [n for n, m in student.named_modules() if is_convertible(m)]
+    probe = run_probe(student, example, watched)
+    blocked = escaped(tied_parameters(student, watched), graph_reads(trace, watched))
+    candidates, _ = select_layers(student, config, probe.order, probe.raw_fed, blocked, probe.feeds_output)
+    spaces = find_hidden_spaces(student, trace, {c.name for c in candidates if c.shrinkable}, probe)
+    # lmKAN consumers are fitted, not exact conversions: the stem/head defaults do not apply, user exclusions do
+    lmkan_layers = {c.name for c in candidates if c.shrinkable} if lmkan else set()
+    timer = LatencyTable() if budget.latency is not None else None
+    described = [describe_space(student, s, probe, lmkan_layers, timer, budget.latency_batch) for s in spaces]
+    if not lmkan:
+        for opts in described:
+            opts.lmkan_allowed = "prune-only plan"
+    options = [options_for(o, fractions, grids) for o in described]
+    for opts, opts_list in zip(described, options):
+        measure_damage(student, opts, opts_list, train, held, PLAN_RIDGE, config.input_norm, config.quantile_mix)
+    everything = options
+    options = [drop_dominated(o, opts_list) for o, opts_list in zip(described, options)]
+    original = _costs(student, example, budget.latency_batch if timer is not None else None)
+    limits = budget.limits(original)
+    cost_model = CostModel(described, original)
+    for _ in range(6):  # the formula model is exact for MACs; a measured overshoot tightens the limits and re-plans
+        state = choose(cost_model, options, limits)
+        if state is None:
+            floor = cost_model.total([o[-1] for o in options])
+            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original)
+            raise ConfigError(f"budget {budget.describe()} cannot be met: narrowing every shrinkable hidden width "
+                              f"({len(spaces)} found) reaches {reached}; raise the budget or make more "
+                              f"widths shrinkable (Linear->act->Linear, Conv->BN->act->Conv chains)")
+        built, changed = _build(student, described, state, probe.order, train, held, PLAN_RIDGE,
+                                config.input_norm, config.quantile_mix)
+        planned = {**_costs(built, example), "latency": cost_model.total(state)["latency"]}
+        over = {k: planned[k] / v for k, v in budget.limits(original).items() if planned[k] > v}
+        if not over:
+            break
+        limits = {k: v / over.get(k, 1.0) * 0.999 for k, v in limits.items()}
+    else:
+        raise ConfigError(f"plan: the built model exceeds the budget {budget.describe()} ({planned}); report this")
+    if timer is not None:
+        timer.save()
+    setattr(built, SPEC_ATTR, build_spec(config.to_dict(), [], built, changed))
+    out_scale = {s.space.producer: o.kept / s.space.size for s, o in zip(described, state)}
+    decisions = [Decision(s.space.consumer, s.space.producer, o.label(s.space.size), s.damage[o],
+                          _reason(s, o, opts, out_scale.get(s.space.consumer, 1.0)))
+                 for s, o, opts in zip(described, state, everything)]
+    with eval_mode(built), eval_mode(student), torch.no_grad():
+        heldout = model_error(built, student, held)
+    return PlanResult(built, budget, decisions, original, planned, heldout, lmkan)
