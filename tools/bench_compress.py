@@ -26,7 +26,7 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "experiments" / "methane"), str(ROOT / "experiments")]
 
-from bench_distill import make_teacher, train_teacher  # noqa: E402
+from bench_distill import train_teacher  # noqa: E402
 from bench_students import distances, mlp, symmetry_functions  # noqa: E402
 from ch4_data import load_or_generate  # noqa: E402
 from common import cache_dir  # noqa: E402
