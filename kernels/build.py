@@ -117,7 +117,7 @@ SPECS: dict[str, ExtensionSpec] = {
         sources=("cpu/torch_binding.cpp", "cpu/lmkan_cpu.cpp"),
         depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_half.h", "cpu/lmkan_cpu_kernels.inc", "cpu/lmkan_cpu_forward.inc",
                  "cpu/lmkan_cpu_backward.inc", "cpu/lmkan_cpu_conv.inc", "cpu/lmkan_cpu_conv_backward.inc",
-                 "cpu/lmkan_cpu_runs.inc", "cpu/lmkan_cpu_kernels_runs.inc"),
+                 "cpu/lmkan_cpu_runs.inc", "cpu/lmkan_cpu_kernels_runs.inc", "cpu/lmkan_cpu_kernels_depthwise.inc"),
         cflags=("-O3", "-fopenmp"),
         ldflags=("-fopenmp",),
         include_dirs=("cpu",),
