@@ -186,3 +186,57 @@ def test_direct_conv_backward_over_several_image_chunks_and_threads(native):
     assert torch.equal(grads[0][0], sum(g[0] for g in single))  # each image's rows come from its own call only
     table_sum = sum(g[1].double() for g in single)
     assert (grads[0][1].double() - table_sum).abs().max().item() <= 1e-5 * table_sum.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_depthwise_kernel_on_every_path(native, isa):
+    """One output channel per group takes the pixel-vectorised kernel (8 pixels per vector, a tail of 1-7): odd
+    channel count, strides (1, 2), both layouts, 20% of the inputs far outside the grid, a bfloat16 table."""
+    try:
+        native.select_isa(isa)
+    except RuntimeError:
+        native.select_isa("auto")
+        pytest.skip(f"the {isa} path is not supported on this CPU")
+    try:
+        torch.manual_seed(7)
+        for dtype in (None, torch.bfloat16):
+            layer = LMKANConv2d(13, 13, 3, stride=(1, 2), padding=1, groups=13, init_scale=2.0, table_dtype=dtype)
+            with torch.no_grad():
+                layer.bias.normal_()
+            x = 3 * torch.randn(2, 13, 9, 19)
+            x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+            truth = reference_conv(layer, x)
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                with torch.no_grad():
+                    y = layer(x.contiguous(memory_format=memory_format))
+                assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+    finally:
+        native.select_isa("auto")
+
+
+def test_depthwise_kernel_threads_and_inputs_up_to_1e30(native):
+    """1 and 2 threads agree bitwise (96 channels at 28x28: above the serial cut), and a depthwise layer whose table
+    has a zero cross term (T = A[i] + B[j], as exact conversion builds) stays finite and within float32 rounding of
+    the float64 reference for |x| up to 1e30 (the zero cross term is skipped, never inf * 0)."""
+    torch.manual_seed(8)
+    layer = LMKANConv2d(96, 96, 3, padding=1, groups=96)
+    step = 2.0**-12
+    shape = layer.table.shape  # [groups, P, n, n, 1]
+    a = torch.round(torch.randn(*shape[:3], 1, 1) / step) * step
+    b = torch.round(torch.randn(*shape[:2], 1, shape[3], 1) / step) * step
+    with torch.no_grad():
+        layer.table.copy_(a + b)
+    x = torch.randn(2, 96, 28, 28)
+    x = torch.where(torch.rand(x.shape) < 0.3, 1e30 * (2 * torch.rand(x.shape) - 1), x)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        with torch.no_grad():
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                outs.append(layer(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1]) and torch.isfinite(outs[0]).all()
+    truth = reference_conv(layer, x)
+    assert (outs[0].double() - truth).abs().max().item() <= 1e-5 * truth.abs().max().item()

@@ -216,6 +216,77 @@ def test_one_and_two_threads_are_bitwise_equal(native):
             assert torch.equal(a, b)
 
 
+LARGE_TABLE_ENV = "LMKAN_CPU_LARGE_TABLE_BYTES"  # tables above it take the large-table forwards
+# With the threshold at 0 (and N_out > 64): cell-sorted forward where a block has >= 4 samples per cell on average
+# (one block; three blocks of 512, 512, 76 samples; a 130-wide layer with a narrow last sweep), streamed below that.
+LARGE_PATH_SHAPES = [(300, 5, 3, 77), (1100, 3, 3, 100), (700, 4, 5, 130), (20, 4, 8, 72)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("shape", LARGE_PATH_SHAPES)
+def test_large_table_forwards_match_reference(native, shape, isa, monkeypatch):
+    """The forwards for tables larger than L2 (threshold lowered so that small shapes take them), inputs up to 1e3."""
+    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
+    x, table, _ = _inputs(shape, seed=sum(shape))
+    with isa_path(native, isa):
+        y = native.forward(x, table)
+    _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
+
+
+@pytest.mark.parametrize("threshold", ["0", ""])  # the large-table forwards, then the default (fused) path
+def test_far_inputs_stay_finite_on_every_forward_path(native, threshold, monkeypatch):
+    """|x| up to 1e30 on an exact table (zero cross term): t1 t2 overflows to inf, and inf x 0 must not become NaN;
+    the output keeps float32 accuracy. Batches of 400 (cell-sorted) and 20 (streamed) samples."""
+    monkeypatch.setenv(LARGE_TABLE_ENV, threshold)
+    pairs, grids, n_out = 4, 3, 70
+    gen = torch.Generator().manual_seed(13)
+    step = 2.0**-12
+    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
+    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
+    table = (a[:, :, None, :] + b[:, None, :, :]).contiguous()
+    for batch in (400, 20):
+        x = 2 * torch.rand(batch, 2 * pairs, generator=gen) - 1
+        x = torch.where(torch.rand(batch, 2 * pairs, generator=gen) < 0.3, 1e30 * x, 3 * x)
+        y = native.forward(x, table).double()
+        truth = forward_reference(x.double(), table.double())
+        assert torch.isfinite(y).all()
+        assert ((y - truth).abs() <= 1e-5 * truth.abs().max()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_tables_on_the_large_table_forwards(native, dtype, monkeypatch):
+    """A half table read as it is (not widened: threshold 0) on the cell-sorted and streamed forwards gives the float32
+    table's bits, and 1 and 2 threads agree bitwise on the cell-sorted forward (above the 2^17-evaluation serial cut)."""
+    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
+    threads = torch.get_num_threads()
+    try:
+        for shape in [(2000, 5, 3, 77), (20, 4, 8, 72)]:
+            x, table, _ = _inputs(shape, seed=shape[0])
+            half = table.to(dtype)
+            torch.set_num_threads(1)
+            one = native.forward(x, half)
+            torch.set_num_threads(2)
+            two = native.forward(x, half)
+            assert torch.equal(one, two) and torch.equal(two, native.forward(x, half.float()))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_large_table_forwards_one_and_two_threads_bitwise(native, monkeypatch):
+    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
+    threads = torch.get_num_threads()
+    try:
+        for shape in [(4000, 3, 3, 130), (30, 40, 8, 136)]:  # cell-sorted (8 blocks), streamed
+            x, table, _ = _inputs(shape, seed=5)
+            per_count = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                per_count.append(native.forward(x, table))
+            assert torch.equal(*per_count)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_public_op_with_leading_dims_and_noncontiguous_input(native, monkeypatch):
     monkeypatch.setenv(dispatch.BACKEND_ENV, "cpu")
     gen = torch.Generator().manual_seed(11)

@@ -100,7 +100,28 @@ def build_methods(
         methods += [Method(f"{backend} fwd", lookup_fwd(backend)), Method(f"{backend} fwd+bwd", lookup_fb(backend))]
     for half in HALF_TABLES[device.type]:  # the inference path with a half-precision table (fp32 arithmetic)
         methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
+    if device.type == "cpu":  # the streamed forward where the cell-sorted one would run (the previous large-table path)
+        methods.append(Method(f"{native} streamed fwd", with_env(SORTED_OFF, lookup_fwd(native))))
     return methods, table.numel() * 4 / 2**20
+
+
+SORTED_OFF = {"LMKAN_CPU_SORTED_FORWARD": "0"}  # the CPU kernels' switch for the cell-sorted large-table forward
+
+
+def with_env(env: dict[str, str], fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with the environment variables `env` set (and restored after)."""
+    def run():
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k)
+                else:
+                    os.environ[k] = v
+    return run
 
 
 def run_round_robin(methods: list[Method], device: torch.device, warmup: int, rounds: int, slow_rounds: int) -> None:
@@ -214,6 +235,19 @@ def report_half(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Met
     return "\n".join(lines)
 
 
+def report_paths(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
+    """The forward as dispatched (cell-sorted on tables over 8 MB at >= 4 samples per cell) beside the same call with
+    the cell-sorted forward off (the streamed forward, the path before it), both against nn.Linear of the same run."""
+    head = ("| shape (B, N_in, N_out, G) | table MB | linear fwd ms | cell-sorted off fwd x (before) | fwd x (after) |"
+            " after / before |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, mb, ms in rows:
+        lin, new, old = (ms[k].median_ms() for k in ("linear fwd", f"{native} fwd", f"{native} streamed fwd"))
+        lines.append("| " + " | ".join([str(shape), f"{mb:.1f}", _fmt(lin), _fmt(old / lin), _fmt(new / lin),
+                                        f"{new / old:.2f}"]) + " |")
+    return "\n".join(lines)
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
     """Parse 'B,N_in,N_out,G;B,N_in,N_out,G' into shape tuples."""
     shapes = []
@@ -265,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     print(report_half(rows, args.device))
+    if device.type == "cpu":
+        print(report_paths(rows, args.device))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ struct Isa {
     void (*grad_x[3])(const BwdRec*, const void*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       const Dims&, const float*);
     void (*widen[3])(const void*, float*, int64_t);
+    // forward over cell-sorted records (forward_sorted in lmkan_cpu_forward.inc), per table storage dtype
+    void (*forward_runs[3])(const CellRec*, int64_t, const void*, int64_t, float*, int64_t, const Dims&);
+    // direct convolution with one output channel per group (lmkan_cpu_conv.inc), per table storage dtype
+    void (*depthwise[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
+                         const void*, float*, int64_t, const Dims&);
 };
 
 namespace generic {
@@ -187,7 +192,6 @@ const Isa& active_isa() {
 constexpr int64_t kSliceBytes = 512 * 1024;  // table slice of one pair chunk (per output tile): L2-resident
 constexpr int64_t kTile = 64;  // outputs per register tile
 constexpr int64_t kFusedTableBytes = 8 << 20;  // tables up to this size take the fused (per-block records) path
-constexpr int64_t kWidenTableBytes = 32 << 20;  // half tables up to this float32 size are widened once per call
 constexpr int64_t kRecBlockBytes = 128 * 1024;  // records of one fused forward block
 
 // Node positions and inverse cell lengths: computed in double exactly as grid.py does, then cast to float.
@@ -304,6 +308,7 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
 
 }  // namespace
 
+#include "lmkan_cpu_runs.inc"
 #include "lmkan_cpu_forward.inc"
 #include "lmkan_cpu_backward.inc"
 #include "lmkan_cpu_conv.inc"
