@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-import zipfile
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -100,8 +98,7 @@ def _read_payload(path: str | os.PathLike) -> dict[str, Any]:
         raise SaveFileError(f"{file} is empty (an interrupted copy?): re-save the model with lmkan_surgery.save()")
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError, ValueError,
-            UnicodeDecodeError) as err:
+    except Exception as err:  # garbage bytes fail anywhere in the unpickler (IndexError, struct.error, ...)
         raise SaveFileError(f"{file} is not a readable lmkan_surgery.save() file (truncated, damaged or another "
                             f"format): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     if not isinstance(payload, dict) or "lmkan_spec" not in payload or "state_dict" not in payload:

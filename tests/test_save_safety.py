@@ -5,6 +5,7 @@ the file for every kind of bad file or factory."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -113,8 +114,8 @@ def test_changed_tensor_bytes_are_refused_naming_the_tensor(tmp_path):
         lmkan_surgery.load(path, mlp)
 
 
-@pytest.mark.parametrize("content,what", [(b"", "is empty"), (b"hello, this is a text file\n", "not a readable"),
-                                          (os.urandom(4096), "not a readable")])
+@pytest.mark.parametrize("content,what", [(b"", "is empty"), (b"hello, this is a text file\n", "not a readable")]
+                         + [(random.Random(seed).randbytes(4096), "not a readable") for seed in range(12)])
 def test_bad_files_raise_save_file_error_naming_the_file(tmp_path, content, what):
     path = tmp_path / "bad.lmkan"
     path.write_bytes(content)
