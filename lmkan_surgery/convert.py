@@ -12,7 +12,6 @@ import argparse
 import importlib
 import json
 import math
-import os
 import pickle
 import re
 import sys
@@ -30,7 +29,7 @@ from .api import lmkanify
 from .config import LMKANConfig
 from .data import load_fashion_mnist
 from .plan import Budget
-from .datasources import DataSpec, load_source, parse_data
+from .datasources import DataSpec, import_factory, load_source, parse_data
 from .convert_arms import run_arms
 from .distill import DistillConfig, distill
 from .errors import ConfigError, LMKANError
@@ -183,12 +182,9 @@ def build_model(spec: str, num_classes: int | None) -> nn.Module:
     """A torchvision classification model by name, or `package.module:factory()`; UsageError if unknown."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if ":" in spec:
-        module_name, _, factory_name = spec.partition(":")
-        if os.getcwd() not in sys.path:  # like `python -m`: user modules resolve from the working directory
-            sys.path.insert(0, os.getcwd())
         try:
-            factory = getattr(importlib.import_module(module_name), factory_name)
-        except (ImportError, AttributeError) as err:
+            factory = import_factory(spec)
+        except ConfigError as err:
             raise UsageError(f"--model {spec!r}: cannot import the factory ({err})") from None
         return factory(**kwargs)
     import torchvision

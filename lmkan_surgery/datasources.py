@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -112,14 +113,23 @@ def _stack(dataset, limit: int) -> Pair:
     return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), _targets(np.array([y for _, y in items]))
 
 
-def load_factory(target: str, limit: int) -> tuple[Pair, Pair]:
-    """(train, val) from `package.module:factory`, a callable returning (train, val) datasets of (x, y) items."""
+def import_factory(target: str) -> Callable[..., Any]:
+    """The callable named by `package.module:name`, resolved from the working directory like `python -m`;
+    ConfigError (the import error's text) when it cannot be imported."""
     module_name, _, name = target.partition(":")
-    if os.getcwd() not in sys.path:  # like `python -m`: user modules resolve from the working directory
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        factory = getattr(importlib.import_module(module_name), name)
+        return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def load_factory(target: str, limit: int) -> tuple[Pair, Pair]:
+    """(train, val) from `package.module:factory`, a callable returning (train, val) datasets of (x, y) items."""
+    try:
+        factory = import_factory(target)
+    except ConfigError as err:
         raise ConfigError(f"module:{target}: cannot import the data factory ({err})") from None
     result = factory()
     if not isinstance(result, (tuple, list)) or len(result) != 2:

@@ -16,6 +16,8 @@ from lmkan_surgery.nn import LMKANConv2d
 from lmkan_surgery.ops import dispatch
 from lmkan_surgery.ops.reference import forward_reference
 
+from isa import isa_path
+
 
 @pytest.fixture(scope="module")
 def native():
@@ -192,12 +194,7 @@ def test_direct_conv_backward_over_several_image_chunks_and_threads(native):
 def test_depthwise_kernel_on_every_path(native, isa):
     """One output channel per group takes the pixel-vectorised kernel (8 pixels per vector, a tail of 1-7): odd
     channel count, strides (1, 2), both layouts, 20% of the inputs far outside the grid, a bfloat16 table."""
-    try:
-        native.select_isa(isa)
-    except RuntimeError:
-        native.select_isa("auto")
-        pytest.skip(f"the {isa} path is not supported on this CPU")
-    try:
+    with isa_path(native, isa):
         torch.manual_seed(7)
         for dtype in (None, torch.bfloat16):
             layer = LMKANConv2d(13, 13, 3, stride=(1, 2), padding=1, groups=13, init_scale=2.0, table_dtype=dtype)
@@ -210,8 +207,6 @@ def test_depthwise_kernel_on_every_path(native, isa):
                 with torch.no_grad():
                     y = layer(x.contiguous(memory_format=memory_format))
                 assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
-    finally:
-        native.select_isa("auto")
 
 
 def test_depthwise_kernel_threads_and_inputs_up_to_1e30(native):
