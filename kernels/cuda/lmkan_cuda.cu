@@ -1,13 +1,6 @@
-// lmKAN CUDA kernels: forward (float32 or bfloat16 table), gradient with respect to x, gradient with respect to
-// the table. The parallel decomposition is described in lmkan_device.cuh; the host half below picks the tiling.
-//
-// Numerics: a (sample, pair) whose local coordinates both lie in [0, 1] uses the four bilinear weights; one that
-// extrapolates uses the cancellation-free form T00 + t1 (T10 - T00) + t2 (T01 - T00) + t1 t2 (cross term) of
-// ops/reference.py, so outputs stay accurate for |x| ~ 1e3. The flag is per quarter warp, so it costs a
-// divergent branch only where a warp mixes both kinds.
-//
-// LMKAN_HOST_EMULATION (tests/test_cuda_kernels.py only): this file is compiled as plain C++ over a thread-per-lane
-// stand-in of CUDA (kernels/cuda/emulate_on_host.cpp), which provides LMKAN_LAUNCH.
+// lmKAN CUDA kernels (forward, grad x, grad table; decomposition in lmkan_device.cuh, tiling in the host half).
+// Extrapolating pairs use the cancellation-free form of ops/reference.py; the in/out flag is per quarter warp.
+// LMKAN_HOST_EMULATION (tests only): compiled as C++ over kernels/cuda/emulate_on_host.cpp (LMKAN_LAUNCH).
 #include <algorithm>
 #include <climits>
 #include <cmath>
