@@ -135,8 +135,8 @@ class LMKANLayer(nn.Module):
 
     @staticmethod
     def _exact_statistics(features: int, input_mean, input_std, device,
-                          table_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """float64 (mean, std) of the inputs and True: zero mean when not given, and a std made safe by
+                          table_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 (mean, std) of the inputs: zero mean when not given, and a std made safe by
         safe_input_std (the data-free scale when not given, so the layer is exact at every input magnitude). A
         float16 table cannot hold values scaled by the data-free 2^-40 (its smallest is 6e-8): it keeps unit std."""
         mean = torch.zeros(features, dtype=torch.float64, device=device)
@@ -145,14 +145,12 @@ class LMKANLayer(nn.Module):
         if input_std is None and table_dtype == torch.float16:
             input_std = torch.ones(features, dtype=torch.float64)
         std = safe_input_std(input_std, features).to(mean)
-        return mean, std, True
+        return mean, std
 
-    def _install_exact(self, table: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                       has_stats: bool) -> None:
-        """Materialise a layer built on the meta device with a precomputed table and bias (no random fill)."""
+    def _install_exact(self, table: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Materialise a layer built on the meta device with a precomputed table, bias and input statistics."""
         self.to_empty(device=table.device)
-        if has_stats:
-            self.set_input_statistics(mean, std)
+        self.set_input_statistics(mean, std)
         self.table = nn.Parameter(table)
         self.bias = nn.Parameter(bias.to(self.bias.dtype))  # the layer's dtype (the table may be half)
 

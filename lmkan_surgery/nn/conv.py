@@ -137,19 +137,19 @@ class LMKANConv2d(LMKANLayer):
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"from_conv expects nn.Conv2d, got {type(conv).__name__}")
         weight = conv.weight.detach()
-        mean, std, has_stats = cls._exact_statistics(conv.in_channels, input_mean, input_std, weight.device,
-                                                  resolve_table_dtype(table_dtype, weight.dtype))
+        mean, std = cls._exact_statistics(conv.in_channels, input_mean, input_std, weight.device,
+                                          resolve_table_dtype(table_dtype, weight.dtype))
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, True, conv.padding_mode, num_grids, "affine" if has_stats else "none",
+                    conv.groups, True, conv.padding_mode, num_grids, "affine",
                     device="meta", dtype=weight.dtype, table_dtype=table_dtype)
         groups, out_g, in_g = conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups
         w64 = weight.to(torch.float64).reshape(groups, out_g, in_g, -1)  # [g, out_g, in_g, kh*kw]
         bias = (w64.sum(-1) * mean.view(groups, 1, in_g)).sum(-1).reshape(-1)
         if conv.bias is not None:
             bias = bias + conv.bias.detach().to(torch.float64)
-        patch_std = std.view(groups, in_g).repeat_interleave(w64.shape[-1], dim=1) if has_stats else None
+        patch_std = std.view(groups, in_g).repeat_interleave(w64.shape[-1], dim=1)
         table = exact_linear_table(w64.reshape(groups, out_g, -1), num_grids, patch_std, layer.table.dtype)
-        layer._install_exact(table, bias, mean, std, has_stats)
+        layer._install_exact(table, bias, mean, std)
         return layer
 
     def extra_repr(self) -> str:

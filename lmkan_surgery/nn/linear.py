@@ -66,16 +66,16 @@ class LMKANLinear(LMKANLayer):
         weight = linear.weight.detach()
         if input_knots is not None:
             return cls._from_knots(linear, num_grids, input_knots, table_dtype)
-        mean, std, has_stats = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device,
-                                                  resolve_table_dtype(table_dtype, weight.dtype))
+        mean, std = cls._exact_statistics(linear.in_features, input_mean, input_std, weight.device,
+                                          resolve_table_dtype(table_dtype, weight.dtype))
         layer = cls(linear.in_features, linear.out_features, num_grids, bias=True,
-                    input_norm="affine" if has_stats else "none", device="meta", dtype=weight.dtype,
+                    input_norm="affine", device="meta", dtype=weight.dtype,
                     table_dtype=table_dtype)
         bias = weight.to(torch.float64) @ mean
         if linear.bias is not None:
             bias = bias + linear.bias.detach().to(torch.float64)
-        table = exact_linear_table(weight, num_grids, std if has_stats else None, layer.table.dtype)
-        layer._install_exact(table, bias, mean, std, has_stats)
+        table = exact_linear_table(weight, num_grids, std, layer.table.dtype)
+        layer._install_exact(table, bias, mean, std)
         return layer
 
     @classmethod
