@@ -89,6 +89,12 @@ def test_save_killed_mid_write_keeps_the_previous_file(tmp_path, mode, width):
             assert torch.equal(restored(x), good.eval()(x))
     else:  # the save won the race: the new file is complete and loads
         assert proc.returncode == 0, proc.stderr
+    if mode == "partial":  # the dead writer's temp file is left, then removed by the next save of the same target
+        assert len(list(tmp_path.glob(".good.lmkan.*.tmp"))) == 1
+        live = tmp_path / f".good.lmkan.{os.getpid()}.inflight.tmp"  # this process's: maybe another thread's write
+        live.write_bytes(b"x")
+        saved_student(path, width)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "good.lmkan"]
 
 
 def test_save_leaves_no_temp_file_and_keeps_the_usual_mode(tmp_path):
