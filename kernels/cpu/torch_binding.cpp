@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include "lmkan_cpu.h"
+#include "lmkan_cpu_place.h"
 
 namespace {
 
@@ -128,6 +129,46 @@ std::tuple<torch::Tensor, torch::Tensor> conv2d_backward(torch::Tensor grad_y, t
     return {grad_x, grad_table.to(table.scalar_type())};
 }
 
+// (u, du/dx) of the quantile placement of x viewed as [outer, F, inner]: knots [F, K], rises [K - 1] (the map's
+// increase over each knot interval), v0 its value at the first knot; du/dx empty unless need_slope.
+std::tuple<torch::Tensor, torch::Tensor> place(torch::Tensor x, torch::Tensor knots, torch::Tensor rises, double v0,
+                                               int64_t inner, bool need_slope) {
+    check_float_cpu(x, "x");
+    check_float_cpu(knots, "knots");
+    check_float_cpu(rises, "rises");
+    const int64_t features = knots.size(0), knot_count = knots.size(1), intervals = knot_count - 1;
+    TORCH_CHECK(knots.dim() == 2 && knot_count >= 2 && rises.numel() == intervals && inner > 0 &&
+                    x.numel() % (features * inner) == 0,
+                "expected knots [F, K], rises [K - 1] and x holding [outer, F, inner]");
+    x = x.contiguous();
+    knots = knots.contiguous();
+    rises = rises.contiguous();
+    // interval-major copies: start, length and slope of interval m of feature f at [m * F + f]
+    std::vector<float> start(intervals * features), length(intervals * features), slope(intervals * features);
+    const float *pk = knots.data_ptr<float>(), *pr = rises.data_ptr<float>();
+    for (int64_t f = 0; f < features; ++f)
+        for (int64_t m = 0; m < intervals; ++m) {
+            const int64_t at = m * features + f;
+            start[at] = pk[f * knot_count + m];
+            length[at] = pk[f * knot_count + m + 1] - pk[f * knot_count + m];
+            slope[at] = pr[m] / length[at];
+        }
+    auto u = torch::empty_like(x);
+    auto dudx = need_slope ? torch::empty_like(x) : x.new_empty({0});
+    const int64_t outer = x.numel() / (features * inner);
+    const int64_t grain = std::max<int64_t>(1, 32768 / (features * inner));  // small calls stay on this thread
+    const float* px = x.data_ptr<float>();
+    float *pu = u.data_ptr<float>(), *pd = need_slope ? dudx.data_ptr<float>() : nullptr;
+    {
+        pybind11::gil_scoped_release no_gil;
+        at::parallel_for(0, outer, grain, [&](int64_t begin, int64_t end) {
+            lmkan_place::place_rows(px, start.data(), length.data(), slope.data(), static_cast<float>(v0), pu, pd,
+                                    begin, end, features, inner, intervals);
+        });
+    }
+    return {u, dudx};
+}
+
 void select_isa(const std::string& name) {
     TORCH_CHECK(lmkan_cpu_select_isa(name.c_str()) == LMKAN_CPU_OK, "unknown or unsupported ISA path: ", name);
 }
@@ -140,6 +181,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
+    m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");
 }

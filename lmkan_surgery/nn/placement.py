@@ -13,10 +13,14 @@ Mul, ReduceSum, Add), no search.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from ..errors import ConfigError, ShapeError
 from ..grid import grid_nodes
+from ..ops.dispatch import native_place
 
 
 def knot_values(num_grids: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
@@ -82,15 +86,43 @@ def quantile_knots(rows: torch.Tensor, num_grids: int, mix: float = 0.25, min_ga
     return knots
 
 
+@functools.lru_cache(maxsize=None)
+def _map_steps(num_grids: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The map's increase over each of its G+2 knot intervals (read-only, cached) and its value at the first knot."""
+    values = knot_values(num_grids, torch.float64, device)
+    return (values[1:] - values[:-1]).to(dtype), float(values[0])
+
+
+class _NativePlace(torch.autograd.Function):
+    """The native CPU kernel's placement: one pass over x, du/dx kept for the backward (knots are not trained)."""
+
+    @staticmethod
+    def forward(ctx, x, knots, rises, v0, inner, kernel):
+        u, dudx = kernel(x, knots, rises, v0, inner, True)
+        ctx.save_for_backward(dudx)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad_u):
+        (dudx,) = ctx.saved_tensors
+        return grad_u * dudx, None, None, None, None, None
+
+
 def place(x: torch.Tensor, knots: torch.Tensor, num_grids: int, channel_dim: int) -> torch.Tensor:
-    """Apply the per-feature maps (knots [F, G+3]) to x along channel_dim: u = v0 + sum_k s_k min(relu(x-x_k), L_k)."""
-    values = knot_values(num_grids, torch.float64, knots.device)
+    """Apply the per-feature maps (knots [F, G+3]) to x along channel_dim: u = v0 + sum_k s_k min(relu(x-x_k), L_k)
+    (standard ops: what tracers and exporters see); eager float32 CPU work runs the native kernel's one pass."""
+    rises, v0 = _map_steps(num_grids, x.dtype, knots.device)
     knots = knots.to(x.dtype)
+    kernel = None if knots.requires_grad else native_place(x)
+    if kernel is not None:
+        inner = math.prod(x.shape[channel_dim % x.dim() + 1:])
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _NativePlace.apply(x, knots, rises, v0, inner, kernel)
+        return kernel(x, knots, rises, v0, inner, False)[0]
     lengths = knots[:, 1:] - knots[:, :-1]  # [F, K-1]
-    slopes = (values[1:] - values[:-1]).to(x.dtype) / lengths
+    slopes = rises / lengths
     shape = [1] * (x.dim() + 1)
     shape[channel_dim] = knots.shape[0]
     shape[-1] = lengths.shape[1]
     rise = torch.minimum(torch.relu(x.unsqueeze(-1) - knots[:, :-1].reshape(shape)), lengths.reshape(shape))
-    return (rise * slopes.reshape(shape)).sum(-1) + float(values[0])
-
+    return (rise * slopes.reshape(shape)).sum(-1) + v0

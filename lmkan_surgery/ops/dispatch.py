@@ -31,6 +31,7 @@ class Backend:
     backward: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]
     conv2d_forward: Callable[..., torch.Tensor] | None = None  # direct convolution, where there is one
     conv2d_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    place: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # one-pass quantile placement
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -58,7 +59,7 @@ def _native_backend(kind: str) -> Backend | None:
         else:
             _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward),
                                           getattr(module, "conv2d_forward", None),
-                                          getattr(module, "conv2d_backward", None))
+                                          getattr(module, "conv2d_backward", None), getattr(module, "place", None))
     return _native_cache[kind]
 
 
@@ -105,6 +106,16 @@ def eager_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
     )
+
+
+def native_place(x: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """The native one-pass quantile placement for an eager float32 CPU x, else None (standard ops then)."""
+    if not eager_call_allowed(x, x) or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
+        return None
+    if forced_backend() == "reference":
+        return None
+    native = _native_backend("cpu")
+    return native.place if native is not None else None
 
 
 def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:
