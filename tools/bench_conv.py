@@ -6,7 +6,8 @@ All methods of a shape run round-robin in one process (warm-up rounds, then time
 forward+backward of all three (x and the weights/table require grad, ``torch.autograd.grad`` against a fixed dy).
 On 1x1 one-group layers two more rows time the two routes of the kernel call alone (normalised input, bias
 added): the general direct-convolution kernel and the Linear lookup over pixels that the layer now takes.
-``--channels-last`` gives every method channels_last input (and nn.Conv2d channels_last weights).
+``--channels-last`` gives every method channels_last input (and nn.Conv2d channels_last weights); ``--baseline PATH``
+times the layer again with another build's extension file (before/after a kernel change, same rounds).
 Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default). Example (docs/benchmarks.md)::
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench_conv.py --threads 2
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import Method, run_round_robin  # noqa: E402
+from bench_layer import Method, add_baseline, load_baseline, report_baseline, run_round_robin  # noqa: E402
 
 from lmkan_surgery.nn import LMKANConv2d  # noqa: E402
 from lmkan_surgery.ops.conv import conv_kernel2d, pointwise_conv2d  # noqa: E402
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="comma-separated substrings of layer labels to run")
     parser.add_argument("--pointwise", action="store_true", help="the 1x1 layers of resnet18 and mobilenet_v2 instead")
     parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and nn.Conv2d weights)")
+    parser.add_argument("--baseline", help="another build's extension .so to time beside this one")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 2 rounds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -145,15 +147,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         shapes = [s for s in shapes if any(k in s[0] for k in args.only.split(","))]
     warmup, rounds = (1, 2) if args.quick else (args.warmup, args.rounds)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
     for shape in shapes:
         methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
+        methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
         run_round_robin(methods, torch.device("cpu"), warmup, rounds, slow_rounds=rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
         print(f"done {shape}", flush=True)
     print(f"threads={torch.get_num_threads()} G={args.grids} warmup={warmup} rounds={rounds} "
           f"channels_last={args.channels_last} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
     print(report(rows, args.backward))
+    if baseline is not None:
+        print(f"before: {args.baseline}")
+        named = [((s[0], s[1]), mb, ms) for s, mb, ms in rows]
+        print(report_baseline(named, "lmkan direct fwd", "lmkan fwd+bwd" if args.backward else None, "conv fwd",
+                              "conv fwd+bwd"))
 
 
 if __name__ == "__main__":
