@@ -290,3 +290,33 @@ def test_pointwise_conv_one_and_two_threads_bitwise_equal(native):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
+    """Group tables over the cell-sorted threshold (lowered to 0 here) with more than 64 outputs and enough pixels
+    per cell take the cell-sorted accumulation: 2 groups of 70 outputs (a tile and a narrow rest), 800 pixels (two
+    sample blocks), both layouts, 20% of the inputs far outside the grid, a float16 table, 1 and 2 threads."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    with isa_path(native, isa):
+        torch.manual_seed(11)
+        for dtype in (None, torch.float16):
+            layer = LMKANConv2d(6, 140, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
+            with torch.no_grad():
+                layer.bias.normal_()
+            x = 3 * torch.randn(2, 6, 20, 20)
+            x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+            truth = reference_conv(layer, x)
+            threads = torch.get_num_threads()
+            outs = []
+            try:
+                with torch.no_grad():
+                    for count, memory_format in ((1, torch.contiguous_format), (2, torch.contiguous_format),
+                                                 (2, torch.channels_last)):
+                        torch.set_num_threads(count)
+                        outs.append(layer(x.contiguous(memory_format=memory_format)))
+            finally:
+                torch.set_num_threads(threads)
+            assert torch.equal(outs[0], outs[1])
+            for y in outs:
+                assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
