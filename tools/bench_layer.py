@@ -15,7 +15,6 @@ copied out of the kernel cache), so a kernel change is measured before/after in 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.machinery
 import importlib.util
 import os
