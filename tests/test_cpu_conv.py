@@ -235,3 +235,88 @@ def test_depthwise_kernel_threads_and_inputs_up_to_1e30(native):
     assert torch.equal(outs[0], outs[1]) and torch.isfinite(outs[0]).all()
     truth = reference_conv(layer, x)
     assert (outs[0].double() - truth).abs().max().item() <= 1e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_pointwise_conv_takes_the_linear_kernel_and_matches_float64(native, isa, monkeypatch):
+    """A 1x1 one-group convolution runs as the Linear lookup over pixels (the conv kernel is not called): strides
+    1 and 2, both layouts, batch 0 and 1, 20% of the inputs far outside the grid, a bfloat16 table; gradients too."""
+    backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
+        backend, conv2d_forward=None, conv2d_backward=None))  # the conv kernel would return None -> patch path
+    calls = []
+    linear = backend.forward
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
+        dispatch._native_cache["cpu"], forward=lambda *a: calls.append(1) or linear(*a)))
+    with isa_path(native, isa):
+        torch.manual_seed(9)
+        for stride, dtype, batch in ((1, None, 3), (2, torch.bfloat16, 1), ((2, 1), None, 0)):
+            layer = LMKANConv2d(14, 11, 1, stride=stride, init_scale=2.0, table_dtype=dtype)
+            with torch.no_grad():
+                layer.bias.normal_()
+            x = 3 * torch.randn(batch, 14, 9, 8)
+            x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+            truth = reference_conv(layer, x)
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                calls.clear()
+                with torch.no_grad():
+                    y = layer(x.contiguous(memory_format=memory_format))
+                assert calls == [1] and y.shape == truth.shape
+                if batch:
+                    assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+        layer = LMKANConv2d(14, 11, 1, stride=2, init_scale=2.0)
+        x = (3 * torch.randn(2, 14, 9, 8)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = layer(x)
+        dy = torch.randn(y.shape)
+        gx, gt = torch.autograd.grad(y, [x, layer.table], dy)
+        rx, rt = _reference_grads(layer, x, dy)
+        assert (gx.double() - rx).abs().max().item() <= 2e-5 * rx.abs().max().item()
+        assert (gt.double() - rt).abs().max().item() <= 2e-5 * rt.abs().max().item()
+
+
+def test_pointwise_conv_one_and_two_threads_bitwise_equal(native):
+    """Above the serial cut (8 x 28 x 28 pixels x 64 pairs x 96 outputs), forward and both gradients."""
+    torch.manual_seed(10)
+    layer = LMKANConv2d(128, 96, 1, init_scale=2.0)
+    x = (2 * torch.randn(8, 128, 28, 28)).requires_grad_(True)
+    dy = torch.randn(8, 96, 28, 28)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            y = layer(x)
+            results.append((y.detach(), *torch.autograd.grad(y, [x, layer.table], dy)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
+    """Group tables over the cell-sorted threshold (lowered to 0 here) with more than 64 outputs and enough pixels
+    per cell take the cell-sorted accumulation: 2 groups of 70 outputs (a tile and a narrow rest), 800 pixels (two
+    sample blocks), both layouts, 20% of the inputs far outside the grid, a float16 table, 1 and 2 threads."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    with isa_path(native, isa):
+        torch.manual_seed(11)
+        for dtype in (None, torch.float16):
+            layer = LMKANConv2d(6, 140, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
+            with torch.no_grad():
+                layer.bias.normal_()
+            x = 3 * torch.randn(2, 6, 20, 20)
+            x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+            truth = reference_conv(layer, x)
+            threads = torch.get_num_threads()
+            outs = []
+            try:
+                with torch.no_grad():
+                    for count, memory_format in ((1, torch.contiguous_format), (2, torch.contiguous_format),
+                                                 (2, torch.channels_last)):
+                        torch.set_num_threads(count)
+                        outs.append(layer(x.contiguous(memory_format=memory_format)))
+            finally:
+                torch.set_num_threads(threads)
+            assert torch.equal(outs[0], outs[1])
+            for y in outs:
+                assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()

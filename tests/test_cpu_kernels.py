@@ -204,8 +204,9 @@ def test_one_and_two_threads_are_bitwise_equal(native):
 
 LARGE_TABLE_ENV = "LMKAN_CPU_LARGE_TABLE_BYTES"  # tables above it take the large-table forwards
 # With the threshold at 0 (and N_out > 64): cell-sorted forward where a block has >= 4 samples per cell on average
-# (one block; three blocks of 512, 512, 76 samples; a 130-wide layer with a narrow last sweep), streamed below that.
-LARGE_PATH_SHAPES = [(300, 5, 3, 77), (1100, 3, 3, 100), (700, 4, 5, 130), (20, 4, 8, 72)]
+# (one block; three blocks of 512, 512, 76 samples; a 130-wide layer with a narrow last sweep), pair ranges below
+# that (4 ranges of one pair; 16 ranges of 2-3 pairs).
+LARGE_PATH_SHAPES = [(300, 5, 3, 77), (1100, 3, 3, 100), (700, 4, 5, 130), (20, 4, 8, 72), (25, 37, 4, 70)]
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -217,6 +218,16 @@ def test_large_table_forwards_match_reference(native, shape, isa, monkeypatch):
     with isa_path(native, isa):
         y = native.forward(x, table)
     _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
+
+
+@pytest.mark.parametrize("shape", [(300, 5, 3, 77), (700, 4, 5, 130)])
+def test_streamed_forward_with_the_cell_sorted_forward_off(native, shape, monkeypatch):
+    """LMKAN_CPU_SORTED_FORWARD=0 (the benchmarks' "before" switch) gives the streamed forward on these shapes."""
+    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
+    monkeypatch.setenv("LMKAN_CPU_SORTED_FORWARD", "0")
+    x, table, _ = _inputs(shape, seed=sum(shape))
+    _assert_as_accurate(native.forward(x, table), forward_reference(x, table),
+                        forward_reference(x.double(), table.double()))
 
 
 @pytest.mark.parametrize("threshold", ["0", ""])  # the large-table forwards, then the default (fused) path

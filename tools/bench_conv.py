@@ -4,6 +4,10 @@ All methods of a shape run round-robin in one process (warm-up rounds, then time
 ``nn.Conv2d``; the lmKAN layer's forward (the direct kernel, no patches); the same forward through the patch path
 (unfold + ``lmkan::lookup2d``, the previous path, kept for tracing and export); and with ``--backward``
 forward+backward of all three (x and the weights/table require grad, ``torch.autograd.grad`` against a fixed dy).
+On 1x1 one-group layers two more rows time the two routes of the kernel call alone (normalised input, bias
+added): the general direct-convolution kernel and the Linear lookup over pixels that the layer now takes.
+``--channels-last`` gives every method channels_last input (and nn.Conv2d channels_last weights); ``--baseline PATH``
+times the layer again with another build's extension file (before/after a kernel change, same rounds).
 Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default). Example (docs/benchmarks.md)::
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench_conv.py --threads 2
@@ -20,9 +24,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import Method, run_round_robin  # noqa: E402
+from bench_layer import Method, add_baseline, load_baseline, report_baseline, run_round_robin  # noqa: E402
 
 from lmkan_surgery.nn import LMKANConv2d  # noqa: E402
+from lmkan_surgery.ops.conv import conv_kernel2d, pointwise_conv2d  # noqa: E402
 
 # (label, batch, in, out, kernel, stride, groups, size): resnet18's 3x3 layers, a 1x1 pointwise and a depthwise 3x3
 SHAPES = [
@@ -33,19 +38,33 @@ SHAPES = [
     ("1x1 28x28 128->128", 8, 128, 128, 1, 1, 1, 28), ("depthwise 3x3 28x28x96", 1, 96, 96, 3, 1, 96, 28),
     ("depthwise 3x3 28x28x96", 8, 96, 96, 3, 1, 96, 28),
 ]
-QUICK_SHAPES = [("3x3 14x14x32", 2, 32, 32, 3, 1, 1, 14), ("depthwise 3x3 14x14x16", 2, 16, 16, 3, 1, 16, 14)]
+# 1x1 layers: resnet18's stride-2 downsample shortcuts and mobilenet_v2's expand/project pointwise layers
+POINTWISE_SHAPES = [
+    ("1x1/2 56x56 64->128 (resnet18)", 1, 64, 128, 1, 2, 1, 56), ("1x1/2 56x56 64->128 (resnet18)", 8, 64, 128, 1, 2, 1, 56),
+    ("1x1/2 28x28 128->256 (resnet18)", 8, 128, 256, 1, 2, 1, 28),
+    ("1x1/2 14x14 256->512 (resnet18)", 8, 256, 512, 1, 2, 1, 14),
+    ("1x1 56x56 24->144 (mobilenet_v2)", 8, 24, 144, 1, 1, 1, 56),
+    ("1x1 28x28 192->32 (mobilenet_v2)", 8, 192, 32, 1, 1, 1, 28),
+    ("1x1 14x14 64->384 (mobilenet_v2)", 8, 64, 384, 1, 1, 1, 14),
+    ("1x1 7x7 960->160 (mobilenet_v2)", 8, 960, 160, 1, 1, 1, 7),
+]
+QUICK_SHAPES = [("3x3 14x14x32", 2, 32, 32, 3, 1, 1, 14), ("depthwise 3x3 14x14x16", 2, 16, 16, 3, 1, 16, 14),
+                ("1x1/2 14x14 32->48", 2, 32, 48, 1, 2, 1, 14)]
 
 
-def build_methods(shape: tuple, grids: int, backward: bool) -> tuple[list[Method], float]:
+def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool) -> tuple[list[Method], float]:
     """The timed callables of one shape and the lmKAN table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups)
     layer = LMKANConv2d.from_conv(conv, grids)
     x = torch.randn(batch, c_in, size, size, generator=gen)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         dy = torch.randn_like(conv(x))
-    x_req = x.clone().requires_grad_(True)
+    x_req = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
 
     def no_grad(fn):
         def run():
@@ -57,29 +76,54 @@ def build_methods(shape: tuple, grids: int, backward: bool) -> tuple[list[Method
         padded = nn.functional.pad(inputs, layer._pads())
         return layer._forward_chunk(padded, dy.shape[2], dy.shape[3]) + layer.bias.view(1, -1, 1, 1)
 
+    def route(use_linear: bool, inputs=x):
+        normalised = layer._normalize(inputs, 1)
+        y = (pointwise_conv2d(normalised, layer.table, layer.stride) if use_linear else
+             conv_kernel2d(normalised, layer.table, layer.kernel_size, layer.stride, layer.dilation))
+        return y + layer.bias.view(1, -1, 1, 1)
+
     methods = [Method("conv fwd", no_grad(lambda: conv(x))), Method("lmkan direct fwd", no_grad(lambda: layer(x))),
                Method("lmkan patch fwd", no_grad(patch_path))]
+    pointwise = kernel == 1 and groups == 1
+    if pointwise:
+        methods += [Method("kernel route fwd", no_grad(lambda: route(False))),
+                    Method("linear route fwd", no_grad(lambda: route(True)))]
     if backward:
         methods += [Method("conv fwd+bwd", lambda: torch.autograd.grad(conv(x_req), [x_req, conv.weight], dy)),
                     Method("lmkan fwd+bwd", lambda: torch.autograd.grad(layer(x_req), [x_req, layer.table], dy)),
                     Method("lmkan patch fwd+bwd",
                            lambda: torch.autograd.grad(patch_path(x_req), [x_req, layer.table], dy))]
+        if pointwise:
+            methods += [Method(f"{name} route fwd+bwd", lambda linear=linear: torch.autograd.grad(
+                route(linear, x_req), [x_req, layer.table], dy)) for name, linear in (("kernel", False), ("linear", True))]
     return methods, layer.table_bytes() / 2**20
 
 
+def _ratio(ms: dict[str, Method], top: str, bottom: str) -> str:
+    """time(top) / time(bottom) to 2 decimals, '-' where the shape has no such method."""
+    if top not in ms or bottom not in ms:
+        return "-"
+    return f"{ms[top].median_ms() / ms[bottom].median_ms():.2f}"
+
+
 def report(rows: list[tuple[tuple, float, dict[str, Method]]], backward: bool) -> str:
-    """Markdown table: times and ratios to nn.Conv2d."""
+    """Markdown table: times and ratios to nn.Conv2d; on 1x1 layers the two kernel routes side by side."""
     head = ("| layer | batch | table MB | conv fwd ms | direct fwd x conv | patch fwd x conv | direct / patch |"
+            " kernel route fwd x conv | linear route fwd x conv | linear / kernel route |"
             + (" conv fwd+bwd ms | direct fwd+bwd x conv | patch fwd+bwd x conv | direct / patch fwd+bwd |"
-               if backward else ""))
+               " linear / kernel route fwd+bwd |" if backward else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for shape, mb, ms in rows:
-        conv, direct, patch = (ms[k].median_ms() for k in ("conv fwd", "lmkan direct fwd", "lmkan patch fwd"))
-        cells = [shape[0], str(shape[1]), f"{mb:.1f}", f"{conv:.2f}", f"{direct / conv:.1f}", f"{patch / conv:.1f}",
-                 f"{direct / patch:.2f}"]
+        conv = ms["conv fwd"].median_ms()
+        cells = [shape[0], str(shape[1]), f"{mb:.1f}", f"{conv:.2f}", _ratio(ms, "lmkan direct fwd", "conv fwd"),
+                 _ratio(ms, "lmkan patch fwd", "conv fwd"), _ratio(ms, "lmkan direct fwd", "lmkan patch fwd"),
+                 _ratio(ms, "kernel route fwd", "conv fwd"), _ratio(ms, "linear route fwd", "conv fwd"),
+                 _ratio(ms, "linear route fwd", "kernel route fwd")]
         if backward:
-            cfb, lfb, pfb = (ms[k].median_ms() for k in ("conv fwd+bwd", "lmkan fwd+bwd", "lmkan patch fwd+bwd"))
-            cells += [f"{cfb:.2f}", f"{lfb / cfb:.1f}", f"{pfb / cfb:.1f}", f"{lfb / pfb:.2f}"]
+            cells += [f"{ms['conv fwd+bwd'].median_ms():.2f}", _ratio(ms, "lmkan fwd+bwd", "conv fwd+bwd"),
+                      _ratio(ms, "lmkan patch fwd+bwd", "conv fwd+bwd"),
+                      _ratio(ms, "lmkan fwd+bwd", "lmkan patch fwd+bwd"),
+                      _ratio(ms, "linear route fwd+bwd", "kernel route fwd+bwd")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -93,22 +137,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--backward", action="store_true", help="also time forward+backward (direct and patch)")
     parser.add_argument("--only", help="comma-separated substrings of layer labels to run")
+    parser.add_argument("--pointwise", action="store_true", help="the 1x1 layers of resnet18 and mobilenet_v2 instead")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and nn.Conv2d weights)")
+    parser.add_argument("--baseline", help="another build's extension .so to time beside this one")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 2 rounds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes = QUICK_SHAPES if args.quick else POINTWISE_SHAPES if args.pointwise else SHAPES
     if args.only:
         shapes = [s for s in shapes if any(k in s[0] for k in args.only.split(","))]
     warmup, rounds = (1, 2) if args.quick else (args.warmup, args.rounds)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
     for shape in shapes:
-        methods, mb = build_methods(shape, args.grids, args.backward)
+        methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
+        methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
         run_round_robin(methods, torch.device("cpu"), warmup, rounds, slow_rounds=rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
         print(f"done {shape}", flush=True)
     print(f"threads={torch.get_num_threads()} G={args.grids} warmup={warmup} rounds={rounds} "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+          f"channels_last={args.channels_last} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
     print(report(rows, args.backward))
+    if baseline is not None:
+        print(f"before: {args.baseline}")
+        named = [((s[0], s[1]), mb, ms) for s, mb, ms in rows]
+        print(report_baseline(named, "lmkan direct fwd", "lmkan fwd+bwd" if args.backward else None, "conv fwd",
+                              "conv fwd+bwd"))
 
 
 if __name__ == "__main__":

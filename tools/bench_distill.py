@@ -83,18 +83,27 @@ def lmkanify_student(teacher: nn.Module, train, args) -> tuple[nn.Module, str]:
 
     x = train.tensors[0]
     calib = [x[i:i + 256] for i in range(0, args.calibration, 256)]
-    config = LMKANConfig(num_grids=args.num_grids, mode="shrink", width=args.width, include=HEAD, skip_defaults=False)
+    config = LMKANConfig(num_grids=args.num_grids, mode="shrink", width=args.width, include=HEAD, skip_defaults=False,
+                         table_dtype=args.table_dtype)
     student, report = lmkanify(teacher, config=config, example_inputs=x[:8], calibration=calib)
-    return student, f"lmkanify(mode='shrink', width={args.width}, num_grids={args.num_grids}): {report.converted_names()}"
+    return student, (f"lmkanify(mode='shrink', width={args.width}, num_grids={args.num_grids}, "
+                     f"table_dtype={args.table_dtype}): {report.converted_names()}")
 
 
 def manual_student(teacher: nn.Module, args) -> tuple[nn.Module, str]:
     """Hand-built shrink of the head: fc1 and fc2 as lmKAN layers with a narrower hidden width (random init)."""
     student = copy.deepcopy(teacher)
     h = args.manual_hidden
-    student[9] = LMKANLinear(16 * 7 * 7, h, num_grids=args.num_grids, input_norm="batchnorm")
-    student[11] = LMKANLinear(h, 10, num_grids=args.num_grids, input_norm="batchnorm")
-    return student, f"hand-built: fc1 -> LMKANLinear(784,{h}), fc2 -> LMKANLinear({h},10), random init"
+    dtype = args.table_dtype
+    student[9] = LMKANLinear(16 * 7 * 7, h, num_grids=args.num_grids, input_norm="batchnorm", table_dtype=dtype)
+    student[11] = LMKANLinear(h, 10, num_grids=args.num_grids, input_norm="batchnorm", table_dtype=dtype)
+    return student, (f"hand-built: fc1 -> LMKANLinear(784,{h}), fc2 -> LMKANLinear({h},10), random init, "
+                     f"table_dtype={dtype}")
+
+
+def table_bytes(model: nn.Module) -> int:
+    """Bytes of the lmKAN tables' storage (the parameters a half table_dtype halves)."""
+    return sum(m.table.numel() * m.table.element_size() for m in model.modules() if isinstance(m, LMKANLayer))
 
 
 def command_line(args: argparse.Namespace, cached: bool) -> str:
@@ -122,7 +131,7 @@ def docs_section(r: dict) -> str:
 | converted student, before distill | {100 * r['converted_acc']:.2f}% | {r['student_macs']:,} |
 | distilled student ({r['distill_epochs']} epochs) | {100 * r['distilled_acc']:.2f}% | {r['student_macs']:,} |
 
-- Student: {r['student']}.
+- Student: {r['student']}; lmKAN table bytes {r['table_bytes']:,}.
 - FLOP ratio student/teacher: {r['flop_ratio']:.3f} (multiply-adds, lmKAN layers at 2x a same-shape Linear, the
   paper's convention).
 - Goal (distilled within 1.0 point of the teacher): {verdict} (gap {100 * gap:.2f} points).
@@ -143,6 +152,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=2048, help="calibration images for lmkanify")
     parser.add_argument("--manual", action="store_true", help="hand-built student instead of lmkanify")
     parser.add_argument("--manual-hidden", type=int, default=128)
+    parser.add_argument("--table-dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="storage dtype of the student's lmKAN tables (default: the model's, float32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--teacher-cache", help="load the teacher from this file if it exists, else save it there")
     parser.add_argument("--stop-after-teacher", action="store_true", help="only train (and cache) the teacher")
@@ -184,7 +195,7 @@ def main() -> None:
         "distill_epochs": args.distill_epochs,
         "teacher_acc": teacher_acc, "converted_acc": converted_acc, "distilled_acc": evaluate(student, test),
         "teacher_macs": teacher_macs, "student_macs": student_macs, "flop_ratio": student_macs / teacher_macs,
-        "student": description, "teacher_s": teacher_s, "convert_s": convert_s, "distill_s": distill_s,
+        "student": description, "table_bytes": table_bytes(student), "teacher_s": teacher_s, "convert_s": convert_s, "distill_s": distill_s,
         "total_s": time.perf_counter() - start,
     }
     print(json.dumps(result, indent=2))

@@ -8,11 +8,15 @@ reference calls are capped to fewer rounds. Example (the CPU numbers in docs/ben
 
 ``--per-call`` instead times the per-call cost at batch 1 (a 288->32 layer, as a converted resnet18 head would
 be): loops of calls per method, round-robin, median microseconds per call, the bare kernel beside the layer.
+``--baseline PATH`` also times the native calls with another build's extension file (say the previous commit's,
+copied out of the kernel cache), so a kernel change is measured before/after in the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import os
 import statistics
 import time
@@ -21,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from lmkan_surgery.ops import lmkan_lookup
+from lmkan_surgery.ops import dispatch, lmkan_lookup
 from lmkan_surgery.ops.dispatch import BACKEND_ENV
 
 CPU_SHAPES = [(4096, 128, 128, 8), (4096, 128, 128, 26), (4096, 512, 512, 16), (65536, 32, 32, 16), (1024, 1024, 1024, 8)]
@@ -103,6 +107,52 @@ def build_methods(
     if device.type == "cpu":  # the streamed forward where the cell-sorted one would run (the previous large-table path)
         methods.append(Method(f"{native} streamed fwd", with_env(SORTED_OFF, lookup_fwd(native))))
     return methods, table.numel() * 4 / 2**20
+
+
+def load_baseline(path: str) -> dispatch.Backend:
+    """The CPU backend of another build's extension file (its module name is the file name's stem)."""
+    name = os.path.basename(path).split(".")[0]
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return dispatch.Backend("baseline", module.forward, dispatch._undefined_as_none(module.backward),
+                            getattr(module, "conv2d_forward", None), getattr(module, "conv2d_backward", None))
+
+
+def with_backend(backend: dispatch.Backend, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with `backend` as the native CPU backend (and the built one restored after)."""
+    def run():
+        saved = dispatch._native_backend("cpu")
+        dispatch._native_cache["cpu"] = backend
+        try:
+            return fn()
+        finally:
+            dispatch._native_cache["cpu"] = saved
+    return run
+
+
+def add_baseline(methods: list[Method], backend: dispatch.Backend | None, names: tuple[str, ...]) -> list[Method]:
+    """methods plus 'baseline <name>' copies of the named ones run with `backend` (none without a baseline)."""
+    if backend is None:
+        return methods
+    return methods + [Method(f"baseline {m.name}", with_backend(backend, m.fn)) for m in methods if m.name in names]
+
+
+def report_baseline(rows: list, base: str, fb_base: str | None, top: str = "linear fwd",
+                    fb_top: str = "linear fwd+bwd") -> str:
+    """Each row's `base` method with the baseline build and with this one, against `top` (and the same for
+    forward+backward when `fb_base` is given): the before/after of a kernel change, measured in the same rounds."""
+    passes = [(top, base)] + ([(fb_top, fb_base)] if fb_base else [])
+    head = "| shape | " + " | ".join(f"{t} ms | before: {b} x | after x | after / before" for t, b in passes) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, _, ms in rows:
+        cells = [str(shape)]
+        for t, b in passes:
+            ref, old, new = ms[t].median_ms(), ms[f"baseline {b}"].median_ms(), ms[b].median_ms()
+            cells += [_fmt(ref), _fmt(old / ref), _fmt(new / ref), f"{new / old:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 SORTED_OFF = {"LMKAN_CPU_SORTED_FORWARD": "0"}  # the CPU kernels' switch for the cell-sorted large-table forward
@@ -270,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) PyTorch reference")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 3 rounds")
     parser.add_argument("--per-call", action="store_true", help=f"per-call cost at batch 1, shape {PER_CALL_SHAPE}")
+    parser.add_argument("--baseline", help="another build's extension .so to time beside this one (CPU)")
     args = parser.parse_args(argv)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args.per_call:
@@ -290,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in shapes:
         with_reference = not args.no_reference and shape[0] * shape[1] // 2 * shape[2] <= REFERENCE_MAX_EVALS
         methods, mb = build_methods(shape, device, args.device, with_reference)
+        methods = add_baseline(methods, baseline, (f"{args.device} fwd", f"{args.device} fwd+bwd"))
         run_round_robin(methods, device, warmup, rounds, args.slow_rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
         print(f"done {shape}", flush=True)
@@ -301,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     print(report_half(rows, args.device))
     if device.type == "cpu":
         print(report_paths(rows, args.device))
+    if baseline is not None:
+        print(f"before: {args.baseline}")
+        print(report_baseline(rows, f"{args.device} fwd", f"{args.device} fwd+bwd"))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
  *   grad_out   [B, N_out], grad_x [B, 2P], grad_table [P, G+1, G+1, N_out]
  *
  * Grid: Laplace-CDF nodes computed in double and cast to float, cell = clamp(floor(sigma(x) * G), 0, G - 1),
- * t = (x - node[cell]) * inv_len[cell] unclamped (linear extrapolation outside the grid). Evaluations with both t
- * in [0, 1] use the 4-weight form, others the cancellation-free difference form.
+ * t = (x - node[cell]) * inv_len[cell] unclamped (linear extrapolation outside the grid). Forward evaluations with
+ * both t in [-2, 3] (inside the grid or at most 2 cells beyond its edge) use the 4-weight form, others the
+ * cancellation-free difference form.
  *
  * Threading: OpenMP inside (when compiled with it); num_threads <= 0 means the OpenMP default. Results are bitwise
  * identical whatever the thread count (no atomics; every output element has a single owner and a fixed order).

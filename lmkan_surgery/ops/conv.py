@@ -3,7 +3,8 @@
 Only eager calls take it (see ``dispatch.eager_call_allowed``): tracing (fvcore), torch.compile/export and ONNX
 export keep the patch path through ``lmkan::lookup2d``, so the pair layout, the FLOP handle and the exported graph
 are those of the patch form; the results agree to float32 rounding. In eager training an autograd Function
-calls the kernel's backward (both gradients, groups inside the kernel).
+calls the kernel's backward (both gradients, groups inside the kernel). A 1x1 convolution with one group is a
+Linear over pixels and goes to the lookup's (Linear) kernels instead (``pointwise_conv2d``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 
 from . import dispatch
+from .lookup import lmkan_lookup
 
 
 class _DirectConv2d(torch.autograd.Function):
@@ -35,9 +37,27 @@ class _DirectConv2d(torch.autograd.Function):
 def direct_conv2d(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
                   dilation: tuple[int, int]) -> torch.Tensor | None:
     """The lookup over the padded, normalised input x [N, C, H, W] with table [groups, P, G+1, G+1, out / groups],
-    as [N, out, OH, OW] (channels-last memory), or None when the direct kernel does not apply here."""
+    as [N, out, OH, OW] (channels-last memory), or None when no direct kernel applies here."""
     if x.dtype != torch.float32 or x.dim() != 4 or not dispatch.eager_call_allowed(x, table):
         return None
+    if tuple(kernel_size) == (1, 1) and table.shape[0] == 1 and table.shape[1] * 2 == x.shape[1]:
+        return pointwise_conv2d(x, table, stride)
+    return conv_kernel2d(x, table, kernel_size, stride, dilation)
+
+
+def pointwise_conv2d(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """A 1x1, one-group convolution as the Linear lookup over the pixels' [N*OH*OW, C] rows (a free view of a
+    channels_last input, one transposing copy of an NCHW one); [N, out, OH, OW] in channels-last memory."""
+    if tuple(stride) != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    n, c, h, w = x.shape
+    y = lmkan_lookup(x.permute(0, 2, 3, 1).reshape(n * h * w, c), table[0])
+    return y.view(n, h, w, table.shape[-1]).permute(0, 3, 1, 2)
+
+
+def conv_kernel2d(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+                  dilation: tuple[int, int]) -> torch.Tensor | None:
+    """The direct convolution kernel (any geometry and groups), or None when the backend has none."""
     backend = dispatch.backend_for(x, table)
     if backend.conv2d_forward is None:
         return None
