@@ -4,7 +4,8 @@ Second derivatives come from non-uniform finite differences at the interior node
 and columns enter as stencil neighbours): H = D11^2 + 2 D12^2 + D22^2. The penalty averages H over the interior
 nodes and sums over every 2-D function. Training evaluates it with three small per-axis operator matmuls (second
 and first differences as [G-1, G+1] matrices, built once per G from the stencils), about 2x cheaper than the
-stencil expressions; the quadratic form Q (f^T Q f per function) serves the closed-form fit.
+stencil expressions; the quadratic form Q (f^T Q f per function) serves the closed-form fit and the gradient
+that training adds to the tables directly (hessian_penalty_grad: 2 Q f, no autograd graph).
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def hessian_penalty(table: torch.Tensor) -> torch.Tensor:
     d12 = torch.matmul(first, torch.matmul(first, t.reshape(-1, n, n * outputs)).view(-1, n - 2, n, outputs))
     frobenius = d11.square() + 2.0 * d12.square() + d22.square()
     return frobenius.sum() / (n - 2) ** 2
+
+
+def hessian_penalty_grad(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penalty, d penalty / d table) without autograd: the penalty is f^T Q f per function, so the gradient is
+    2 Q f (one matmul) and the value f . Q f; training adds it to table.grad instead of differentiating a graph."""
+    n = table.shape[-2]
+    values = table.detach().float() if table.dtype in (torch.float16, torch.bfloat16) else table.detach()
+    q = _form(n, values.dtype, str(values.device))
+    q_t = torch.einsum("ij,pjo->pio", q, values.reshape(-1, n * n, values.shape[-1]))
+    return torch.dot(values.reshape(-1), q_t.reshape(-1)), q_t.mul_(2.0).view(table.shape)
 
 
 def stencil_penalty(table: torch.Tensor) -> torch.Tensor:
