@@ -106,6 +106,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.matcher = self._matcher()
         self.step, self.history, self.epoch_sums = 0, [], {}
+        self.hessian_cache: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.loss_ref: float | None = None  # first step's data loss, for hessian_relative
         self.checkpoint_path: str | None = None
 
@@ -201,6 +202,14 @@ class _Run:
             grads.append((m.table, grad))
         return torch.stack(values).sum(), grads
 
+    def _cached_hessian_term(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """_hessian_term, recomputed at steps divisible by cfg.hessian_every (and at a resumed run's first step) and
+        reused (unweighted) in between."""
+        cache = self.hessian_cache
+        if cache is None or self.step % self.cfg.hessian_every == 0:
+            cache = self.hessian_cache = self._hessian_term()
+        return cache
+
     @torch.no_grad()
     def _hessian_scale(self, inputs: Any, targets: Any) -> float:
         """L0: the factor that makes the Hessian weight relative to the loss."""
@@ -251,9 +260,11 @@ class _Run:
                               "label_weight (with targets) or beta with matched layers")
         weights, hessian_grads = self._weights(lam), []
         if lam > 0 and self.lmkan_layers:
-            terms["hessian"], hessian_grads = self._hessian_term()
+            terms["hessian"], hessian_grads = self._cached_hessian_term()
             if self.cfg.hessian_relative:
                 weights["hessian"] = lam * self._hessian_scale(inputs, targets)
+        else:
+            self.hessian_cache = None  # a term that comes back starts fresh
         loss = sum(weights[k] * v for k, v in terms.items())
         if self._any_rank(not bool(torch.isfinite(loss.detach()))):
             raise self._nonfinite("loss", inputs, terms)
@@ -261,7 +272,7 @@ class _Run:
         loss.backward()
         for table, grad in hessian_grads:  # what backward of weight * penalty would add (exact: a quadratic)
             if table.grad is None:
-                table.grad = grad.mul_(weights["hessian"]).to(table.dtype)
+                table.grad = (grad * weights["hessian"]).to(table.dtype)
             else:
                 table.grad.add_(grad.to(table.dtype), alpha=weights["hessian"])
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
