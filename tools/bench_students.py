@@ -95,7 +95,7 @@ def mlp(d_in: int, width: int, act: type[nn.Module], stats: tuple[torch.Tensor, 
                          act(), nn.Linear(width, 1))
 
 
-def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor) -> nn.Sequential:
+def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor, mix: float) -> nn.Sequential:
     """lmKAN -> BN -> clamp -> lmKAN -> BN -> clamp -> lmKAN; the first layer placed by its inputs' quantiles, the
     others by BatchNorm(affine=False) and a clamp to the grid plus one cell (what an uncalibrated quantile placement
     computes, as one op: no extrapolation blow-up)."""
@@ -106,7 +106,7 @@ def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor) 
         LMKANLinear(width, width, num_grids, bias=False, preconditioning="relu_first"),
         nn.BatchNorm1d(width, affine=False), nn.Hardtanh(-edge, edge),
         LMKANLinear(width, 1, num_grids, preconditioning="relu_first"))
-    model[0].calibrate_placement(x_train)
+    model[0].calibrate_placement(x_train, mix=mix)
     return model
 
 
@@ -239,7 +239,7 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
             for kind, width in widths.items():
                 torch.manual_seed(seed)
                 student = (mlp(feats.shape[1], width, act, stats, norm=True) if kind == "plain"
-                           else lmkan_student(feats.shape[1], width, args.num_grids, x_tr))
+                           else lmkan_student(feats.shape[1], width, args.num_grids, x_tr, args.placement_mix))
                 started = time.perf_counter()
                 history = train_lmkan(student, (x_tr, y_tr), (x_va, y_va), train_config(args, seed)).history
                 curve = [r.val_metric for r in history]
@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hessian", type=float, default=1e-3, help="relative Hessian weight at the start")
     p.add_argument("--hessian-every", type=int, default=1, help="steps between Hessian-gradient evaluations")
     p.add_argument("--num-grids", type=int, default=8)
+    p.add_argument("--placement-mix", type=float, default=0.5,
+                   help="first lmKAN layer's quantile placement: weight of the linear CDF in the blend")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
