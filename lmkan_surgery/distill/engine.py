@@ -58,7 +58,7 @@ def evaluate(model: nn.Module, data: Any, task: str = "classification", batch_si
     return math.sqrt(ratio) if task == "regression" else ratio
 
 
-def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
+def _make_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with the config's LR and weight decay, fused (one kernel over all parameters) where torch supports it:
     floating-point parameters on CPU or CUDA; per-tensor otherwise."""
     fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
@@ -100,7 +100,7 @@ class _Run:
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self._select_trainable()
         self.model = self._wrap()
-        self.optimizer = make_optimizer(self.params, cfg)
+        self.optimizer = _make_optimizer(self.params, cfg)
         schedule = WarmupCosine(self.total_steps, round(cfg.warmup * self.total_steps),
                                 round(cfg.cosine_start * self.total_steps), cfg.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
