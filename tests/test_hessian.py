@@ -37,9 +37,9 @@ def test_model_penalty_sums_layers_and_is_differentiable():
     assert model_hessian_penalty(torch.nn.Linear(2, 2)).item() == 0
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (5, 9, 9, 7), (2, 3, 11, 11, 1)])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (5, 9, 9, 7), (2, 3, 11, 11, 1), (1, 41, 41, 2)])
 def test_closed_form_gradient_equals_autograd(shape):
-    """hessian_penalty_grad (2 Q f, no graph) against autograd through the stencil definition, float64."""
+    """hessian_penalty_grad (per-axis operators, no graph) against autograd through the stencil definition, float64."""
     table = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape)))
     table.requires_grad_(True)
     reference = stencil_penalty(table)
@@ -65,7 +65,8 @@ def test_training_step_adds_the_autograd_hessian_gradient(relative):
     reference = copy.deepcopy(model)
     loss = torch.nn.functional.mse_loss(reference(x).float(), y.float())  # the engine's data loss is float32,
     if relative:  # and so are its L0 and table variances
-        terms = [m.hessian_penalty() / (m.table.numel() / 25 * m.table.detach().float().var().double()) for m in reference]
+        terms = [m.hessian_penalty() / (m.table.numel() / 25 * m.table.detach().float().var().double())
+                 for m in reference]
         loss = loss + lam * float(((y.float() - y.float().mean(0)) ** 2).mean()) * torch.stack(terms).mean()
     else:
         loss = loss + lam * model_hessian_penalty(reference)
