@@ -203,8 +203,7 @@ class _Run:
         return torch.stack(values).sum(), grads
 
     def _cached_hessian_term(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """_hessian_term, recomputed at steps divisible by cfg.hessian_every (and at a resumed run's first step) and
-        reused (unweighted) in between."""
+        """_hessian_term, recomputed at steps divisible by cfg.hessian_every and reused (unweighted) in between."""
         cache = self.hessian_cache
         if cache is None or self.step % self.cfg.hessian_every == 0:
             cache = self.hessian_cache = self._hessian_term()
@@ -309,7 +308,9 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(), "rng": states, "step": self.step,
                 "epoch": self.step // self.batches.steps_per_epoch, "epoch_sums": dict(self.epoch_sums),
                 "history": [asdict(r) for r in self.history], "config": self.cfg.to_dict(),
-                "world_size": self.env.world_size, "finished": finished, "hessian_loss_ref": self.loss_ref}
+                "world_size": self.env.world_size, "finished": finished, "hessian_loss_ref": self.loss_ref,
+                "hessian_cache": None if self.hessian_cache is None
+                else (self.hessian_cache[0], [grad for _, grad in self.hessian_cache[1]])}
 
     def _checkpoint(self, finished: bool = False) -> None:
         if not self.cfg.checkpoint_dir:
@@ -342,6 +343,9 @@ class _Run:
         self.step, self.epoch_sums = state["step"], dict(state["epoch_sums"])
         self.history = [EpochRecord(**r) for r in state["history"]]
         self.loss_ref = state.get("hessian_loss_ref")
+        cache = state.get("hessian_cache")  # hessian_every > 1: the reused gradient, so resuming stays exact
+        if cache is not None:
+            self.hessian_cache = (cache[0], [(m.table, g) for (_, m), g in zip(self.lmkan_layers, cache[1])])
         self.checkpoint_path = str(Path(self.cfg.checkpoint_dir) / rt.CHECKPOINT_NAME)
         return bool(state["finished"])
 
