@@ -9,7 +9,7 @@ fractions of its multiply-adds (lmKAN at 2x a Linear of its shape), same budget,
 set is the teacher's training inputs plus --transfer unlabelled random configurations that the teacher labels
 (distillation is not limited to the labelled set); after training, both kinds get a closed-form refit of their output
 layer on it (least squares for the Linear, fit_tables for the lmKAN). Validation: the held-out labelled
-configurations, RMSE against the teacher. Also: the train-step time of each student (round-robin medians), and the
+configurations, RMSE against the teacher. Also: the train-step CPU time of each student (round-robin means), and the
 shrink pass's held-out block error with the closed-form lmKAN fit vs the Linear refit.
 
     python tools/bench_students.py --docs docs/benchmarks.md
