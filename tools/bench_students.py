@@ -262,6 +262,23 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
     return result
 
 
+def timing_only(feats: torch.Tensor, act: type[nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """step_times of freshly built students at every budget, no training (a step's cost does not depend on the
+    weights): the timing alone, rerun in a minute when the box is quieter than during the full run."""
+    d_in, total = feats.shape[1], macs(feats.shape[1], args.teacher_width, False)
+    stats = (feats.mean(0), feats.std(0).clamp_min(1e-12))
+    sample = torch.randperm(len(feats), generator=torch.Generator().manual_seed(1))[:11 * args.batch]
+    x, y = feats[sample], torch.randn(len(sample), 1, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for fraction in args.budgets:
+        torch.manual_seed(0)
+        models = {"plain": mlp(d_in, width_for(d_in, int(fraction * total), False), act, stats, norm=True),
+                  "lmkan": lmkan_student(d_in, width_for(d_in, int(fraction * total), True), args.num_grids, feats,
+                                         args.placement_mix)}
+        out[str(fraction)] = step_times(models, x, y, args, 10)
+    return out
+
+
 def summary(result: dict, std_kcal: float) -> list[str]:
     """Markdown rows: per budget, plain vs lmKAN mean RMSE (kcal/mol), ratio, divergences and step times."""
     lines = []
@@ -301,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
     p.add_argument("--teachers", nargs="+", default=["distances", "symmetry"], choices=["distances", "symmetry"])
+    p.add_argument("--timing-only", action="store_true", help="only the step times, of untrained students")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--docs", type=Path, help="append a markdown section here")
     args = p.parse_args(argv)
@@ -317,6 +335,17 @@ def main(argv: list[str] | None = None) -> dict:
     extra = torch.tensor(random_configurations(args.transfer, 1), dtype=torch.float64)
     featurize = {"distances": distances, "symmetry": symmetry_functions}
     acts = {"distances": nn.SiLU, "symmetry": nn.CELU}
+    if args.timing_only:
+        timing = {name: timing_only(featurize[name](pos).float(), acts[name], args) for name in args.teachers}
+        for name, per_budget in timing.items():
+            for fraction, t in per_budget.items():
+                print(f"{name} {fraction}x: step CPU time lmKAN / plain {t['lmkan'] / t['plain']:.2f} (Hessian every "
+                      f"step) / {t['lmkan (Hessian every 4th step)'] / t['plain']:.2f} (every 4th) / "
+                      f"{t['lmkan (no Hessian term)'] / t['plain']:.2f} (none); plain {t['plain'] * 1e3:.2f} ms")
+        if args.json:
+            args.json.write_text(json.dumps({"timing_only": timing, "date": datetime.now(timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC"), "rounds": args.rounds}, indent=1))
+        return timing
     results = {"command": "python tools/bench_students.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.platform(),
                "threads": 1, "configurations": int(keep.sum()), "target_std_kcal": std * HARTREE_KCAL,

@@ -76,18 +76,20 @@ def _gradient_factors(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Te
 def hessian_penalty_grad(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(penalty, d penalty / d table) without autograd, for training to add to table.grad. Per function T [n, n]
     the penalty is c (|S T J^T|^2 + 2 |F T F^T|^2 + |J T S^T|^2) (J: the interior rows, c = (n-2)^-2), so the
-    gradient is 2c (S^T S T J^T J + 2 F^T F T F^T F + J^T J T S^T S): four n x n matmuls per function (O(n^3),
-    2.8x cheaper than autograd at G=40, 4x at G=8), and the value is T . gradient / 2."""
+    gradient is 2c (S^T S T J^T J + 2 F^T F T F^T F + J^T J T S^T S): n x n matmuls, O(n^3) per function, run
+    with the grid axes first so that every function shares one product (3-5x cheaper than autograd at G=8 and
+    G=40); the value is T . gradient / 2."""
     n, outputs = table.shape[-2], table.shape[-1]
     values = table.detach().float() if table.dtype in (torch.float16, torch.bfloat16) else table.detach()
     stacked, c = _gradient_factors(n, values.dtype, str(values.device))
-    t = values.reshape(-1, n, n, outputs)
-    left = torch.matmul(stacked, t.reshape(len(t), n, n * outputs)).view(len(t), 2, n, n, outputs)
-    grad = torch.matmul(c, left[:, 1].reshape(-1, n, outputs)).view(t.shape)  # 2 F^T F T, then F^T F on axis 2
-    grad[:, :, 1:-1] += left[:, 0, :, 1:-1]  # S^T S T J^T J
-    grad[:, 1:-1] += torch.matmul(stacked[:n], t[:, 1:-1].reshape(-1, n, outputs)).view(len(t), n - 2, n, outputs)
+    t = values.reshape(-1, n, n, outputs).permute(1, 2, 0, 3).reshape(n, n, -1)  # [i, j, functions]
+    left = (stacked @ t.reshape(n, -1)).view(2 * n, n, -1)  # [S^T S; 2 F^T F] along axis 1
+    grad = torch.matmul(c, left[n:])  # then F^T F along axis 2
+    grad[:, 1:-1] += left[:n, 1:-1]  # S^T S T J^T J
+    grad[1:-1] += torch.matmul(stacked[:n], t[1:-1])  # J^T J T S^T S
     grad.mul_(2.0 / (n - 2) ** 2)
-    return 0.5 * torch.dot(values.reshape(-1), grad.reshape(-1)), grad.view(table.shape)
+    grad = grad.view(n, n, -1, outputs).permute(2, 0, 1, 3).reshape(table.shape)
+    return 0.5 * torch.dot(values.reshape(-1), grad.reshape(-1)), grad
 
 
 def stencil_penalty(table: torch.Tensor) -> torch.Tensor:
