@@ -54,7 +54,8 @@ def test_resumed_distill_matches_uninterrupted_run(tmp_path):
     assert again.steps == full.steps
 
 
-def test_resume_restores_dropout_and_augmentation_rng_in_train_lmkan(tmp_path):
+@pytest.mark.parametrize("hessian_every", [1, 2])  # 2: the checkpoint at step 3 holds the gradient of step 2
+def test_resume_restores_dropout_and_augmentation_rng_in_train_lmkan(tmp_path, hessian_every):
     def build() -> nn.Module:
         torch.manual_seed(7)
         return nn.Sequential(LMKANLinear(4, 8, 4, preconditioning="relu_first"), nn.Dropout(0.3),
@@ -63,7 +64,7 @@ def test_resume_restores_dropout_and_augmentation_rng_in_train_lmkan(tmp_path):
     gen = torch.Generator().manual_seed(1)
     data = AugmentedTensors(torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen),
                             augment=lambda batch: (batch[0] + 0.1 * torch.randn_like(batch[0]), batch[1]))
-    cfg = dict(epochs=2, batch_size=16, hessian_decay_epochs=1.0, progress=False)
+    cfg = dict(epochs=2, batch_size=16, hessian_decay_epochs=1.0, hessian_every=hessian_every, progress=False)
     model = build()
     train_lmkan(model, data, None, TrainConfig(**cfg))
     reference = model.state_dict()

@@ -9,7 +9,7 @@ fractions of its multiply-adds (lmKAN at 2x a Linear of its shape), same budget,
 set is the teacher's training inputs plus --transfer unlabelled random configurations that the teacher labels
 (distillation is not limited to the labelled set); after training, both kinds get a closed-form refit of their output
 layer on it (least squares for the Linear, fit_tables for the lmKAN). Validation: the held-out labelled
-configurations, RMSE against the teacher. Also: the train-step time of each student (round-robin medians), and the
+configurations, RMSE against the teacher. Also: the train-step CPU time of each student (round-robin means), and the
 shrink pass's held-out block error with the closed-form lmKAN fit vs the Linear refit.
 
     python tools/bench_students.py --docs docs/benchmarks.md
@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT / "experiments" / "methane"), str(ROOT / "experiments")
 from ch4_data import load_or_generate, random_configurations  # noqa: E402
 from common import cache_dir  # noqa: E402
 
-from lmkan_surgery import LMKANConfig, LMKANLinear, fit_tables, lmkanify, model_hessian_penalty  # noqa: E402
+from lmkan_surgery import LMKANConfig, LMKANLinear, fit_tables, lmkanify  # noqa: E402
 from lmkan_surgery.distill import TrainConfig, train_lmkan  # noqa: E402
 from lmkan_surgery.nn.placement import knot_values  # noqa: E402
 
@@ -95,7 +95,7 @@ def mlp(d_in: int, width: int, act: type[nn.Module], stats: tuple[torch.Tensor, 
                          act(), nn.Linear(width, 1))
 
 
-def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor) -> nn.Sequential:
+def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor, mix: float) -> nn.Sequential:
     """lmKAN -> BN -> clamp -> lmKAN -> BN -> clamp -> lmKAN; the first layer placed by its inputs' quantiles, the
     others by BatchNorm(affine=False) and a clamp to the grid plus one cell (what an uncalibrated quantile placement
     computes, as one op: no extrapolation blow-up)."""
@@ -106,7 +106,7 @@ def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor) 
         LMKANLinear(width, width, num_grids, bias=False, preconditioning="relu_first"),
         nn.BatchNorm1d(width, affine=False), nn.Hardtanh(-edge, edge),
         LMKANLinear(width, 1, num_grids, preconditioning="relu_first"))
-    model[0].calibrate_placement(x_train)
+    model[0].calibrate_placement(x_train, mix=mix)
     return model
 
 
@@ -124,11 +124,14 @@ def width_for(d_in: int, budget: int, lmkan: bool) -> int:
 
 
 def train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
-    """One budget for every student: AdamW, cosine in the second half, loss-scaled Hessian weight off at half."""
+    """One budget for every student: AdamW (the same weight decay for both kinds), cosine in the second half,
+    loss-scaled Hessian weight (lmKAN only) off at half."""
     half = args.epochs / 2
     return TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, task="regression", seed=seed,
+                       weight_decay=args.weight_decay,
                        hessian_start=args.hessian, hessian_relative=True, hessian_decay_epochs=half / 4,
-                       hessian_off_epoch=half, gamma_ramp_epochs=1.0, progress=False)
+                       hessian_off_epoch=half, gamma_ramp_epochs=1.0, hessian_every=args.hessian_every,
+                       progress=False)
 
 
 def diverged(curve: list[float]) -> bool:
@@ -137,29 +140,30 @@ def diverged(curve: list[float]) -> bool:
             or any(curve[i] > 2 * min(curve[:i]) for i in range(1, len(curve))))
 
 
-def step_times(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rounds: int,
+def step_times(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
                steps: int) -> dict[str, float]:
-    """Median seconds per train step (forward, MSE [+ Hessian penalty], backward, AdamW), round-robin."""
+    """Mean CPU seconds per train step of the engine itself (train_lmkan: forward, MSE, backward, the Hessian
+    gradient where on, clipping, AdamW), from the gaps between on_step_end calls of short runs, round-robin; the
+    lmKAN students with the Hessian term as in the recipe (its loss-scaled start weight, every --hessian-every
+    steps), every 4th step, and off. Thread CPU time, not wall time: on a shared box a step's wall time mostly
+    measures when the scheduler preempts it; the mean spreads a term evaluated every k-th step."""
     variants = {}
     for name, model in models.items():
-        variants[name] = (model, True)
+        variants[name] = (model, args.hessian, args.hessian_every)
         if any(isinstance(m, LMKANLinear) for m in model.modules()):
-            variants[f"{name} (no Hessian term)"] = (model, False)
-    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, (m, _) in variants.items()}
+            variants[f"{name} (Hessian every 4th step)"] = (model, args.hessian, 4)
+            variants[f"{name} (no Hessian term)"] = (model, 0.0, 1)
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, (model, hessian) in variants.items():
-            model.train()
-            start = time.perf_counter()
-            for _ in range(steps):
-                loss = nn.functional.mse_loss(model(x), y)
-                if hessian:
-                    loss = loss + 1e-3 * model_hessian_penalty(model)
-                optims[name].zero_grad(set_to_none=True)
-                loss.backward()
-                optims[name].step()
-            samples[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    data = (x[:(steps + 1) * args.batch], y[:(steps + 1) * args.batch])
+    for _ in range(args.rounds):
+        for name, (model, hessian, every) in variants.items():
+            stamps: list[float] = []
+            cfg = TrainConfig(epochs=1, batch_size=args.batch, lr=1e-4, task="regression", hessian_start=hessian,
+                              hessian_relative=True, hessian_decay_epochs=1e9, hessian_every=every,
+                              gamma_target=None, progress=False)
+            train_lmkan(copy.deepcopy(model), data, None, cfg, on_step_end=lambda _: stamps.append(time.thread_time()))
+            samples[name] += [b - a for a, b in zip(stamps, stamps[1:])]  # the first step (optimizer set-up) left out
+    return {name: statistics.fmean(v) for name, v in samples.items()}
 
 
 def block_fits(teacher: nn.Module, x: torch.Tensor, num_grids: int) -> dict[str, float]:
@@ -235,7 +239,7 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
             for kind, width in widths.items():
                 torch.manual_seed(seed)
                 student = (mlp(feats.shape[1], width, act, stats, norm=True) if kind == "plain"
-                           else lmkan_student(feats.shape[1], width, args.num_grids, x_tr))
+                           else lmkan_student(feats.shape[1], width, args.num_grids, x_tr, args.placement_mix))
                 started = time.perf_counter()
                 history = train_lmkan(student, (x_tr, y_tr), (x_va, y_va), train_config(args, seed)).history
                 curve = [r.val_metric for r in history]
@@ -251,11 +255,28 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
                     f"output refit, {curve[-1]:.4f} before (best {min(curve):.4f}, diverged={row['diverged']}) "
                     f"{row['train_s']} s")
                 timing_models[kind] = trained
-        sample = torch.randperm(n_train, generator=torch.Generator().manual_seed(1))[:args.batch]
-        result["timing"][str(fraction)] = step_times(timing_models, x_tr[sample], y_tr[sample], args.rounds, 10)
+        sample = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(1))[:11 * args.batch]
+        result["timing"][str(fraction)] = step_times(timing_models, x_tr[sample], y_tr[sample], args, 10)
     result["block_fit"] = block_fits(teacher, x_tr, args.num_grids)
     log(f"[{name}] block fit: {result['block_fit']}")
     return result
+
+
+def timing_only(feats: torch.Tensor, act: type[nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """step_times of freshly built students at every budget, no training (a step's cost does not depend on the
+    weights): the timing alone, rerun in a minute when the box is quieter than during the full run."""
+    d_in, total = feats.shape[1], macs(feats.shape[1], args.teacher_width, False)
+    stats = (feats.mean(0), feats.std(0).clamp_min(1e-12))
+    sample = torch.randperm(len(feats), generator=torch.Generator().manual_seed(1))[:11 * args.batch]
+    x, y = feats[sample], torch.randn(len(sample), 1, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for fraction in args.budgets:
+        torch.manual_seed(0)
+        models = {"plain": mlp(d_in, width_for(d_in, int(fraction * total), False), act, stats, norm=True),
+                  "lmkan": lmkan_student(d_in, width_for(d_in, int(fraction * total), True), args.num_grids, feats,
+                                         args.placement_mix)}
+        out[str(fraction)] = step_times(models, x, y, args, 10)
+    return out
 
 
 def summary(result: dict, std_kcal: float) -> list[str]:
@@ -272,26 +293,32 @@ def summary(result: dict, std_kcal: float) -> list[str]:
             f"| {result['teacher']} | {fraction}x | {plain[0]['width']} / {lmkan[0]['width']} | "
             f"{kcal(plain)} | {kcal(lmkan)} | {mean(lmkan) / mean(plain):.2f} | "
             f"{mean(lmkan, 'val_rmse_before_refit') / mean(plain, 'val_rmse_before_refit'):.2f} | "
-            f"{sum(r['diverged'] for r in lmkan)} | {timing['lmkan'] / timing['plain']:.2f} "
-            f"({timing['lmkan (no Hessian term)'] / timing['plain']:.2f}) |")
+            f"{sum(r['diverged'] for r in lmkan)} | {timing['lmkan'] / timing['plain']:.2f} / "
+            f"{timing['lmkan (Hessian every 4th step)'] / timing['plain']:.2f} / "
+            f"{timing['lmkan (no Hessian term)'] / timing['plain']:.2f} |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=20000, help="labelled CH4 configurations (cached)")
-    p.add_argument("--transfer", type=int, default=280000, help="extra unlabelled configurations the teacher labels")
+    p.add_argument("--transfer", type=int, default=136000, help="extra unlabelled configurations the teacher labels")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--teacher-width", type=int, default=128)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--hessian", type=float, default=1e-2, help="relative Hessian weight at the start")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay, every student")
+    p.add_argument("--hessian", type=float, default=1e-3, help="relative Hessian weight at the start")
+    p.add_argument("--hessian-every", type=int, default=1, help="steps between Hessian-gradient evaluations")
     p.add_argument("--num-grids", type=int, default=8)
+    p.add_argument("--placement-mix", type=float, default=0.5,
+                   help="first lmKAN layer's quantile placement: weight of the linear CDF in the blend")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
     p.add_argument("--teachers", nargs="+", default=["distances", "symmetry"], choices=["distances", "symmetry"])
+    p.add_argument("--timing-only", action="store_true", help="only the step times, of untrained students")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--docs", type=Path, help="append a markdown section here")
     args = p.parse_args(argv)
@@ -308,6 +335,17 @@ def main(argv: list[str] | None = None) -> dict:
     extra = torch.tensor(random_configurations(args.transfer, 1), dtype=torch.float64)
     featurize = {"distances": distances, "symmetry": symmetry_functions}
     acts = {"distances": nn.SiLU, "symmetry": nn.CELU}
+    if args.timing_only:
+        timing = {name: timing_only(featurize[name](pos).float(), acts[name], args) for name in args.teachers}
+        for name, per_budget in timing.items():
+            for fraction, t in per_budget.items():
+                print(f"{name} {fraction}x: step CPU time lmKAN / plain {t['lmkan'] / t['plain']:.2f} (Hessian every "
+                      f"step) / {t['lmkan (Hessian every 4th step)'] / t['plain']:.2f} (every 4th) / "
+                      f"{t['lmkan (no Hessian term)'] / t['plain']:.2f} (none); plain {t['plain'] * 1e3:.2f} ms")
+        if args.json:
+            args.json.write_text(json.dumps({"timing_only": timing, "date": datetime.now(timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC"), "rounds": args.rounds}, indent=1))
+        return timing
     results = {"command": "python tools/bench_students.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.platform(),
                "threads": 1, "configurations": int(keep.sum()), "target_std_kcal": std * HARTREE_KCAL,
@@ -316,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["wall_s"] = round(time.perf_counter() - started, 1)
     lines = ["| teacher | MACs | width plain / lmKAN | plain RMSE kcal/mol (seeds) | lmKAN RMSE kcal/mol (seeds) | "
              "lmKAN / plain | same, before the output refit | lmKAN diverged | "
-             "train step time lmKAN / plain (without the Hessian term) |", "|" + "---|" * 9]
+             "train step CPU time lmKAN / plain: Hessian every step / every 4th / none |", "|" + "---|" * 9]
     for teacher in results["teachers"]:
         lines += summary(teacher, results["target_std_kcal"])
     print("\n".join(lines))

@@ -26,6 +26,9 @@ class TrainConfig:
     of a constant prediction (regression: the variance of the targets, the teacher's outputs under KD, on the first
     batch; classification: log(classes)); every term then scales like the data loss under any rescaling of
     targets or tables, so the schedule means the same for any target scale.
+    The Hessian term is added to the tables' gradients in closed form (it is quadratic in them); hessian_every=k
+    evaluates it every k-th step and reuses it in between (stale by < k steps, weighted by the current lambda):
+    about 1/k of its cost.
     """
 
     epochs: int = 10
@@ -55,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     hessian_relative: bool = False
+    hessian_every: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -70,6 +74,7 @@ class TrainConfig:
             (self.hessian_decay_epochs > 0, "hessian_decay_epochs (epochs per factor 10) must be positive"),
             (self.hessian_off_epoch is None or self.hessian_off_epoch >= 0, "hessian_off_epoch must be >= 0 or None"),
             (self.gamma_ramp_epochs >= 0 and self.gamma_start_epoch >= 0, "gamma epochs must be >= 0"),
+            (self.hessian_every >= 1, "hessian_every (steps between Hessian-gradient evaluations) must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: only at the end)"),
             (not self.resume or self.checkpoint_dir, "resume=True needs checkpoint_dir"),
         ]

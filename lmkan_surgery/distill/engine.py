@@ -19,6 +19,7 @@ from .. import batches
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..modelcopy import check_model
 from ..nn import LMKANLayer
+from ..nn.hessian import hessian_penalty_grad
 from . import runtime as rt
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig, WarmupCosine
 from .losses import LayerMatcher, check_same_outputs, first_nonfinite_module, label_loss, logits_kd
@@ -57,6 +58,13 @@ def evaluate(model: nn.Module, data: Any, task: str = "classification", batch_si
     return math.sqrt(ratio) if task == "regression" else ratio
 
 
+def _make_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the config's LR and weight decay, fused (one kernel over all parameters) where torch supports it:
+    floating-point parameters on CPU or CUDA; per-tensor otherwise."""
+    fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 def _trainable_modules(student: nn.Module, teacher: nn.Module | None, train_all: bool) -> list[str]:
     """Names of modules that train: lmKAN layers plus modules whose parameters differ from the teacher's."""
     if train_all or teacher is None:
@@ -92,12 +100,13 @@ class _Run:
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self._select_trainable()
         self.model = self._wrap()
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = _make_optimizer(self.params, cfg)
         schedule = WarmupCosine(self.total_steps, round(cfg.warmup * self.total_steps),
                                 round(cfg.cosine_start * self.total_steps), cfg.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.matcher = self._matcher()
         self.step, self.history, self.epoch_sums = 0, [], {}
+        self.hessian_cache: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.loss_ref: float | None = None  # first step's data loss, for hessian_relative
         self.checkpoint_path: str | None = None
 
@@ -146,8 +155,8 @@ class _Run:
                     layer.gamma.fill_(gamma)
         return gamma
 
-    def _terms(self, inputs: Any, targets: Any, lam: float) -> dict[str, torch.Tensor]:
-        """Every unweighted loss term of one step."""
+    def _terms(self, inputs: Any, targets: Any) -> dict[str, torch.Tensor]:
+        """Every unweighted loss term of one step that goes through autograd (all but the Hessian term)."""
         cfg, terms = self.cfg, {}
         teacher_out = None
         if self.teacher is not None:
@@ -167,8 +176,6 @@ class _Run:
             layer = self.matcher.loss()
             if layer is not None:
                 terms["layer"] = layer
-        if lam > 0 and self.lmkan_layers:
-            terms["hessian"] = self._hessian_term()
         return terms
 
     def _weights(self, lam: float) -> dict[str, float]:
@@ -177,17 +184,30 @@ class _Run:
             return {"kd": cfg.alpha, "label": cfg.label_weight, "layer": cfg.beta, "hessian": lam}
         return {"label": 1.0, "hessian": lam}
 
-    def _hessian_term(self) -> torch.Tensor:
-        """Sum of the layers' Hessian penalties, or (hessian_relative) the mean over layers of each layer's penalty
-        per 2-D function divided by the variance of its table entries (detached): invariant to any table scale."""
-        penalties = [m.hessian_penalty().float() for _, m in self.lmkan_layers]
-        if not self.cfg.hessian_relative:
-            return torch.stack(penalties).sum()
-        relative = []
-        for penalty, (_, m) in zip(penalties, self.lmkan_layers):
-            functions = m.table.numel() // (m.table.shape[-2] * m.table.shape[-3])
-            relative.append(penalty / (functions * m.table.detach().float().var().clamp_min(1e-30)))
-        return torch.stack(relative).mean()
+    @torch.no_grad()
+    def _hessian_term(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The Hessian term and its gradient per table, in closed form (the penalty is quadratic in the tables, so
+        no autograd graph is needed): the sum of the layers' penalties, or (hessian_relative) the mean over layers
+        of each layer's penalty per 2-D function divided by the variance of its table entries (held constant):
+        invariant to any table scale."""
+        values, grads = [], []
+        for _, m in self.lmkan_layers:
+            value, grad = hessian_penalty_grad(m.table)
+            if self.cfg.hessian_relative:
+                functions = m.table.numel() // (m.table.shape[-2] * m.table.shape[-3])
+                variance = m.table.float().var().clamp_min(1e-30)
+                scale = 1.0 / (len(self.lmkan_layers) * functions * variance.double())
+                value, grad = value * scale, grad.mul_(scale)
+            values.append(value.float())
+            grads.append((m.table, grad))
+        return torch.stack(values).sum(), grads
+
+    def _cached_hessian_term(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """_hessian_term, recomputed at steps divisible by cfg.hessian_every and reused (unweighted) in between."""
+        cache = self.hessian_cache
+        if cache is None or self.step % self.cfg.hessian_every == 0:
+            cache = self.hessian_cache = self._hessian_term()
+        return cache
 
     @torch.no_grad()
     def _hessian_scale(self, inputs: Any, targets: Any) -> float:
@@ -233,18 +253,27 @@ class _Run:
         self._set_gamma(epoch)
         inputs, targets = rt.split_batch(batches.to_device(batch, self.device))
         with self._autocast():
-            terms = self._terms(inputs, targets, lam)
+            terms = self._terms(inputs, targets)
         if not terms:
             raise ConfigError("no loss term: train_lmkan needs (inputs, targets) batches; distill needs alpha, "
                               "label_weight (with targets) or beta with matched layers")
-        weights = self._weights(lam)
-        if "hessian" in terms and self.cfg.hessian_relative:
-            weights["hessian"] = lam * self._hessian_scale(inputs, targets)
+        weights, hessian_grads = self._weights(lam), []
+        if lam > 0 and self.lmkan_layers:
+            terms["hessian"], hessian_grads = self._cached_hessian_term()
+            if self.cfg.hessian_relative:
+                weights["hessian"] = lam * self._hessian_scale(inputs, targets)
+        else:
+            self.hessian_cache = None  # a term that comes back starts fresh
         loss = sum(weights[k] * v for k, v in terms.items())
         if self._any_rank(not bool(torch.isfinite(loss.detach()))):
             raise self._nonfinite("loss", inputs, terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for table, grad in hessian_grads:  # what backward of weight * penalty would add (exact: a quadratic)
+            if table.grad is None:
+                table.grad = (grad * weights["hessian"]).to(table.dtype)
+            else:
+                table.grad.add_(grad.to(table.dtype), alpha=weights["hessian"])
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
         if not torch.isfinite(norm):
             raise self._nonfinite("gradient", inputs, terms)
@@ -279,7 +308,9 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(), "rng": states, "step": self.step,
                 "epoch": self.step // self.batches.steps_per_epoch, "epoch_sums": dict(self.epoch_sums),
                 "history": [asdict(r) for r in self.history], "config": self.cfg.to_dict(),
-                "world_size": self.env.world_size, "finished": finished, "hessian_loss_ref": self.loss_ref}
+                "world_size": self.env.world_size, "finished": finished, "hessian_loss_ref": self.loss_ref,
+                "hessian_cache": None if self.hessian_cache is None
+                else (self.hessian_cache[0], [grad for _, grad in self.hessian_cache[1]])}
 
     def _checkpoint(self, finished: bool = False) -> None:
         if not self.cfg.checkpoint_dir:
@@ -312,6 +343,9 @@ class _Run:
         self.step, self.epoch_sums = state["step"], dict(state["epoch_sums"])
         self.history = [EpochRecord(**r) for r in state["history"]]
         self.loss_ref = state.get("hessian_loss_ref")
+        cache = state.get("hessian_cache")  # hessian_every > 1: the reused gradient, so resuming stays exact
+        if cache is not None:
+            self.hessian_cache = (cache[0], [(m.table, g) for (_, m), g in zip(self.lmkan_layers, cache[1])])
         self.checkpoint_path = str(Path(self.cfg.checkpoint_dir) / rt.CHECKPOINT_NAME)
         return bool(state["finished"])
 
