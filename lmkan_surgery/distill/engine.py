@@ -23,6 +23,7 @@ from ..nn.hessian import hessian_penalty_grad
 from . import runtime as rt
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig, WarmupCosine
 from .losses import LayerMatcher, check_same_outputs, first_nonfinite_module, label_loss, logits_kd
+from .master_tables import float32_master_tables
 
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
 StepCallback = Callable[[int], None]
@@ -410,6 +411,18 @@ class _Run:
                              checkpoint_path=self.checkpoint_path, wall_time=sum(r.wall_time for r in self.history))
 
 
+def _train(student: nn.Module, teacher: nn.Module | None, train_data: Any, val_data: Any, cfg: TrainConfig,
+           on_epoch_end: EpochCallback | None, on_step_end: StepCallback | None) -> DistillResult:
+    """One run with half-precision tables trained as float32 masters; the last epoch's validation metric is then
+    re-measured with the tables rounded to their storage dtype (what the returned student computes)."""
+    with float32_master_tables(student) as widened:
+        run = _Run(student, teacher, train_data, val_data, cfg, on_epoch_end, on_step_end)
+        result = run.run()
+    if widened and result.history and run.val_set is not None:
+        result.history[-1].val_metric = evaluate(student, run.val_set, cfg.task, device=run.device)
+    return result
+
+
 def distill(student: nn.Module, teacher: nn.Module, train_data: Any, val_data: Any = None,
             config: DistillConfig | None = None, on_epoch_end: EpochCallback | None = None,
             on_step_end: StepCallback | None = None) -> DistillResult:
@@ -419,7 +432,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_data: Any, val_data: A
         raise ConfigError(f"distill needs a DistillConfig, got {type(config).__name__}")
     check_model(student, "distill (student)")
     check_model(teacher, "distill (teacher)")
-    return _Run(student, teacher, train_data, val_data, config, on_epoch_end, on_step_end).run()
+    return _train(student, teacher, train_data, val_data, config, on_epoch_end, on_step_end)
 
 
 def train_lmkan(model: nn.Module, train_data: Any, val_data: Any = None, config: TrainConfig | None = None,
@@ -429,4 +442,4 @@ def train_lmkan(model: nn.Module, train_data: Any, val_data: Any = None, config:
     if isinstance(config, DistillConfig):
         raise ConfigError("train_lmkan takes a TrainConfig; DistillConfig is for distill()")
     check_model(model, "train_lmkan")
-    return _Run(model, None, train_data, val_data, config, on_epoch_end, on_step_end).run()
+    return _train(model, None, train_data, val_data, config, on_epoch_end, on_step_end)

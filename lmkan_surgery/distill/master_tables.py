@@ -4,6 +4,9 @@ run trains float32 tables and rounds them to their storage dtype once, when it e
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -26,3 +29,13 @@ def narrow_tables(widened: dict[LMKANLayer, torch.dtype]) -> None:
     """Round the tables widen_half_tables widened back to their storage dtypes (new Parameters)."""
     for module, dtype in widened.items():
         module.table = nn.Parameter(module.table.detach().to(dtype), requires_grad=module.table.requires_grad)
+
+
+@contextlib.contextmanager
+def float32_master_tables(model: nn.Module) -> Iterator[dict[LMKANLayer, torch.dtype]]:
+    """Train float32 tables inside the block, stored back as float16/bfloat16 when it exits (even by an error)."""
+    widened = widen_half_tables(model)
+    try:
+        yield widened
+    finally:
+        narrow_tables(widened)
