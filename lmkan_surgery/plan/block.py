@@ -23,6 +23,7 @@ TABLE_RIDGE = 1e-5  # relative ridge towards a zero table (identifies empty cell
 LINEAR_RIDGE = 1e-8  # relative ridge of the B' least squares
 MAX_BLOCK_UNKNOWNS = 2_500  # pairs x (G+1)^2 above this: the dense fit is too slow for calibration-time search
 
+AFFINE = (nn.Identity, nn.Dropout, nn.BatchNorm1d)  # per-unit ops that are affine in eval mode
 Rows = list[torch.Tensor]
 
 
@@ -56,6 +57,8 @@ def block_not_tried(model: nn.Module, trace: TraceResult, space: HiddenSpace, al
     functional = [str(n.target) for n in path[1:-1] if n.op != "call_module"]
     if functional:
         return f"the chain holds functional ops ({', '.join(functional)}), which cannot be replaced by nn.Identity"
+    if all(isinstance(model.get_submodule(name), AFFINE) for name in space.chain):
+        return "the chain is affine (no nonlinearity between the two Linear layers): nothing for lmKAN to replace"
     pairs = (producer.in_features + 1) // 2
     if pairs * (min(num_grids) + 1) ** 2 > MAX_BLOCK_UNKNOWNS:
         return f"its table fit ({pairs} input pairs x (G+1)^2 > {MAX_BLOCK_UNKNOWNS:,} unknowns) is too large " \

@@ -23,7 +23,7 @@ from lmkan_surgery.rules import rule_for
 from .block import fit_blocks
 from .latency_cache import LatencyTable
 
-DAMAGE_TOLERANCE = 1e-3  # damages closer than this (0.1% output error) are a tie, and a tie goes to the plain layer
+DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
 LMKAN_MARGIN = 0.9  # an lmKAN option must cut the damage of every plain option of no more cost by 10%
 MAX_TABLE_UNKNOWNS = 6_000  # larger lmKAN fits (pairs x (G+1)^2) are not tried: too slow for calibration-time search
 BLOCK_KINDS = ("block", "fold")  # lmKAN block producer -> h with a Linear consumer h -> out, or folded (no consumer)
