@@ -20,7 +20,7 @@ from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _
                                          narrow_modules, reconstruct, teacher_outputs)
 from lmkan_surgery.rules import rule_for
 
-from .block import fit_blocks
+from .block import BlockFit, fit_blocks
 from .latency_cache import LatencyTable
 
 DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
@@ -67,6 +67,7 @@ class SpaceOptions:
     damage: dict[Option, float] = field(default_factory=dict)
     dropped: list[Option] = field(default_factory=list)  # lmKAN options a plain option dominates
     block_why: str = "not tried"  # "" when lmKAN block options were tried, else why not
+    fits: dict[Option, BlockFit] = field(default_factory=dict)  # the block fits measured on the original's rows
 
 
 def _weight_bytes(module: nn.Module) -> int:
@@ -194,4 +195,5 @@ def measure_blocks(model: nn.Module, opts: SpaceOptions, blocks: list[Option], t
         same = [o for o in blocks if o.num_grids == g]
         fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix)
         for o in same:
+            opts.fits[o] = fits[o.kept]
             opts.damage[o] = fits[o.kept].damage

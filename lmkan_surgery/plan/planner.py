@@ -133,13 +133,16 @@ def _build(model: nn.Module, spaces: list[SpaceOptions], state: list[Option], or
         changed = narrow_modules(student, [s for s, _ in narrowed]) if narrowed else []
         out_of = {s.producer: s.kept for s, _ in narrowed}
         targets = teacher_outputs(model, list({s.space.consumer for s, _ in jobs}), train + held)
-        for opts, option in jobs:
+        for index, (opts, option) in enumerate(jobs):
             name = opts.space.consumer
             if option.kind in BLOCK_KINDS:
-                xs, ys = block_rows(student, opts.space, train + held, targets[name], out_of.get(name))
-                width = ys[0].shape[1] if option.kind == "fold" else option.kept
-                fit = fit_blocks(xs[:len(train)], ys[:len(train)], xs[len(train):], ys[len(train):], [width],
-                                 option.num_grids, mix)[width]
+                if index == 0 and name not in out_of and opts.space.producer not in {s.consumer for s, _ in narrowed}:
+                    fit = copy.deepcopy(opts.fits[option])  # its rows are the original's: the measured fit holds
+                else:
+                    xs, ys = block_rows(student, opts.space, train + held, targets[name], out_of.get(name))
+                    width = ys[0].shape[1] if option.kind == "fold" else option.kept
+                    fit = fit_blocks(xs[:len(train)], ys[:len(train)], xs[len(train):], ys[len(train):], [width],
+                                     option.num_grids, mix)[width]
                 changed += install_block(student, opts.space, fit)
                 continue
             pairs = list(zip(train + held, targets[name]))
