@@ -24,6 +24,7 @@ class _Layer:
     in_fraction: float = 1.0
     out: float = 0.0
     num_grids: int = 0
+    placement: str = "none"
 
     def price(self) -> tuple[float, float, float]:
         """(MACs, bytes, seconds) of the layer as planned."""
@@ -35,26 +36,40 @@ class _Layer:
             return macs, bytes_, seconds(self.opts, "plain", k * self.in_fraction, self.out, positions)
         n_in, n_out = max(1, round(k * self.in_fraction)), max(1, round(self.out))
         macs, bytes_ = lmkan_cost(positions, n_in, n_out, self.num_grids, self.opts.itemsize)
-        return macs, bytes_, seconds(self.opts, "lmkan", n_in, n_out, positions, self.num_grids)
+        return macs, bytes_, seconds(self.opts, "lmkan", n_in, n_out, positions, self.num_grids,
+                                     self.placement)
 
 
-def _layers(spaces: list[SpaceOptions], state: list[Option]) -> dict[str, _Layer]:
-    """Every producer and consumer of the spaces as planned by `state`."""
+def _base_layers(spaces: list[SpaceOptions]) -> dict[str, _Layer]:
+    """Every producer and consumer of the spaces, as in the original."""
     layers: dict[str, _Layer] = {}
     for opts in spaces:
         for name, shape, cost in ((opts.space.producer, opts.producer_shape, opts.producer_cost),
                                   (opts.space.consumer, opts.consumer_shape, opts.consumer_cost)):
             layers.setdefault(name, _Layer(opts, shape, cost, out=shape[1]))
+    return layers
+
+
+def table_latency(spaces: list[SpaceOptions]) -> float:
+    """The original's seconds per forward as the per-shape table prices it: the sum over the spaces' layers (the
+    rest of the model is never changed, so budgets compare like with like: table estimate against table estimate)."""
+    return sum(layer.cost[2] for layer in _base_layers(spaces).values())
+
+
+def _layers(spaces: list[SpaceOptions], state: list[Option]) -> dict[str, _Layer]:
+    """Every producer and consumer of the spaces as planned by `state`."""
+    layers = _base_layers(spaces)
     for opts, option in zip(spaces, state):
         a, b = layers[opts.space.producer], layers[opts.space.consumer]
+        block = opts.fits.get(option)
+        if option.kind in BLOCK_KINDS:
+            a.kind, a.num_grids, a.placement = "lmkan", option.num_grids, block.lmkan.input_norm if block else "quantile"
         if option.kind == "fold":
-            a.kind, a.num_grids, b.kind = "lmkan", option.num_grids, "gone"
+            b.kind = "gone"
             continue
         a.out, b.in_fraction = option.kept, option.kept / opts.space.size
         if option.kind == "lmkan":
-            b.kind, b.num_grids = "lmkan", option.num_grids
-        elif option.kind == "block":
-            a.kind, a.num_grids = "lmkan", option.num_grids
+            b.kind, b.num_grids, b.placement = "lmkan", option.num_grids, opts.consumer_placement
     for opts, option in zip(spaces, state):  # a folded block outputs what its consumer kept
         if option.kind == "fold":
             layers[opts.space.producer].out = layers[opts.space.consumer].out

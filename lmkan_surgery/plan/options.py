@@ -68,6 +68,7 @@ class SpaceOptions:
     dropped: list[Option] = field(default_factory=list)  # lmKAN options a plain option dominates
     block_why: str = "not tried"  # "" when lmKAN block options were tried, else why not
     fits: dict[Option, BlockFit] = field(default_factory=dict)  # the block fits measured on the original's rows
+    consumer_placement: str = "quantile"  # input placement of an lmKAN consumer (the planner's input_norm)
 
 
 def _weight_bytes(module: nn.Module) -> int:
@@ -81,11 +82,12 @@ def _shape(module: nn.Module, macs: int) -> tuple[int, int, int]:
     return per_position // max(1, out), out, max(1, macs // max(1, per_position))
 
 
-def seconds(opts: SpaceOptions, kind: str, n_in: float, n_out: float, positions: int, num_grids: int = 0) -> float:
+def seconds(opts: SpaceOptions, kind: str, n_in: float, n_out: float, positions: int, num_grids: int = 0,
+            placement: str = "none") -> float:
     """Cached per-shape seconds of one forward of opts.batch samples (0 without a latency budget)."""
     if opts.timer is None:
         return 0.0
-    return opts.timer.seconds(kind, round(n_in), round(n_out), positions * opts.batch, num_grids)
+    return opts.timer.seconds(kind, round(n_in), round(n_out), positions * opts.batch, num_grids, placement)
 
 
 def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_layers: set[str],

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from lmkan_surgery.batches import InputFn, model_inputs
-from lmkan_surgery.report.latency import batch_of, model_latency
 from lmkan_surgery.config import LMKANConfig
 from lmkan_surgery.errors import ConfigError
 from lmkan_surgery.modelcopy import check_model
@@ -31,7 +30,7 @@ from lmkan_surgery.serialization import SPEC_ATTR, build_spec
 from .block import block_not_tried, fit_blocks, install_block
 from .budget import Budget
 from .choose import choose
-from .cost_model import CostModel, drop_dominated, local_cost
+from .cost_model import CostModel, drop_dominated, local_cost, table_latency
 from .costs import model_bytes, model_macs
 from .latency_cache import LatencyTable
 from .options import (BLOCK_KINDS, Option, SpaceOptions, block_rows, describe_space, measure_damage,
@@ -156,14 +155,9 @@ def _build(model: nn.Module, spaces: list[SpaceOptions], state: list[Option], or
     return student, list(dict.fromkeys(changed))
 
 
-def _costs(model: nn.Module, example: Any, latency_batch: int | None = None) -> dict[str, float]:
-    """Formula MACs and bytes of a model; with latency_batch, its measured seconds per forward of that batch."""
-    costs = {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
-    if latency_batch is not None:
-        args = example if isinstance(example, tuple) else (example,)  # positional inputs (dict inputs: not timed)
-        inputs = batch_of(args, latency_batch, torch.device("cpu"))
-        costs["latency"] = model_latency([model], inputs, torch.device("cpu"), repeats=5, budget_s=1.0)[0]
-    return costs
+def _costs(model: nn.Module, example: Any) -> dict[str, float]:
+    """Formula MACs and bytes of a model."""
+    return {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
 
 
 def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = None, example_inputs: Any = None,
@@ -202,12 +196,13 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
             opts.lmkan_allowed = opts.block_why = "prune-only plan"
         else:
             opts.block_why = block_not_tried(student, trace, opts.space, lmkan_layers, grids)
+        opts.consumer_placement = config.input_norm
     options = [options_for(o, fractions, grids) for o in described]
     for opts, opts_list in zip(described, options):
         measure_damage(student, opts, opts_list, train, held, PLAN_RIDGE, config.input_norm, config.quantile_mix)
     everything = options
     options = [drop_dominated(o, opts_list) for o, opts_list in zip(described, options)]
-    original = _costs(student, example, budget.latency_batch if timer is not None else None)
+    original = {**_costs(student, example), "latency": table_latency(described)}
     limits = budget.limits(original)
     cost_model = CostModel(described, original)
     for _ in range(6):  # the formula model is exact for MACs; a measured overshoot tightens the limits and re-plans
@@ -215,7 +210,7 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
         if state is None:
             floor = cost_model.total([min((o for o in opts if o.kind == "plain"), key=lambda o: o.kept)
                                       for opts in options])
-            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original)
+            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original if original[k] > 0)
             raise ConfigError(f"budget {budget.describe()} cannot be met: narrowing every shrinkable hidden width "
                               f"({len(spaces)} found) reaches {reached}; raise the budget or make more "
                               f"widths shrinkable (Linear->act->Linear, Conv->BN->act->Conv chains)")
