@@ -2,9 +2,9 @@
 (A's inputs -> h outputs, no activation after it) and the consumer B a Linear h -> B's outputs, both fitted in
 closed form on calibration rows. The lmKAN targets the top-h principal components of B's centred original output
 (or that output itself when h reaches B's out features: B is then folded away), its tables placed by A's input
-quantiles and fitted with fit_tables, the Hessian weight picked on held-out rows (affine placement by mean and std where the quantile
-maps do not cut the damage by 10%: they cost more CPU time than the lookup); B' is the least-squares map from
-the fitted components back to B's output. lmKAN's 2-D functions then act on A's raw inputs, where they can pay."""
+quantiles (or by their mean and std where the quantile maps do not cut the damage by 10%: they cost more CPU time
+than the lookup) and fitted with fit_tables, the Hessian weight picked on held-out rows; B' is the least-squares map
+from the fitted components back to B's output. lmKAN's 2-D functions then act on A's raw inputs, where they can pay."""
 
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def _layers(spaces: list[SpaceOptions], state: list[Option]) -> dict[str, _Layer
         a, b = layers[opts.space.producer], layers[opts.space.consumer]
         block = opts.fits.get(option)
         if option.kind in BLOCK_KINDS:
-            a.kind, a.num_grids, a.placement = "lmkan", option.num_grids, block.lmkan.input_norm if block else "quantile"
+            a.kind, a.num_grids = "lmkan", option.num_grids
+            a.placement = block.lmkan.input_norm if block else "quantile"
         if option.kind == "fold":
             b.kind = "gone"
             continue
