@@ -2,9 +2,9 @@
 (A's inputs -> h outputs, no activation after it) and the consumer B a Linear h -> B's outputs, both fitted in
 closed form on calibration rows. The lmKAN targets the top-h principal components of B's centred original output
 (or that output itself when h reaches B's out features: B is then folded away), its tables placed by A's input
-quantiles (or by their mean and std where the quantile maps do not cut the damage by 10%: they cost more CPU time
-than the lookup) and fitted with fit_tables, the Hessian weight picked on held-out rows; B' is the least-squares map
-from the fitted components back to B's output. lmKAN's 2-D functions then act on A's raw inputs, where they can pay."""
+quantiles (bounded beyond the data; by their mean and std instead only where that cuts the damage by 10%: the
+quantile maps cost more CPU time than the lookup) and fitted with fit_tables, the Hessian weight picked on held-out
+rows; B' is the least-squares map from the fitted components back to B's output. lmKAN's 2-D functions then act on A's raw inputs, where they can pay."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from lmkan_surgery.passes.trace import TraceResult
 from lmkan_surgery.passes.replace import set_module
 
 HESSIANS = (1e-5, 1e-3, 1e-1)  # relative Hessian weights tried; the held-out damage picks one per width
-QUANTILE_MARGIN = 0.9  # quantile placement (~4x an affine lookup's CPU time) must cut the damage by 10% to be used
+AFFINE_MARGIN = 0.9  # affine placement (~4x faster on CPU, unbounded beyond the data) must cut the damage by 10%
 TABLE_RIDGE = 1e-5  # relative ridge towards a zero table (identifies empty cells together with the Hessian term)
 LINEAR_RIDGE = 1e-8  # relative ridge of the B' least squares
 MAX_BLOCK_UNKNOWNS = 2_500  # pairs x (G+1)^2 above this: the dense fit is too slow for calibration-time search
@@ -118,7 +118,7 @@ def fit_blocks(x_train: Rows, y_train: Rows, x_held: Rows, y_held: Rows, widths:
 
     x_*: A's inputs per batch, y_*: B's original outputs per batch. One table fit per placement and Hessian weight
     serves every width (the output columns share the normal matrix); per width and placement the weight with the
-    lowest held-out damage is kept, and quantile placement only where it beats affine by QUANTILE_MARGIN."""
+    lowest held-out damage is kept, and affine placement only where it beats quantile by AFFINE_MARGIN."""
     xt, yt = torch.cat(x_train).double(), torch.cat(y_train).double()
     xh, yh = torch.cat(x_held).double(), torch.cat(y_held).double()
     n_out = yt.shape[1]
@@ -146,8 +146,8 @@ def fit_blocks(x_train: Rows, y_train: Rows, x_held: Rows, y_held: Rows, widths:
                 fit = BlockFit(_sliced(layer, slice(0, h)), linear.eval(), damage)
             if (h, placement) not in best or fit.damage < best[h, placement].damage:
                 best[h, placement] = fit
-    return {h: best[h, "quantile"] if best[h, "quantile"].damage < QUANTILE_MARGIN * best[h, "affine"].damage
-            else best[h, "affine"] for h in widths}
+    return {h: best[h, "affine"] if best[h, "affine"].damage < AFFINE_MARGIN * best[h, "quantile"].damage
+            else best[h, "quantile"] for h in widths}
 
 
 def install_block(model: nn.Module, space: HiddenSpace, fit: BlockFit) -> list[str]:

@@ -21,13 +21,14 @@ def choose(model: CostModel, options: list[list[Option]], limits: dict[str, floa
     """One option per space meeting every limit, or None when even the cheapest options do not."""
     state = [opts[0] for opts in options]
     damage = [s.damage for s in model.spaces]
+    seen = {tuple(state)}  # with several limits a move can undo an earlier one: never revisit an assignment
     while not _fits(model.total(state), limits):
         now = model.total(state)
         best, best_score = None, 0.0
         for i, opts in enumerate(options):
             for option in opts:
                 trial = state[:i] + [option] + state[i + 1:]
-                if not model.consistent(trial):
+                if tuple(trial) in seen or not model.consistent(trial):
                     continue
                 gain = _gain(now, model.total(trial), limits)
                 if gain <= 0:
@@ -39,6 +40,7 @@ def choose(model: CostModel, options: list[list[Option]], limits: dict[str, floa
         if best is None:
             return None
         state[best[0]] = best[1]
+        seen.add(tuple(state))
     return _repair(model, options, state, limits)
 
 
