@@ -178,3 +178,14 @@ def test_inconsistent_combinations_are_refused():
     assert not consistent(spaces, [fold, block])  # l1 folded away, yet the producer of the next block
     assert not consistent(spaces, [Option(0.5, "lmkan", 8, 32), block])  # l1 an lmKAN consumer and a block producer
     assert consistent(spaces, [block, block])  # the second block reads the first block's outputs
+
+
+def test_macs_and_latency_limits_together_terminate_and_hold(tmp_path, monkeypatch):
+    """Two limits at once (a move may lower one cost and raise the other): the choice ends and meets both."""
+    from lmkan_surgery.plan import latency_cache
+
+    monkeypatch.setattr(latency_cache, "cache_path", lambda: tmp_path / "plan_latency.json")
+    teacher = pairwise_teacher(width=64)
+    result = plan(teacher, batches(), Budget(macs=0.3, latency=0.9, latency_batch=256))
+    assert hand_macs(result.model) <= 0.3 * hand_macs(teacher)
+    assert result.planned["latency"] <= 0.9 * result.original["latency"]
