@@ -20,7 +20,7 @@ from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _
                                          narrow_modules, reconstruct, teacher_outputs)
 from lmkan_surgery.rules import rule_for
 
-from .block import BlockFit, fit_blocks
+from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks
 from .latency_cache import LatencyTable
 
 DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
@@ -111,12 +111,13 @@ def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_lay
 
 def _block_options(opts: SpaceOptions, kept_counts: list[int], grids: tuple[int, ...]) -> list[Option]:
     """lmKAN blocks of every kept count below the consumer's outputs (and the folded block) whose formula MACs,
-    2 x even(in) x h + h x out, stay below the producer's and consumer's together."""
+    2 x even(in) x h + h x out, stay below the producer's and consumer's together, at each grid size whose table
+    fit stays small (MAX_BLOCK_UNKNOWNS)."""
     n_in, n_out = opts.producer_shape[0], opts.consumer_shape[1]
     original = opts.producer_cost[0] + opts.consumer_cost[0]
     positions = opts.producer_shape[2]
     out = []
-    for g in grids:
+    for g in [g for g in grids if (n_in + 1) // 2 * (g + 1) ** 2 <= MAX_BLOCK_UNKNOWNS]:
         if positions * 2 * (n_in + n_in % 2) * n_out < original:
             out.append(Option(1.0, "fold", g, n_out))
         out += [Option(k / opts.space.size, "block", g, k) for k in kept_counts
