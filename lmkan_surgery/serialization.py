@@ -33,6 +33,7 @@ _BUILDERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "PReLU": (nn.PReLU, ("num_parameters",)),
+    "Identity": (nn.Identity, ()),  # the planner's lmKAN blocks replace per-unit ops (and folded consumers) by it
 }
 
 

@@ -1,7 +1,8 @@
 """Acceptance benchmark of issue 14: at 0.5x, 0.25x, 0.1x, 0.05x of a teacher's formula MACs, the planner's arm
-(keep / narrow / lmKAN per hidden width), the prune-only arm (the same planner, plain narrowing only) and int8
-dynamic quantization of the teacher, side by side; trainable arms distilled with the same budget; metric, MACs,
-bytes, latency at batch 1 and 256 (measured alternately in one run), distillation wall time.
+(keep / narrow / lmKAN consumer / lmKAN block per hidden width), the prune-only arm (the same planner, plain
+narrowing only) and int8 dynamic quantization of the teacher, side by side; trainable arms distilled with the same
+budget; metric, MACs, bytes, latency at batch 1 and 256 (measured alternately in one run), distillation wall time.
+With --latency F every budget also caps the planned layers' batch-256 time (per-shape table) at F x the teacher's.
 
 Teachers: the Fashion-MNIST CNN of tools/bench_distill.py and the two methane MLP teachers of
 tools/bench_students.py (distances/SiLU, smooth; symmetry functions/CELU, heavy-tailed). One torch thread.
@@ -83,9 +84,10 @@ def run_budget(teacher: nn.Module, train: Pair, val: Pair, task: str, fraction: 
     """One budget: plan both arms (or say why not), distill them alike, compare with int8 and the original."""
     calibration = list(train[0][:args.calibration].split(256))
     arms, notes, unmet = {"original": teacher}, {}, {}
+    budget = Budget(macs=fraction, latency=args.latency)
     for name, lmkan in (("planner", True), ("prune-only", False)):
         try:
-            result = plan(teacher, calibration, Budget(macs=fraction), example_inputs=(train[0][:1],), lmkan=lmkan)
+            result = plan(teacher, calibration, budget, example_inputs=(train[0][:1],), lmkan=lmkan)
         except ConfigError as err:
             unmet[name] = str(err)
             continue
@@ -103,7 +105,7 @@ def run_budget(teacher: nn.Module, train: Pair, val: Pair, task: str, fraction: 
     table = compare_arms(arms, (train[0][:1],), lambda m: evaluate(m, val, task=task, device="cpu"), metric_name,
                          task == "classification", train=train_arm,
                          trainable=tuple(n for n in ("planner", "prune-only") if n in arms),
-                         notes=notes, throughput_batch=256, repeats=10, budget_s=1.0, budget=f"{fraction}x MACs")
+                         notes=notes, throughput_batch=256, repeats=10, budget_s=1.0, budget=budget.describe())
     print(table, flush=True)
     return {"budget": fraction, "unmet": unmet, "table": table.render(markdown=True),
             "rows": [dict(vars(r), latency={str(k): v for k, v in r.latency.items()}) for r in table.rows]}
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--train-samples", type=int, default=8192, help="distillation (transfer) set size")
     p.add_argument("--val-samples", type=int, default=2000)
     p.add_argument("--calibration", type=int, default=2048, help="planner calibration rows (batches of 256)")
+    p.add_argument("--latency", type=float, default=None,
+                   help="also cap the planned layers' batch-256 latency at this fraction of the teacher's")
     p.add_argument("--json", type=Path)
     p.add_argument("--docs", type=Path, help="append a markdown section here")
     p.add_argument("--plots", type=Path, help="folder for the PNG plots")

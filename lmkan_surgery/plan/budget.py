@@ -13,9 +13,10 @@ KINDS = ("macs", "bytes", "latency")
 @dataclass(frozen=True)
 class Budget:
     """Upper limits relative to the original model: macs (formula multiply-adds per sample), bytes (parameters and
-    buffers) and latency (CPU seconds per forward of latency_batch samples: the original's measured time plus the
-    planned layers' cached per-shape differences, plan/latency_cache.py); None leaves that cost free. A plan never
-    exceeds a MACs or bytes limit (checked on the built model) nor its latency estimate."""
+    buffers) and latency (CPU seconds per forward of latency_batch samples of the layers the planner may change, as
+    the cached per-shape table prices them for the original and for the plan alike, plan/latency_cache.py); None
+    leaves that cost free. A plan never exceeds a MACs or bytes limit (checked on the built model) nor its latency
+    estimate."""
 
     macs: float | None = 0.5
     bytes: float | None = None

@@ -1,38 +1,11 @@
 """Pick one option per hidden space: the cheapest set meeting the budget, greedily by damage per unit of cost saved,
-then undo damage wherever the budget still holds. Deterministic: ties go to the earlier space and option."""
+then undo damage wherever the budget still holds. Only consistent assignments are tried (an lmKAN block's producer is
+never a layer another space makes lmKAN or folds away). Deterministic: ties go to the earlier space and option."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .options import Option, SpaceOptions, option_cost, producer_cost
-
-
-@dataclass
-class CostModel:
-    """The whole model's (MACs, bytes, latency) for any assignment of options to hidden spaces."""
-
-    spaces: list[SpaceOptions]
-    original: dict[str, float]  # {"macs": ..., "bytes": ..., "latency": ...} of the whole original model
-
-    def total(self, state: list[Option]) -> dict[str, float]:
-        """Whole-model costs: the original's, with every producer and consumer of a space re-priced."""
-        out_scale = {s.space.producer: o.kept / s.space.size for s, o in zip(self.spaces, state)}
-        total = [self.original["macs"], self.original["bytes"], self.original.get("latency", 0.0)]
-        priced: set[str] = set()
-
-        def add(new: tuple[float, ...], old: tuple[float, ...]) -> None:
-            for i in range(3):
-                total[i] += new[i] - old[i]
-
-        for opts, option in zip(self.spaces, state):
-            add(option_cost(opts, option, out_scale.get(opts.space.consumer, 1.0)), opts.consumer_cost)
-            priced.add(opts.space.consumer)
-        for opts in self.spaces:
-            if opts.space.producer not in priced:
-                add(producer_cost(opts, out_scale[opts.space.producer]), opts.producer_cost)
-                priced.add(opts.space.producer)
-        return {"macs": total[0], "bytes": total[1], "latency": total[2]}
+from .cost_model import CostModel
+from .options import Option
 
 
 def _fits(cost: dict[str, float], limits: dict[str, float]) -> bool:
@@ -48,12 +21,15 @@ def choose(model: CostModel, options: list[list[Option]], limits: dict[str, floa
     """One option per space meeting every limit, or None when even the cheapest options do not."""
     state = [opts[0] for opts in options]
     damage = [s.damage for s in model.spaces]
+    seen = {tuple(state)}  # with several limits a move can undo an earlier one: never revisit an assignment
     while not _fits(model.total(state), limits):
         now = model.total(state)
         best, best_score = None, 0.0
         for i, opts in enumerate(options):
             for option in opts:
                 trial = state[:i] + [option] + state[i + 1:]
+                if tuple(trial) in seen or not model.consistent(trial):
+                    continue
                 gain = _gain(now, model.total(trial), limits)
                 if gain <= 0:
                     continue
@@ -64,6 +40,7 @@ def choose(model: CostModel, options: list[list[Option]], limits: dict[str, floa
         if best is None:
             return None
         state[best[0]] = best[1]
+        seen.add(tuple(state))
     return _repair(model, options, state, limits)
 
 
@@ -77,7 +54,7 @@ def _repair(model: CostModel, options: list[list[Option]], state: list[Option],
             for option in opts:
                 drop = damage[i][state[i]] - damage[i][option]
                 trial = state[:i] + [option] + state[i + 1:]
-                if drop > best_drop and _fits(model.total(trial), limits):
+                if drop > best_drop and model.consistent(trial) and _fits(model.total(trial), limits):
                     best, best_drop = (i, option), drop
         if best is None:
             return state

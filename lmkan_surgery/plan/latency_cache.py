@@ -51,13 +51,17 @@ class LatencyTable:
             self.entries = {}
         self.dirty = False
 
-    def seconds(self, kind: str, n_in: int, n_out: int, rows: int, num_grids: int = 0) -> float:
-        """Seconds of one forward of a `kind` ('plain' or 'lmkan') layer n_in -> n_out on `rows` rows."""
+    def seconds(self, kind: str, n_in: int, n_out: int, rows: int, num_grids: int = 0,
+                placement: str = "none") -> float:
+        """Seconds of one forward of a `kind` ('plain' or 'lmkan') layer n_in -> n_out on `rows` rows; an lmKAN
+        with its input placement ('none', 'affine' or 'quantile': the quantile maps cost more than the lookup)."""
         n_in, n_out, rows = max(1, n_in), max(1, n_out), max(1, rows)
-        key = f"{self.machine}:{kind}:{n_in}:{n_out}:{rows}:{num_grids}"
+        key = f"{self.machine}:{kind}:{n_in}:{n_out}:{rows}:{num_grids}" + (f":{placement}" if placement != "none"
+                                                                          else "")
         if key not in self.entries:
             torch.manual_seed(0)
-            layer = nn.Linear(n_in, n_out) if kind == "plain" else LMKANLinear(n_in, n_out, num_grids)
+            layer = nn.Linear(n_in, n_out) if kind == "plain" else LMKANLinear(n_in, n_out, num_grids,
+                                                                                 input_norm=placement)
             self.entries[key] = _median_seconds(layer.eval(), torch.randn(rows, n_in), self.repeats)
             self.dirty = True
         return self.entries[key]

@@ -1,5 +1,6 @@
 """The planner's candidates: for every shrinkable hidden space (producer -> per-unit ops -> consumer), keep it, narrow
-it as plain layers at a few kept fractions, or narrow it and make the consumer an lmKAN Linear at a few grid sizes.
+it as plain layers at a few kept fractions, narrow it and make the consumer an lmKAN Linear, or replace producer and
+ops by an lmKAN block (plan/block.py) of a few widths, folding the consumer in when the width reaches its outputs.
 Each option's damage is the held-out relative error of the consumer's output after local fitting on calibration
 data (ridge refit for plain layers, closed-form fit_tables for lmKAN), with only that space changed."""
 
@@ -19,17 +20,20 @@ from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _
                                          narrow_modules, reconstruct, teacher_outputs)
 from lmkan_surgery.rules import rule_for
 
-from .costs import lmkan_cost, plain_cost
+from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks
 from .latency_cache import LatencyTable
 
-DAMAGE_TOLERANCE = 1e-4  # damages closer than this are a tie, and a tie goes to the plain layer
+DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
 LMKAN_MARGIN = 0.9  # an lmKAN option must cut the damage of every plain option of no more cost by 10%
 MAX_TABLE_UNKNOWNS = 6_000  # larger lmKAN fits (pairs x (G+1)^2) are not tried: too slow for calibration-time search
+BLOCK_KINDS = ("block", "fold")  # lmKAN block producer -> h with a Linear consumer h -> out, or folded (no consumer)
 
 
 @dataclass(frozen=True)
 class Option:
-    """One choice for a hidden space: kept fraction, consumer kind ('plain' or 'lmkan') and grid size."""
+    """One choice for a hidden space: kept fraction, kind and grid size. Kinds: 'plain' (narrowed to `kept` units),
+    'lmkan' (narrowed, the consumer an lmKAN Linear), 'block' (producer and ops an lmKAN to `kept` outputs, the
+    consumer a Linear from them) and 'fold' (producer, ops and consumer one lmKAN to the consumer's outputs)."""
 
     fraction: float
     kind: str = "plain"
@@ -37,7 +41,11 @@ class Option:
     kept: int = 0
 
     def label(self, size: int) -> str:
-        """E.g. 'plain 64/256' or 'lmKAN G=8 64/256'."""
+        """E.g. 'plain 64/256', 'lmKAN G=8 64/256', 'lmKAN block G=8 h=16/256', 'lmKAN block G=8 folded'."""
+        if self.kind == "block":
+            return f"lmKAN block G={self.num_grids} h={self.kept}/{size}"
+        if self.kind == "fold":
+            return f"lmKAN block G={self.num_grids} folded"
         what = "keep" if self.fraction >= 1.0 and self.kind == "plain" else (
             "plain" if self.kind == "plain" else f"lmKAN G={self.num_grids}")
         return f"{what} {self.kept}/{size}"
@@ -53,11 +61,14 @@ class SpaceOptions:
     producer_shape: tuple[int, int, int]  # (inputs per position, outputs, positions per sample)
     consumer_shape: tuple[int, int, int]
     itemsize: int
-    lmkan_allowed: str  # "" when lmKAN options were tried, else why not
+    lmkan_allowed: str  # "" when lmKAN consumer options were tried, else why not
     timer: LatencyTable | None = None
     batch: int = 1
     damage: dict[Option, float] = field(default_factory=dict)
     dropped: list[Option] = field(default_factory=list)  # lmKAN options a plain option dominates
+    block_why: str = "not tried"  # "" when lmKAN block options were tried, else why not
+    fits: dict[Option, BlockFit] = field(default_factory=dict)  # the block fits measured on the original's rows
+    consumer_placement: str = "quantile"  # input placement of an lmKAN consumer (the planner's input_norm)
 
 
 def _weight_bytes(module: nn.Module) -> int:
@@ -71,11 +82,12 @@ def _shape(module: nn.Module, macs: int) -> tuple[int, int, int]:
     return per_position // max(1, out), out, max(1, macs // max(1, per_position))
 
 
-def seconds(opts: SpaceOptions, kind: str, n_in: float, n_out: float, positions: int, num_grids: int = 0) -> float:
+def seconds(opts: SpaceOptions, kind: str, n_in: float, n_out: float, positions: int, num_grids: int = 0,
+            placement: str = "none") -> float:
     """Cached per-shape seconds of one forward of opts.batch samples (0 without a latency budget)."""
     if opts.timer is None:
         return 0.0
-    return opts.timer.seconds(kind, round(n_in), round(n_out), positions * opts.batch, num_grids)
+    return opts.timer.seconds(kind, round(n_in), round(n_out), positions * opts.batch, num_grids, placement)
 
 
 def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_layers: set[str],
@@ -97,51 +109,53 @@ def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_lay
     return opts
 
 
-def option_cost(opts: SpaceOptions, option: Option, out_scale: float) -> tuple[float, float, float]:
-    """(MACs, bytes, seconds) of the space's consumer under `option`, its outputs kept at out_scale (a later
-    space)."""
-    size = opts.space.size
-    k, out, positions = opts.consumer_shape
-    if option.kind == "plain":
-        macs, bytes_ = plain_cost(*opts.consumer_cost[:2], option.kept / size, out_scale)
-        return macs, bytes_, seconds(opts, "plain", k * option.kept / size, out * out_scale, positions)
-    n_out = max(1, round(out * out_scale))
-    macs, bytes_ = lmkan_cost(positions, option.kept, n_out, option.num_grids, opts.itemsize)
-    return macs, bytes_, seconds(opts, "lmkan", option.kept, n_out, positions, option.num_grids)
-
-
-def producer_cost(opts: SpaceOptions, out_scale: float) -> tuple[float, float, float]:
-    """(MACs, bytes, seconds) of the space's producer with out_scale of its outputs kept."""
-    k, out, positions = opts.producer_shape
-    macs, bytes_ = plain_cost(*opts.producer_cost[:2], 1.0, out_scale)
-    return macs, bytes_, seconds(opts, "plain", k, out * out_scale, positions)
+def _block_options(opts: SpaceOptions, kept_counts: list[int], grids: tuple[int, ...]) -> list[Option]:
+    """lmKAN blocks of every kept count below the consumer's outputs (and the folded block) whose formula MACs,
+    2 x even(in) x h + h x out, stay below the producer's and consumer's together, at each grid size whose table
+    fit stays small (MAX_BLOCK_UNKNOWNS)."""
+    n_in, n_out = opts.producer_shape[0], opts.consumer_shape[1]
+    original = opts.producer_cost[0] + opts.consumer_cost[0]
+    positions = opts.producer_shape[2]
+    out = []
+    for g in [g for g in grids if (n_in + 1) // 2 * (g + 1) ** 2 <= MAX_BLOCK_UNKNOWNS]:
+        if positions * 2 * (n_in + n_in % 2) * n_out < original:
+            out.append(Option(1.0, "fold", g, n_out))
+        out += [Option(k / opts.space.size, "block", g, k) for k in kept_counts
+                if k < n_out and positions * (2 * (n_in + n_in % 2) * k + k * n_out) < original]
+    return out
 
 
 def options_for(opts: SpaceOptions, fractions: tuple[float, ...], grids: tuple[int, ...]) -> list[Option]:
-    """Keep, plain narrowing at each fraction and (where allowed) lmKAN at each (G, fraction) whose lmKAN MACs do
-    not exceed the consumer's original MACs and whose table fit stays small."""
+    """Keep, plain narrowing at each fraction, (where allowed) lmKAN consumers at each (G, fraction) whose lmKAN MACs
+    do not exceed the consumer's original MACs and whose table fit stays small, and lmKAN blocks (allowed ones)."""
     size = opts.space.size
     out = [Option(1.0, "plain", 0, size)]
+    counts = []
     for fraction in sorted(set(fractions), reverse=True):
         kept = _kept_count(size, fraction)
         if kept < size:
             out.append(Option(fraction, "plain", 0, kept))
+            counts.append(kept)
         for g in grids if not opts.lmkan_allowed else ():
             cheaper = 2 * (kept + kept % 2) <= size
             if cheaper and ((kept + 1) // 2) * (g + 1) ** 2 <= MAX_TABLE_UNKNOWNS:
                 out.append(Option(fraction, "lmkan", g, kept))
+    if not opts.block_why:
+        out += _block_options(opts, counts, grids)
     return list(dict.fromkeys(out))
 
 
 def measure_damage(model: nn.Module, opts: SpaceOptions, options: list[Option], train: list[Any], held: list[Any],
                    ridge: float, input_norm: str, mix: float) -> None:
     """Fill opts.damage: for each kept count, narrow only this space in a copy, refit the consumer (plain) and fit
-    lmKAN tables beside it; damage = held-out relative error of the consumer's output against the original's."""
+    lmKAN tables beside it; lmKAN blocks fitted from the producer's inputs to the consumer's outputs; damage =
+    held-out relative error of the consumer's output against the original's."""
     name = opts.space.consumer
     with eval_mode(model), torch.no_grad():
         targets = teacher_outputs(model, [name], train + held)[name]
-        for kept in sorted({o.kept for o in options}, reverse=True):
-            same = [o for o in options if o.kept == kept]
+        narrowing = [o for o in options if o.kind not in BLOCK_KINDS]
+        for kept in sorted({o.kept for o in narrowing}, reverse=True):
+            same = [o for o in narrowing if o.kept == kept]
             if kept == opts.space.size:
                 for o in same:
                     opts.damage[o] = 0.0
@@ -161,15 +175,28 @@ def measure_damage(model: nn.Module, opts: SpaceOptions, options: list[Option], 
                 _, lmkan_err, _ = shrink_refit(trial, name, rows[:len(train)], rows[len(train):], o.num_grids,
                                                input_norm, mix)
                 opts.damage[o] = float(lmkan_err)
+        blocks = [o for o in options if o.kind in BLOCK_KINDS]
+        if blocks:
+            measure_blocks(model, opts, blocks, train, held, targets, mix)
 
 
-def drop_dominated(opts: SpaceOptions, options: list[Option]) -> list[Option]:
-    """Without the lmKAN options some plain option beats at no more MACs and bytes (lmKAN does not pay there)."""
-    def dominated(o: Option) -> bool:
-        cost = option_cost(opts, o, 1.0)
-        return any(p.kind == "plain" and LMKAN_MARGIN * opts.damage[p] <= opts.damage[o] + DAMAGE_TOLERANCE
-                   and all(a <= b for a, b in zip(option_cost(opts, p, 1.0), cost)) for p in options)
+def block_rows(model: nn.Module, space: HiddenSpace, batches: list[Any], outputs: list[torch.Tensor],
+               out_idx: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(producer inputs, consumer output rows) per batch: the block's fitting data in `model`, the consumer's
+    `outputs` (the original's) restricted to out_idx."""
+    consumer = model.get_submodule(space.consumer)
+    xs = [_capture(model, space.producer, b) for b in batches]
+    return [x.reshape(-1, x.shape[-1]) for x in xs], [_target(consumer, y, out_idx).float() for y in outputs]
 
-    kept = [o for o in options if o.kind == "plain" or not dominated(o)]
-    opts.dropped = [o for o in options if o not in kept]
-    return kept
+
+def measure_blocks(model: nn.Module, opts: SpaceOptions, blocks: list[Option], train: list[Any], held: list[Any],
+                   targets: list[torch.Tensor], mix: float) -> None:
+    """Damage of every lmKAN block option: one fit per grid size serves all its widths (plan/block.py)."""
+    xs, ys = block_rows(model, opts.space, train + held, targets)
+    n = len(train)
+    for g in sorted({o.num_grids for o in blocks}):
+        same = [o for o in blocks if o.num_grids == g]
+        fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix)
+        for o in same:
+            opts.fits[o] = fits[o.kept]
+            opts.damage[o] = fits[o.kept].damage

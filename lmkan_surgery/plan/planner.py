@@ -1,5 +1,6 @@
-"""plan(model, calibration, budget): per hidden space keep / narrow as plain layers / narrow with an lmKAN consumer,
-chosen by measured damage against formula cost, built, fitted locally, checked against the budget and reported."""
+"""plan(model, calibration, budget): per hidden space keep / narrow as plain layers / narrow with an lmKAN consumer /
+replace producer and ops by an lmKAN block, chosen by measured damage against formula cost, built, fitted locally,
+checked against the budget and reported."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import torch
 from torch import nn
 
 from lmkan_surgery.batches import InputFn, model_inputs
-from lmkan_surgery.report.latency import batch_of, model_latency
 from lmkan_surgery.config import LMKANConfig
 from lmkan_surgery.errors import ConfigError
 from lmkan_surgery.modelcopy import check_model
+from lmkan_surgery.nn import LMKANLayer
 from lmkan_surgery.passes.escapes import escaped, graph_reads, tied_parameters
 from lmkan_surgery.passes.fit import shrink_refit
 from lmkan_surgery.passes.probe import eval_mode, run_probe
@@ -26,11 +27,13 @@ from lmkan_surgery.passes.trace import trace_model
 from lmkan_surgery.rules import is_convertible
 from lmkan_surgery.serialization import SPEC_ATTR, build_spec
 
+from .block import block_not_tried, fit_blocks, install_block
 from .budget import Budget
-from .choose import CostModel, choose
+from .choose import choose
+from .cost_model import CostModel, drop_dominated, local_cost, table_latency
 from .costs import model_bytes, model_macs
 from .latency_cache import LatencyTable
-from .options import (Option, SpaceOptions, describe_space, drop_dominated, measure_damage, option_cost,
+from .options import (BLOCK_KINDS, Option, SpaceOptions, block_rows, describe_space, measure_damage,
                       options_for)
 
 PLAN_RIDGE = 1e-4  # relative ridge of the plain refit (the lmKAN table fit of passes/fit.py starts from that refit)
@@ -62,8 +65,8 @@ class PlanResult:
     lmkan: bool = True
 
     def lmkan_layers(self) -> list[str]:
-        """Consumers the plan made lmKAN layers."""
-        return [d.consumer for d in self.decisions if d.choice.startswith("lmKAN")]
+        """The planned model's lmKAN layers (consumers and block producers)."""
+        return [name for name, m in self.model.named_modules() if isinstance(m, LMKANLayer)]
 
     def __str__(self) -> str:
         ratio = {k: self.planned[k] / max(1e-30, self.original[k]) for k in self.original}
@@ -74,61 +77,87 @@ class PlanResult:
         return "\n".join([head] + [f"  {d.consumer:<24} {d.choice:<20} {d.reason}" for d in self.decisions])
 
 
-def _reason(opts: SpaceOptions, chosen: Option, options: list[Option], out_scale: float) -> str:
-    """Why this option: against the best alternative of the other kind at no more cost."""
+def _reason(opts: SpaceOptions, chosen: Option, options: list[Option]) -> str:
+    """Why this option: against the least damaging option of the other family (plain / lmKAN) at no more MACs,
+    and why lmKAN options were not tried where they were not."""
     size = opts.space.size
-    if chosen.kept == size:
-        return "kept: the budget is met without narrowing it"
-    cost = option_cost(opts, chosen, out_scale)[0]
-    rivals = [o for o in options if o.kind != chosen.kind and o.kept < size
-              and option_cost(opts, o, out_scale)[0] <= cost]
-    rival = min(rivals, key=lambda o: opts.damage[o], default=None)
+    cost = local_cost(opts, chosen)[0]
+    is_lmkan = chosen.kind != "plain"
+
+    def best(lmkan: bool) -> Option | None:
+        rivals = [o for o in options if (o.kind != "plain") == lmkan and not (o.kind == "plain" and o.kept == size)
+                  and local_cost(opts, o)[0] <= cost]
+        return min(rivals, key=lambda o: opts.damage[o], default=None)
+
     own = opts.damage[chosen]
-    if chosen.kind == "lmkan":
-        vs = f"prune damage {opts.damage[rival]:.3g}" if rival else "no plain narrowing is as cheap"
-        return f"lmKAN pays here (damage {own:.3g} vs {vs} at no more MACs)"
-    if opts.lmkan_allowed:
-        return f"narrowed as plain layers (damage {own:.3g}); lmKAN not tried: {opts.lmkan_allowed}"
-    if rival is None:
-        return f"narrowed as plain layers (damage {own:.3g}); no lmKAN option is as cheap"
-    return f"kept plain: lmKAN does not pay here (damage {opts.damage[rival]:.3g} vs prune {own:.3g})"
+    lm, pl = best(True), best(False)
+    if chosen.kind == "plain" and chosen.kept == size:
+        text = "kept: the budget is met without changing it"
+    elif is_lmkan:
+        vs = f"prune damage {opts.damage[pl]:.3g}" if pl else "no plain narrowing is as cheap"
+        text = f"lmKAN pays here (damage {own:.3g} vs {vs} at no more MACs)"
+    elif lm is not None:
+        text = (f"kept plain: lmKAN does not pay here (best lmKAN option at no more MACs, {lm.label(size)}: damage "
+                f"{opts.damage[lm]:.3g} vs prune {own:.3g})")
+    else:
+        text = f"narrowed as plain layers (damage {own:.3g}); no lmKAN option is as cheap"
+    why_not = [f"lmKAN consumer not tried: {opts.lmkan_allowed}" if opts.lmkan_allowed else "",
+               f"lmKAN block not tried: {opts.block_why}" if opts.block_why else ""]
+    return "; ".join([text, *[w for w in why_not if w]])
+
+
+def _jobs(spaces: list[SpaceOptions], state: list[Option], order: list[str]) -> list[tuple[SpaceOptions, Option]]:
+    """The changed spaces in the order their fits run: a block at its producer, anything else at its consumer
+    (a consumer that a later block replaces is not refitted)."""
+    blocked = {s.space.producer for s, o in zip(spaces, state) if o.kind in BLOCK_KINDS}
+    jobs = [(s, o) for s, o in zip(spaces, state) if o.kind in BLOCK_KINDS
+            or (o.kept < s.space.size and s.space.consumer not in blocked)]
+    return sorted(jobs, key=lambda j: order.index(j[0].space.producer if j[1].kind in BLOCK_KINDS
+                                                  else j[0].space.consumer))
 
 
 def _build(model: nn.Module, spaces: list[SpaceOptions], state: list[Option], order: list[str], train: list[Any],
            held: list[Any], ridge: float, input_norm: str, mix: float) -> tuple[nn.Module, list[str]]:
-    """The planned model: chosen units kept, consumers refitted in execution order, lmKAN consumers fitted."""
+    """The planned model: chosen units kept, then in execution order consumers refitted (lmKAN consumers fitted)
+    and lmKAN blocks fitted on the student's own inputs to the original's consumer outputs."""
     student = copy.deepcopy(model)
-    active = [(copy.copy(s.space), o) for s, o in zip(spaces, state) if o.kept < s.space.size]
-    if not active:
+    narrowed = [(copy.copy(s.space), o) for s, o in zip(spaces, state)
+                if o.kind not in BLOCK_KINDS and o.kept < s.space.size]
+    jobs = _jobs(spaces, state, order)
+    if not jobs:
         return student, []
     with eval_mode(student), torch.no_grad():
-        for space, option in active:
+        for space, option in narrowed:
             _choose_units(student, [space], option.kept / space.size, train)
-        changed = narrow_modules(student, [s for s, _ in active])
-        out_of = {s.producer: s.kept for s, _ in active}
-        kinds = {s.consumer: o for s, o in active}
-        consumers = sorted(kinds, key=order.index)
-        targets = teacher_outputs(model, consumers, train + held)
-        for name in consumers:
+        changed = narrow_modules(student, [s for s, _ in narrowed]) if narrowed else []
+        out_of = {s.producer: s.kept for s, _ in narrowed}
+        targets = teacher_outputs(model, list({s.space.consumer for s, _ in jobs}), train + held)
+        for index, (opts, option) in enumerate(jobs):
+            name = opts.space.consumer
+            if option.kind in BLOCK_KINDS:
+                if index == 0 and name not in out_of and opts.space.producer not in {s.consumer for s, _ in narrowed}:
+                    fit = copy.deepcopy(opts.fits[option])  # its rows are the original's: the measured fit holds
+                else:
+                    xs, ys = block_rows(student, opts.space, train + held, targets[name], out_of.get(name))
+                    width = ys[0].shape[1] if option.kind == "fold" else option.kept
+                    fit = fit_blocks(xs[:len(train)], ys[:len(train)], xs[len(train):], ys[len(train):], [width],
+                                     option.num_grids, mix)[width]
+                changed += install_block(student, opts.space, fit)
+                continue
             pairs = list(zip(train + held, targets[name]))
             reconstruct(student, name, out_of.get(name), pairs[:len(train)], pairs[len(train):], ridge)
-            if kinds[name].kind == "lmkan":
+            if option.kind == "lmkan":
                 rows = [(_capture(student, name, b), _target(student.get_submodule(name), y, out_of.get(name)))
                         for b, y in pairs]
                 _, _, layer = shrink_refit(student, name, rows[:len(train)], rows[len(train):],
-                                           kinds[name].num_grids, input_norm, mix)
+                                           option.num_grids, input_norm, mix)
                 set_module(student, name, layer)
-    return student, changed
+    return student, list(dict.fromkeys(changed))
 
 
-def _costs(model: nn.Module, example: Any, latency_batch: int | None = None) -> dict[str, float]:
-    """Formula MACs and bytes of a model; with latency_batch, its measured seconds per forward of that batch."""
-    costs = {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
-    if latency_batch is not None:
-        args = example if isinstance(example, tuple) else (example,)  # positional inputs (dict inputs: not timed)
-        inputs = batch_of(args, latency_batch, torch.device("cpu"))
-        costs["latency"] = model_latency([model], inputs, torch.device("cpu"), repeats=5, budget_s=1.0)[0]
-    return costs
+def _costs(model: nn.Module, example: Any) -> dict[str, float]:
+    """Formula MACs and bytes of a model."""
+    return {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
 
 
 def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = None, example_inputs: Any = None,
@@ -162,22 +191,26 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     lmkan_layers = {c.name for c in candidates if c.shrinkable} if lmkan else set()
     timer = LatencyTable() if budget.latency is not None else None
     described = [describe_space(student, s, probe, lmkan_layers, timer, budget.latency_batch) for s in spaces]
-    if not lmkan:
-        for opts in described:
-            opts.lmkan_allowed = "prune-only plan"
+    for opts in described:
+        if not lmkan:
+            opts.lmkan_allowed = opts.block_why = "prune-only plan"
+        else:
+            opts.block_why = block_not_tried(student, trace, opts.space, lmkan_layers, grids)
+        opts.consumer_placement = config.input_norm
     options = [options_for(o, fractions, grids) for o in described]
     for opts, opts_list in zip(described, options):
         measure_damage(student, opts, opts_list, train, held, PLAN_RIDGE, config.input_norm, config.quantile_mix)
     everything = options
     options = [drop_dominated(o, opts_list) for o, opts_list in zip(described, options)]
-    original = _costs(student, example, budget.latency_batch if timer is not None else None)
+    original = {**_costs(student, example), "latency": table_latency(described)}
     limits = budget.limits(original)
     cost_model = CostModel(described, original)
     for _ in range(6):  # the formula model is exact for MACs; a measured overshoot tightens the limits and re-plans
         state = choose(cost_model, options, limits)
         if state is None:
-            floor = cost_model.total([o[-1] for o in options])
-            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original)
+            floor = cost_model.total([min((o for o in opts if o.kind == "plain"), key=lambda o: o.kept)
+                                      for opts in options])
+            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original if original[k] > 0)
             raise ConfigError(f"budget {budget.describe()} cannot be met: narrowing every shrinkable hidden width "
                               f"({len(spaces)} found) reaches {reached}; raise the budget or make more "
                               f"widths shrinkable (Linear->act->Linear, Conv->BN->act->Conv chains)")
@@ -193,9 +226,8 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     if timer is not None:
         timer.save()
     setattr(built, SPEC_ATTR, build_spec(config.to_dict(), [], built, changed))
-    out_scale = {s.space.producer: o.kept / s.space.size for s, o in zip(described, state)}
     decisions = [Decision(s.space.consumer, s.space.producer, o.label(s.space.size), s.damage[o],
-                          _reason(s, o, opts, out_scale.get(s.space.consumer, 1.0)))
+                          _reason(s, o, opts))
                  for s, o, opts in zip(described, state, everything)]
     with eval_mode(built), eval_mode(student), torch.no_grad():
         heldout = model_error(built, student, held)

@@ -1,0 +1,191 @@
+"""The planner's lmKAN block candidate on tiny models: its built block reproduces the held-out damage it was chosen
+by (checked here against the teacher's outputs), it is picked where the teacher's block is a sum of pairwise
+functions of raw inputs and beats prune-only there, it is not picked on a linear teacher, the cost model prices it
+as counted by hand from the layer shapes, inconsistent combinations are refused, and the plan saves and loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lmkan_surgery import LMKANLinear
+from lmkan_surgery.plan import Budget
+from lmkan_surgery.plan.block import fit_blocks
+from lmkan_surgery.plan.cost_model import CostModel, consistent
+from lmkan_surgery.plan.options import Option
+from lmkan_surgery.plan.planner import plan as plan_model
+
+HELD = 1  # calibration batches the planner holds out: int(4 batches x holdout_fraction 0.25)
+
+
+def pairwise_teacher(d_in: int = 8, width: int = 32, out: int = 2, seed: int = 0) -> nn.Sequential:
+    """Linear -> Tanh -> Linear whose hidden unit j reads only the input pair j mod (d_in / 2): the output is a sum
+    of nonlinear functions of adjacent input pairs, which one lmKAN layer represents up to its grid error."""
+    torch.manual_seed(seed)
+    first = nn.Linear(d_in, width)
+    mask = torch.zeros(width, d_in)
+    for j in range(width):
+        pair = j % (d_in // 2)
+        mask[j, 2 * pair:2 * pair + 2] = 1.0
+    with torch.no_grad():
+        first.weight.mul_(3.0 * mask)
+    return nn.Sequential(first, nn.Tanh(), nn.Linear(width, out)).eval()
+
+
+def batches(n: int = 4, rows: int = 256, d_in: int = 8, seed: int = 1) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(rows, d_in, generator=gen) for _ in range(n)]
+
+
+def plan(model, data, budget, **kwargs):
+    """The planner with a short candidate list (test speed)."""
+    return plan_model(model, data, budget, fractions=(0.5, 0.25, 0.125), grids=(4,), **kwargs)
+
+
+def hand_macs(model: nn.Module) -> int:
+    """Per-sample MACs counted from the layers: in x out for Linear, 2 x even(in) x out for lmKAN, 0 otherwise."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, LMKANLinear):
+            total += 2 * (m.in_features + m.in_features % 2) * m.out_features
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+    return total
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def test_block_is_picked_on_a_pairwise_teacher_and_reproduces_its_damage():
+    teacher, data = pairwise_teacher(), batches()
+    budget = Budget(macs=0.15)
+    planned, pruned = plan(teacher, data, budget), plan(teacher, data, budget, lmkan=False)
+    [decision] = planned.decisions
+    assert decision.choice.startswith("lmKAN block") and "lmKAN pays here" in decision.reason
+    assert any(isinstance(m, LMKANLinear) for m in planned.model.modules())
+    assert hand_macs(planned.model) <= 0.15 * hand_macs(teacher)
+    held = torch.cat(data[-HELD:])
+    with torch.no_grad():
+        built = rel_error(planned.model(held), teacher(held))
+    assert built == pytest.approx(decision.damage, rel=1e-3)  # the damage it was chosen by is what it delivers
+    fresh = batches(1, rows=1024, seed=9)[0]
+    with torch.no_grad():
+        lmkan_error, prune_error = rel_error(planned.model(fresh), teacher(fresh)), rel_error(pruned.model(fresh),
+                                                                                             teacher(fresh))
+    assert lmkan_error < 0.5 * prune_error
+
+
+def test_block_fit_matches_its_reported_held_out_error():
+    """fit_blocks' damage is the relative error of lmKAN -> B' on the held rows (recomputed here from the modules)."""
+    teacher = pairwise_teacher(out=6)
+    x = torch.cat(batches())
+    with torch.no_grad():
+        y = teacher(x)
+    fits = fit_blocks([x[:768]], [y[:768]], [x[768:]], [y[768:]], [2, 6], 4, 0.25)
+    thin, folded = fits[2], fits[6]
+    assert thin.linear is not None and thin.lmkan.out_features == 2 and folded.linear is None
+    with torch.no_grad():
+        assert rel_error(thin.linear(thin.lmkan(x[768:])), y[768:]) == pytest.approx(thin.damage, rel=1e-4)
+        assert rel_error(folded.lmkan(x[768:]), y[768:]) == pytest.approx(folded.damage, rel=1e-4)
+    assert folded.damage < thin.damage  # 6 outputs of rank 6: two components cannot carry them
+
+
+def test_linear_teacher_never_gets_a_block():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 32), nn.Identity(), nn.Linear(32, 32), nn.Linear(32, 3)).eval()
+    result = plan(teacher, batches(), Budget(macs=0.3))
+    assert not any(isinstance(m, LMKANLinear) for m in result.model.modules())
+    assert all("lmKAN pays" not in d.reason and "lmKAN block not tried: the chain is affine" in d.reason
+               for d in result.decisions)
+
+
+def test_functional_chain_is_reported_and_not_tried():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.tanh(self.a(x)))
+
+    torch.manual_seed(0)
+    result = plan(Functional().eval(), batches(), Budget(macs=0.3))
+    [decision] = result.decisions
+    assert "lmKAN block not tried: the chain holds functional ops" in decision.reason
+    assert not decision.choice.startswith("lmKAN block")
+
+
+def test_blocks_are_deterministic_and_save_and_load(tmp_path):
+    from lmkan_surgery import LMKANConfig, lmkanify, load, save
+
+    teacher, data = pairwise_teacher(), batches()
+    a, b = plan(teacher, data, Budget(macs=0.15)), plan(teacher, data, Budget(macs=0.15))
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert [d.choice for d in a.decisions] == [d.choice for d in b.decisions]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    student, _ = lmkanify(teacher, LMKANConfig(mode="budget", budget_macs=0.15), calibration=data)
+    assert any(isinstance(m, nn.Identity) for m in student.modules())
+    save(student, tmp_path / "s.pt")
+    x = batches(1, seed=9)[0]
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "s.pt", lambda: pairwise_teacher(seed=5))(x), student(x))
+
+
+class _Space:
+    """The fields of a hidden space the cost model reads."""
+
+    def __init__(self, producer: str, consumer: str, size: int) -> None:
+        self.producer, self.consumer, self.size = producer, consumer, size
+
+
+def _spaces(d_in: int, width: int, out: int) -> list:
+    """The two spaces of d_in -> width -> width -> out Linear layers, priced like describe_space does."""
+    from lmkan_surgery.plan.options import SpaceOptions
+
+    shapes = {"l0": (d_in, width), "l1": (width, width), "l2": (width, out)}
+
+    def opts(producer: str, consumer: str) -> SpaceOptions:
+        (pi, po), (ci, co) = shapes[producer], shapes[consumer]
+        return SpaceOptions(_Space(producer, consumer, width), (pi * po, 4 * pi * po, 0.0),
+                            (ci * co, 4 * ci * co, 0.0), (pi, po, 1), (ci, co, 1), 4, "")
+
+    return [opts("l0", "l1"), opts("l1", "l2")]
+
+
+def test_cost_model_prices_blocks_as_counted_by_hand():
+    d_in, w, out = 10, 64, 3
+    spaces = _spaces(d_in, w, out)
+    original = d_in * w + w * w + w * out
+    model = CostModel(spaces, {"macs": float(original), "bytes": 0.0, "latency": 0.0})
+    keep = Option(1.0, "plain", 0, w)
+    cases = {  # state -> MACs counted from the resulting layers
+        (Option(0.25, "block", 8, 16), keep): 2 * d_in * 16 + 16 * w + w * out,  # lmKAN d_in->16, Linear 16->w
+        (keep, Option(1.0, "fold", 8, out)): d_in * w + 2 * w * out,  # l1 + l2 folded into lmKAN w->out
+        (Option(0.25, "block", 8, 16), Option(1.0, "fold", 8, out)): 2 * d_in * 16 + 2 * 16 * out,
+        (Option(0.25, "plain", 0, 16), Option(0.5, "block", 4, 32)): d_in * 16 + 2 * 16 * 32 + 32 * out,
+        (Option(0.25, "block", 8, 16), Option(0.5, "plain", 0, 32)): 2 * d_in * 16 + 16 * 32 + 32 * out,
+    }
+    for state, macs in cases.items():
+        assert consistent(spaces, list(state))
+        assert model.total(list(state))["macs"] == pytest.approx(macs)
+
+
+def test_inconsistent_combinations_are_refused():
+    spaces = _spaces(10, 64, 3)
+    fold, block = Option(1.0, "fold", 8, 64), Option(0.5, "block", 8, 32)
+    assert not consistent(spaces, [fold, block])  # l1 folded away, yet the producer of the next block
+    assert not consistent(spaces, [Option(0.5, "lmkan", 8, 32), block])  # l1 an lmKAN consumer and a block producer
+    assert consistent(spaces, [block, block])  # the second block reads the first block's outputs
+
+
+def test_macs_and_latency_limits_together_terminate_and_hold(tmp_path, monkeypatch):
+    """Two limits at once (a move may lower one cost and raise the other): the choice ends and meets both."""
+    from lmkan_surgery.plan import latency_cache
+
+    monkeypatch.setattr(latency_cache, "cache_path", lambda: tmp_path / "plan_latency.json")
+    teacher = pairwise_teacher(width=64)
+    result = plan(teacher, batches(), Budget(macs=0.3, latency=0.9, latency_batch=256))
+    assert hand_macs(result.model) <= 0.3 * hand_macs(teacher)
+    assert result.planned["latency"] <= 0.9 * result.original["latency"]
