@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery.atomic import atomic_write_bytes
+from lmkan_surgery.kernels.build import source_hash
 from lmkan_surgery.nn import LMKANLinear
 
 CACHE_ENV = "LMKAN_CACHE_DIR"
@@ -39,12 +40,15 @@ def _median_seconds(layer: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 class LatencyTable:
-    """Cached medians of one forward of nn.Linear / LMKANLinear shapes on this machine and thread count."""
+    """Cached medians of one forward of nn.Linear / LMKANLinear shapes on this machine, thread count and kernel
+    build."""
 
     def __init__(self, repeats: int = 5) -> None:
         self.repeats = repeats
         self.path = cache_path()
-        self.machine = f"{platform.machine()}-{platform.processor() or 'cpu'}-t{torch.get_num_threads()}"
+        # the kernels' source hash too: a changed kernel is measured again, not priced by an older build's times
+        self.machine = (f"{platform.machine()}-{platform.processor() or 'cpu'}-t{torch.get_num_threads()}"
+                        f"-k{source_hash('cpu')}")
         try:
             self.entries: dict[str, float] = json.loads(self.path.read_text())
         except (OSError, ValueError):
