@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from lmkan_surgery import ConfigError, LMKANLinear
-from lmkan_surgery.plan.planner import plan as plan_model
 from lmkan_surgery.plan import Budget, compare_arms, int8_dynamic
+
+from plan_helpers import batches, hand_macs, plan
 
 
 def mlp(act: type[nn.Module] | None, seed: int = 0, d_in: int = 8, width: int = 32) -> nn.Sequential:
@@ -18,27 +19,6 @@ def mlp(act: type[nn.Module] | None, seed: int = 0, d_in: int = 8, width: int = 
     layers = [nn.Linear(d_in, width), *( [act()] if act else []), nn.Linear(width, width), *([act()] if act else []),
               nn.Linear(width, 3)]
     return nn.Sequential(*layers).eval()
-
-
-def batches(n: int = 4, rows: int = 96, d_in: int = 8, seed: int = 1) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(rows, d_in, generator=gen) for _ in range(n)]
-
-
-def plan(model, data, budget, **kwargs):
-    """The planner with a short candidate list (test speed)."""
-    return plan_model(model, data, budget, fractions=(0.5, 0.25, 0.125), grids=(4,), **kwargs)
-
-
-def hand_macs(model: nn.Module) -> int:
-    """Per-sample MACs of an MLP counted from its layers: in x out for Linear, 2 x even(in) x out for lmKAN."""
-    total = 0
-    for m in model.modules():
-        if isinstance(m, LMKANLinear):
-            total += 2 * (m.in_features + m.in_features % 2) * m.out_features
-        elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
-    return total
 
 
 def hand_bytes(model: nn.Module) -> int:
