@@ -1,7 +1,8 @@
 """Which graph nodes map each unit (feature or channel) of their input to the same unit, so that narrowing a
 hidden width passes through them: every torch.nn activation and dropout module except the ones that mix units
 (softmax family, GLU, attention), per-channel modules (BatchNorm, PReLU, narrowed with the width), and the
-elementwise torch / torch.nn.functional functions and Tensor methods."""
+elementwise torch / torch.nn.functional functions and Tensor methods; after a Conv2d, 2-D spatial pooling too (it maps
+channel c of an NCHW tensor to channel c)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ ELEMENTWISE_NAMES = (
 )
 ELEMENTWISE_FUNCTIONS = {fn for home in (F, torch) for name in ELEMENTWISE_NAMES
                          if callable(fn := getattr(home, name, None))}
+CHANNEL_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
+CHANNEL_POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d,
+                          torch.max_pool2d}
 ELEMENTWISE_METHODS = {name for name in ELEMENTWISE_NAMES if hasattr(torch.Tensor, name)} | {"contiguous"}
 
 
@@ -43,6 +47,12 @@ def is_unitwise_module(module: nn.Module | None) -> bool:
 def is_unitwise_function(target: Any) -> bool:
     """Whether a call_function target is elementwise."""
     return target in ELEMENTWISE_FUNCTIONS
+
+
+def is_channel_pool(target: Any) -> bool:
+    """Whether a module or call_function target is 2-D spatial pooling (per channel of an NCHW conv output; over
+    features it would mix units, so callers allow it only after a Conv2d)."""
+    return isinstance(target, CHANNEL_POOL_MODULES) or target in CHANNEL_POOL_FUNCTIONS
 
 
 def is_unitwise_method(target: Any) -> bool:

@@ -1,8 +1,9 @@
 """Shrink pass: dependency-aware narrowing of hidden widths, then local least-squares reconstruction.
 
 A hidden space is the output of a producer Linear/Conv2d (groups=1) that reaches exactly one consumer of the same
-kind through a chain of single-user elementwise or per-channel ops (activations, dropout, BatchNorm): MLP blocks
-(Linear -> act -> Linear) and the inner convs of residual blocks. Anything else (a residual add, a concat, two
+kind through a chain of single-user elementwise or per-channel ops (activations, dropout, BatchNorm; after a conv,
+2-D pooling): MLP blocks (Linear -> act -> Linear), conv -> BN -> act -> pool -> conv stacks and the inner convs of
+residual blocks. Anything else (a residual add, a concat, two
 users) couples the channels, so they are kept. A unit removed from a producer is removed from the BatchNorms of
 the chain and from the consumer's input. Each consumer is then refitted by ridge least squares, in execution
 order, from the narrowed model's own inputs to the original model's outputs on the calibration batches.
@@ -24,8 +25,8 @@ from lmkan_surgery.errors import ConfigError
 from lmkan_surgery.rules import rule_for
 
 from .calibrate import input_moments
-from .elementwise import (is_per_channel, is_unitwise_function, is_unitwise_method, is_unitwise_module,
-                          narrow_per_channel)
+from .elementwise import (is_channel_pool, is_per_channel, is_unitwise_function, is_unitwise_method,
+                          is_unitwise_module, narrow_per_channel)
 from .flops import formula_flops
 from .probe import Probe, call, eval_mode
 from .replace import set_module
@@ -59,12 +60,14 @@ class ShrinkResult:
     unmet: str | None = None  # why the requested width/budget was not reached (None when it was)
 
 
-def _is_elementwise(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether `node` maps each unit of `source` to the same unit (so narrowing passes through it)."""
+def _is_elementwise(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], conv: bool) -> bool:
+    """Whether `node` maps each unit of `source` to the same unit (so narrowing passes through it); with conv (the
+    producer is a Conv2d) 2-D spatial pooling counts too."""
     if node.op == "call_module":
-        ok = is_unitwise_module(modules.get(node.target))
+        module = modules.get(node.target)
+        ok = is_unitwise_module(module) or (conv and is_channel_pool(module))
     elif node.op == "call_function":
-        ok = is_unitwise_function(node.target)
+        ok = is_unitwise_function(node.target) or (conv and is_channel_pool(node.target))
     elif node.op == "call_method":
         ok = is_unitwise_method(node.target)
     else:
@@ -92,9 +95,10 @@ def find_hidden_spaces(model: nn.Module, trace: TraceResult, shrinkable: set[str
             if name not in shrinkable or probe.calls.get(name) != 1:
                 continue
             chain, cur = [], node
+            conv = isinstance(modules[node.target], nn.Conv2d)
             while len(cur.users) == 1:
                 user = next(iter(cur.users))
-                if _is_elementwise(user, cur, modules):
+                if _is_elementwise(user, cur, modules, conv):
                     chain.append(user)
                     cur = user
                     continue

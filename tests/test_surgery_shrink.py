@@ -75,3 +75,29 @@ def test_mlp_shrink_by_channels():
     student, report = lmkanify(model, LMKANConfig(num_grids=3, mode="shrink", width=0.5, width_mode="channels"),
                                example_inputs=torch.randn(4, 32), calibration=calibration)
     assert student[0].out_features == 128 and student[2].out_features == 128 and report.width_factor == 0.5
+
+
+def test_conv_widths_shrink_through_pooling_but_features_do_not():
+    """conv -> BN -> ReLU -> MaxPool -> conv is a hidden space (2-D pooling keeps channel c as channel c); a 2-D pool
+    over a Linear's features mixes them, so Linear -> pool -> Linear is not one."""
+    from lmkan_surgery import ConfigError
+    from lmkan_surgery.plan import Budget
+    from lmkan_surgery.plan.planner import plan
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        cnn[1].running_var.uniform_(0.5, 2.0)
+    calibration = [torch.randn(32, 1, 12, 12) for _ in range(4)]
+    student = plan(cnn, calibration, Budget(macs=0.6)).model
+    assert student[0].out_channels == student[1].num_features == student[4].in_channels < 8
+    x = torch.randn(64, 1, 12, 12)
+    with torch.no_grad():
+        teacher_out, student_out = cnn(x), student(x)
+    assert (student_out - teacher_out).norm() < 0.9 * teacher_out.norm()
+
+    mixing = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.MaxPool2d(2), nn.Linear(4, 3)).eval()
+    with pytest.raises(ConfigError, match=r"\(0 found\)"):
+        plan(mixing, [torch.randn(8, 2, 6, 8) for _ in range(4)], Budget(macs=0.9))
