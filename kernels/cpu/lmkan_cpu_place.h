@@ -17,7 +17,14 @@ inline float rise(float x, float k, float length) {
 
 // x, u, dudx (dudx may be null) are [outer, features, inner]; start/length/slope [intervals, features];
 // rows [begin, end) of the outer dimension.
-inline void place_rows(const float* x, const float* start, const float* length, const float* slope, float v0,
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define LMKAN_PLACE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LMKAN_PLACE_CLONES
+#endif
+
+// One clone per ISA (chosen when the library loads): the per-interval passes are plain loops the compiler vectorises.
+LMKAN_PLACE_CLONES static void place_rows(const float* x, const float* start, const float* length, const float* slope, float v0,
                        float* u, float* dudx, int64_t begin, int64_t end, int64_t features, int64_t inner,
                        int64_t intervals) {
     for (int64_t o = begin; o < end; ++o) {
