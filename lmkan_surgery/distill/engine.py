@@ -19,13 +19,14 @@ from .. import batches
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..modelcopy import check_model
 from ..nn import LMKANLayer
-from ..nn.hessian import hessian_penalty_grad
+from ..nn.hessian import hessian_term
 from . import runtime as rt
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig, WarmupCosine
 from .losses import LayerMatcher, check_same_outputs, first_nonfinite_module, label_loss, logits_kd
 from .master_tables import float32_master_tables
 
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
+_HessianTerm = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, float]]]  # value, (table, grad, factor)
 StepCallback = Callable[[int], None]
 _RESUME_KEYS = ("epochs", "batch_size", "seed", "lr", "task", "hessian_start", "hessian_decay_epochs",
                 "alpha", "beta", "label_weight", "temperature")  # the loss weights: another mix is another run
@@ -107,7 +108,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.matcher = self._matcher()
         self.step, self.history, self.epoch_sums = 0, [], {}
-        self.hessian_cache: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self.hessian_cache: _HessianTerm | None = None
         self.loss_ref: float | None = None  # first step's data loss, for hessian_relative
         self.checkpoint_path: str | None = None
 
@@ -186,24 +187,16 @@ class _Run:
         return {"label": 1.0, "hessian": lam}
 
     @torch.no_grad()
-    def _hessian_term(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """The Hessian term and its gradient per table, in closed form (the penalty is quadratic in the tables, so
-        no autograd graph is needed): the sum of the layers' penalties, or (hessian_relative) the mean over layers
-        of each layer's penalty per 2-D function divided by the variance of its table entries (held constant):
-        invariant to any table scale."""
-        values, grads = [], []
-        for _, m in self.lmkan_layers:
-            value, grad = hessian_penalty_grad(m.table)
-            if self.cfg.hessian_relative:
-                functions = m.table.numel() // (m.table.shape[-2] * m.table.shape[-3])
-                variance = m.table.float().var().clamp_min(1e-30)
-                scale = 1.0 / (len(self.lmkan_layers) * functions * variance.double())
-                value, grad = value * scale, grad.mul_(scale)
-            values.append(value.float())
-            grads.append((m.table, grad))
-        return torch.stack(values).sum(), grads
+    def _hessian_term(self) -> _HessianTerm:
+        """The Hessian term, its gradient per table and each one's factor, in closed form (the penalty is quadratic
+        in the tables, so no autograd graph is needed): the sum of the layers' penalties, or (hessian_relative) the
+        mean over layers of each layer's penalty per 2-D function divided by the variance of its table entries
+        (held constant): invariant to any table scale."""
+        tables = [m.table for _, m in self.lmkan_layers]
+        value, grads, factors = hessian_term(tables, self.cfg.hessian_relative)
+        return value.float(), list(zip(tables, grads, factors))
 
-    def _cached_hessian_term(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _cached_hessian_term(self) -> _HessianTerm:
         """_hessian_term, recomputed at steps divisible by cfg.hessian_every and reused (unweighted) in between."""
         cache = self.hessian_cache
         if cache is None or self.step % self.cfg.hessian_every == 0:
@@ -248,6 +241,17 @@ class _Run:
         dist.all_reduce(value)
         return bool(value.item() > 0)
 
+    def _clip_gradients(self) -> bool:
+        """clip_grad_norm_ to cfg.grad_clip, with one read of the total norm: False when it is not finite (the norm
+        pass doubles as the finiteness check), and the gradients multiplied only when they are clipped."""
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        value = float(norm)
+        if not math.isfinite(value):
+            return False
+        if self.cfg.grad_clip is not None and self.cfg.grad_clip / (value + 1e-6) < 1.0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.grad_clip, norm)
+        return True
+
     def _train_step(self, batch: Any) -> dict[str, float]:
         epoch = self.step / self.batches.steps_per_epoch
         lam = self.cfg.hessian_lambda(epoch)
@@ -266,17 +270,16 @@ class _Run:
         else:
             self.hessian_cache = None  # a term that comes back starts fresh
         loss = sum(weights[k] * v for k, v in terms.items())
-        if self._any_rank(not bool(torch.isfinite(loss.detach()))):
+        if self._any_rank(not math.isfinite(float(loss.detach()))):
             raise self._nonfinite("loss", inputs, terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for table, grad in hessian_grads:  # what backward of weight * penalty would add (exact: a quadratic)
+        for table, grad, factor in hessian_grads:  # what backward of weight * penalty would add (a quadratic)
             if table.grad is None:
-                table.grad = (grad * weights["hessian"]).to(table.dtype)
+                table.grad = (grad * (weights["hessian"] * factor)).to(table.dtype)
             else:
-                table.grad.add_(grad.to(table.dtype), alpha=weights["hessian"])
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
-        if not torch.isfinite(norm):
+                table.grad.add_(grad.to(table.dtype), alpha=weights["hessian"] * factor)
+        if not self._clip_gradients():
             raise self._nonfinite("gradient", inputs, terms)
         self.optimizer.step()
         self.scheduler.step()
@@ -311,7 +314,7 @@ class _Run:
                 "history": [asdict(r) for r in self.history], "config": self.cfg.to_dict(),
                 "world_size": self.env.world_size, "finished": finished, "hessian_loss_ref": self.loss_ref,
                 "hessian_cache": None if self.hessian_cache is None
-                else (self.hessian_cache[0], [grad for _, grad in self.hessian_cache[1]])}
+                else (self.hessian_cache[0], [grad * factor for _, grad, factor in self.hessian_cache[1]])}
 
     def _checkpoint(self, finished: bool = False) -> None:
         if not self.cfg.checkpoint_dir:
@@ -346,7 +349,7 @@ class _Run:
         self.loss_ref = state.get("hessian_loss_ref")
         cache = state.get("hessian_cache")  # hessian_every > 1: the reused gradient, so resuming stays exact
         if cache is not None:
-            self.hessian_cache = (cache[0], [(m.table, g) for (_, m), g in zip(self.lmkan_layers, cache[1])])
+            self.hessian_cache = (cache[0], [(m.table, g, 1.0) for (_, m), g in zip(self.lmkan_layers, cache[1])])
         self.checkpoint_path = str(Path(self.cfg.checkpoint_dir) / rt.CHECKPOINT_NAME)
         return bool(state["finished"])
 

@@ -4,9 +4,10 @@ Second derivatives come from non-uniform finite differences at the interior node
 and columns enter as stencil neighbours): H = D11^2 + 2 D12^2 + D22^2. The penalty averages H over the interior
 nodes and sums over every 2-D function. hessian_penalty evaluates it with three small per-axis operator matmuls
 (second and first differences as [G-1, G+1] matrices, built once per G from the stencils), about 2x cheaper than
-the stencil expressions; training skips autograd and adds the gradient from the same operators to the tables
-(hessian_penalty_grad: the penalty is quadratic); the quadratic form Q (f^T Q f per function) serves the
-closed-form fit.
+the stencil expressions; training skips
+autograd and adds the gradient to the tables (hessian_term: the penalty is quadratic, so the gradient is 2 Q f per
+function, Q the quadratic form f^T Q f: one matmul straight on the table layout up to G = 8, per-axis products
+beyond); Q also serves the closed-form fit.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def hessian_penalty(table: torch.Tensor) -> torch.Tensor:
     return frobenius.sum() / (n - 2) ** 2
 
 
+_DENSE_MAX_NODES = 9  # up to G = 8 one (n^2 x n^2) matmul beats the per-axis form; G = 16 loses 2x to it
+
+
 @functools.lru_cache(maxsize=32)
 def _gradient_factors(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """[S^T S; 2 F^T F] [2n, n] and F^T F [n, n] (S, F: the per-axis second and first differences)."""
@@ -73,14 +77,16 @@ def _gradient_factors(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Te
     return torch.cat([a, 2.0 * c]).to(dtype=dtype, device=device), c.to(dtype=dtype, device=device)
 
 
-def hessian_penalty_grad(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penalty, d penalty / d table) without autograd, for training to add to table.grad. Per function T [n, n]
-    the penalty is c (|S T J^T|^2 + 2 |F T F^T|^2 + |J T S^T|^2) (J: the interior rows, c = (n-2)^-2), so the
-    gradient is 2c (S^T S T J^T J + 2 F^T F T F^T F + J^T J T S^T S): n x n matmuls, O(n^3) per function, run
-    with the grid axes first so that every function shares one product (3-5x cheaper than autograd at G=8 and
-    G=40); the value is T . gradient / 2."""
-    n, outputs = table.shape[-2], table.shape[-1]
-    values = table.detach().float() if table.dtype in (torch.float16, torch.bfloat16) else table.detach()
+@functools.lru_cache(maxsize=32)
+def _gradient_operator(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """2 Q [n*n, n*n] (symmetric): the gradient of one function's penalty is 2 Q vec(f)."""
+    return (2.0 * _form(n, torch.float64, "cpu")).to(dtype=dtype, device=device)
+
+
+def _factored_gradient(values: torch.Tensor) -> torch.Tensor:
+    """The gradient per function T [n, n], 2c (S^T S T J^T J + 2 F^T F T F^T F + J^T J T S^T S) (J: the interior
+    rows, c = (n-2)^-2): n x n matmuls, O(n^3) per function, grid axes first so every function shares one product."""
+    n, outputs = values.shape[-2], values.shape[-1]
     stacked, c = _gradient_factors(n, values.dtype, str(values.device))
     t = values.reshape(-1, n, n, outputs).permute(1, 2, 0, 3).reshape(n, n, -1)  # [i, j, functions]
     left = (stacked @ t.reshape(n, -1)).view(2 * n, n, -1)  # [S^T S; 2 F^T F] along axis 1
@@ -88,8 +94,48 @@ def hessian_penalty_grad(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     grad[:, 1:-1] += left[:n, 1:-1]  # S^T S T J^T J
     grad[1:-1] += torch.matmul(stacked[:n], t[1:-1])  # J^T J T S^T S
     grad.mul_(2.0 / (n - 2) ** 2)
-    grad = grad.view(n, n, -1, outputs).permute(2, 0, 1, 3).reshape(table.shape)
+    return grad.view(n, n, -1, outputs).permute(2, 0, 1, 3).reshape(values.shape)
+
+
+def _gradient(values: torch.Tensor) -> torch.Tensor:
+    """d penalty / d table for a detached table [..., n, n, N_out]: up to G = 8 one matmul with 2 Q straight on the
+    canonical layout (no copies; [P, n*n] @ 2Q for one output), beyond it the per-axis form."""
+    n, outputs = values.shape[-2], values.shape[-1]
+    if n > _DENSE_MAX_NODES:
+        return _factored_gradient(values)
+    operator = _gradient_operator(n, values.dtype, str(values.device))
+    if outputs == 1:
+        return torch.mm(values.reshape(-1, n * n), operator).view(values.shape)
+    return torch.matmul(operator, values.reshape(-1, n * n, outputs)).view(values.shape)
+
+
+def _detached(table: torch.Tensor) -> torch.Tensor:
+    return table.detach().float() if table.dtype in (torch.float16, torch.bfloat16) else table.detach()
+
+
+def hessian_penalty_grad(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penalty, d penalty / d table) without autograd, for training to add to table.grad (the penalty is
+    quadratic, so the value is T . gradient / 2); 3-5x cheaper than autograd at G=8 and G=40."""
+    values = _detached(table)
+    grad = _gradient(values)
     return 0.5 * torch.dot(values.reshape(-1), grad.reshape(-1)), grad
+
+
+def hessian_term(tables: list[torch.Tensor], relative: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[float]]:
+    """The training term over several tables, no autograd: (value, unscaled gradient per table, the factor of
+    each): value = sum_l factor_l * penalty_l, its gradient factor_l * gradient_l. factor_l is 1, or (relative)
+    1 / (L * F_l * var(T_l)) with L tables, F_l 2-D functions and var(T_l) the variance of the table's entries
+    (held constant); the factors come back as floats in one read, not one per table."""
+    values = [_detached(t) for t in tables]
+    grads = [_gradient(v) for v in values]
+    dots = torch.stack([torch.dot(v.reshape(-1), g.reshape(-1)) for v, g in zip(values, grads)])
+    if not relative:
+        return 0.5 * dots.sum(), grads, [1.0] * len(tables)
+    functions = torch.tensor([v.numel() // (v.shape[-2] * v.shape[-3]) for v in values], dtype=torch.float64,
+                             device=dots.device)
+    variance = torch.stack([v.float().var() for v in values]).double().clamp_min(1e-30)
+    factors = 1.0 / (len(tables) * functions * variance)
+    return (0.5 * dots.double() * factors).sum().to(dots.dtype), grads, factors.tolist()
 
 
 def stencil_penalty(table: torch.Tensor) -> torch.Tensor:
