@@ -64,8 +64,8 @@ def test_training_step_adds_the_autograd_hessian_gradient(relative):
     lam = 0.3
     reference = copy.deepcopy(model)
     loss = torch.nn.functional.mse_loss(reference(x).float(), y.float())  # the engine's data loss is float32,
-    if relative:  # and so are its L0 and table variances
-        terms = [m.hessian_penalty() / (m.table.numel() / 25 * m.table.detach().float().var().double())
+    if relative:  # and so is its L0; the table variances are in the tables' dtype
+        terms = [m.hessian_penalty() / (m.table.numel() / 25 * m.table.detach().var())
                  for m in reference]
         loss = loss + lam * float(((y.float() - y.float().mean(0)) ** 2).mean()) * torch.stack(terms).mean()
     else:
