@@ -63,7 +63,8 @@ def test_hessian_term_equals_autograd_over_mixed_grids():
     for relative in (False, True):
         terms = [stencil_penalty(t) for t in tables]
         if relative:
-            terms = [p / (len(tables) * (t.numel() / t.shape[-2] ** 2) * t.detach().var()) for p, t in zip(terms, tables)]
+            terms = [p / (len(tables) * (t.numel() / t.shape[-2] ** 2) * t.detach().var())
+                     for p, t in zip(terms, tables)]
         reference = torch.stack(terms).sum()
         expected = torch.autograd.grad(reference, tables)
         value, grads, factors = hessian_term(tables, relative)

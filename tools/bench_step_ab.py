@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
                 results[f"{teacher} {fraction}x"] = means
                 line = [f"{teacher} {fraction}x"]
                 for side, t in means.items():
-                    line.append(f"{side}: {t['lmkan'] / t['plain']:.2f} / {t['lmkan (Hessian every 4th step)'] / t['plain']:.2f}"
-                                f" / {t['lmkan (no Hessian term)'] / t['plain']:.2f} (lmKAN {t['lmkan'] * 1e3:.2f} ms, "
-                                f"plain {t['plain'] * 1e3:.2f} ms)")
+                    every, fourth = t["lmkan"] / t["plain"], t["lmkan (Hessian every 4th step)"] / t["plain"]
+                    line.append(f"{side}: {every:.2f} / {fourth:.2f} / {t['lmkan (no Hessian term)'] / t['plain']:.2f} "
+                                f"(lmKAN {t['lmkan'] * 1e3:.2f} ms, plain {t['plain'] * 1e3:.2f} ms)")
                 print(" | ".join(line), flush=True)
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; lmKAN / plain step CPU time: Hessian every step / "
           f"every 4th / none")

@@ -26,8 +26,8 @@ from .losses import LayerMatcher, check_same_outputs, first_nonfinite_module, la
 from .master_tables import float32_master_tables
 
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
-_HessianTerm = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, float]]]  # value, (table, grad, factor)
 StepCallback = Callable[[int], None]
+_HessianTerm = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, float]]]  # value, (table, grad, factor)
 _RESUME_KEYS = ("epochs", "batch_size", "seed", "lr", "task", "hessian_start", "hessian_decay_epochs",
                 "alpha", "beta", "label_weight", "temperature")  # the loss weights: another mix is another run
 
