@@ -22,10 +22,10 @@ class TrainConfig:
     steps), stays constant until `cosine_start` (a fraction) and then follows a cosine to lr * min_lr_ratio.
     Epoch-valued settings are continuous: a step counts as 1 / steps_per_epoch of an epoch.
     hessian_relative=True makes the Hessian term scale-free: lambda * L0 * mean over layers of penalty / (F * var(T)),
-    with F the layer's number of 2-D functions, var(T) the variance of its table entries (detached) and L0 the loss
-    of a constant prediction (regression: the variance of the targets, the teacher's outputs under KD, on the first
-    batch; classification: log(classes)); every term then scales like the data loss under any rescaling of
-    targets or tables, so the schedule means the same for any target scale.
+    with F the layer's number of 2-D functions, var(T) the variance of its table entries (detached, in the table's
+    dtype) and L0 the loss of a constant prediction (regression: the variance of the targets, the teacher's outputs
+    under KD, on the first batch; classification: log(classes)); every term then scales like the data loss under
+    any rescaling of targets or tables, so the schedule means the same for any target scale.
     The Hessian term is added to the tables' gradients in closed form (it is quadratic in them); hessian_every=k
     evaluates it every k-th step and reuses it in between (stale by < k steps, weighted by the current lambda):
     about 1/k of its cost.
