@@ -43,6 +43,29 @@ def extract_base(ref: str, into: Path) -> Path:
     return into / "pkg"
 
 
+def base_kernels(base: ModuleType, ref: str, into: Path) -> None:
+    """Give the base package its native CPU kernels without touching this checkout's cache entry: this checkout's
+    loaded module when kernels/ is the same at `ref` (the same code), else a build in a cache folder of its own
+    (one cache entry compiled from two source paths would be relinked back and forth)."""
+    import os
+
+    from lmkan_surgery.kernels.build import CACHE_ENV
+    from lmkan_surgery.ops import dispatch
+
+    if subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", ref, "--", "kernels"]).returncode == 0:
+        base.ops.dispatch._native_cache["cpu"] = dispatch._native_backend("cpu")
+        return
+    saved = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(into / "kcache")
+    try:
+        base.ops.dispatch._native_backend("cpu")
+    finally:
+        if saved is None:
+            os.environ.pop(CACHE_ENV)
+        else:
+            os.environ[CACHE_ENV] = saved
+
+
 def bench_module(name: str, package: ModuleType | None) -> ModuleType:
     """A fresh instance of bench_students; with `package`, its lmKAN layer and engine come from that package."""
     spec = importlib.util.spec_from_file_location(name, BENCH)
@@ -80,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.path.insert(0, str(extract_base(args.base_ref, Path(tmp))))
         import lmkan_base
 
+        base_kernels(lmkan_base, args.base_ref, Path(tmp))
         sides = {"base": bench_module("bench_students_base", lmkan_base), "this": bench_module("bench_students", None)}
         step_args = argparse.Namespace(batch=256, hessian=1e-3, hessian_every=1, rounds=1)
         results = {}
