@@ -3,11 +3,14 @@
 Teachers (trained here on GFN2-xTB energies of random CH4 configurations, experiments/methane/ch4_data.py):
 (a) the 10 interatomic distances -> SiLU MLP; (b) 32 heavy-tailed atom-centred symmetry functions (radial and
 angular, exp(-eta r^2) and (1 + lambda cos)^zeta terms: point masses at ~0, long tails) -> CELU MLP. Each is distilled
-(trained on its outputs) into plain MLP students (Linear-BN-act) and lmKAN students (quantile placement on the
-first layer, BatchNorm + bounded identity placement on the others, the paper's linear/ReLU-first branches) at
-fractions of its multiply-adds (lmKAN at 2x a Linear of its shape), same budget, seeds side by side. The transfer
+(trained on its outputs) into plain MLP students (Linear-BN-act), lmKAN students (quantile placement on the
+first layer, BatchNorm + bounded identity placement on the others, the paper's linear/ReLU-first branches) and hybrid
+students (the plain students' hidden layers, an lmKAN output layer) at fractions of its multiply-adds (lmKAN at 2x a
+Linear of its shape), same budget, seeds side by side. Which of the two lmKAN kinds is "the lmKAN student" of a budget
+is chosen on a held-out split of the transfer set (--select-holdout; neither lmKAN kind trains or refits on it), never
+on the validation set that is the reported metric. The transfer
 set is the teacher's training inputs plus --transfer unlabelled random configurations that the teacher labels
-(distillation is not limited to the labelled set); after training, both kinds get a closed-form refit of their output
+(distillation is not limited to the labelled set); after training, every kind gets a closed-form refit of its output
 layer on it (least squares for the Linear, fit_tables for the lmKAN). Validation: the held-out labelled
 configurations, RMSE against the teacher. Also: the train-step CPU time of each student (round-robin means), and the
 shrink pass's held-out block error with the closed-form lmKAN fit vs the Linear refit.
@@ -110,17 +113,42 @@ def lmkan_student(d_in: int, width: int, num_grids: int, x_train: torch.Tensor, 
     return model
 
 
-def macs(d_in: int, width: int, lmkan: bool) -> int:
-    """Multiply-adds per sample of the 3-layer topology (an lmKAN layer counts 2x its Linear)."""
-    return (2 if lmkan else 1) * (d_in * width + width * width + width)
+def hybrid_student(d_in: int, width: int, num_grids: int, act: type[nn.Module],
+                   stats: tuple[torch.Tensor, torch.Tensor]) -> nn.Sequential:
+    """The plain student's hidden layers (Linear-BN-act x2), then BN -> clamp -> lmKAN output layer: lmKAN only
+    where its 2-D capacity is cheap and fitted in closed form (the output refit), plain layers where width pays."""
+    edge = float(knot_values(num_grids)[-1])
+    body = list(mlp(d_in, width, act, stats, norm=True))[:-1]
+    return nn.Sequential(*body, nn.BatchNorm1d(width, affine=False), nn.Hardtanh(-edge, edge),
+                         LMKANLinear(width, 1, num_grids, preconditioning="relu_first"))
 
 
-def width_for(d_in: int, budget: int, lmkan: bool) -> int:
+KINDS = ("plain", "lmkan", "hybrid")
+LMKAN_KINDS = ("lmkan", "hybrid")
+
+
+def macs(d_in: int, width: int, kind: str) -> int:
+    """Multiply-adds per sample of the 3-layer topology of a student kind (an lmKAN layer counts 2x its Linear)."""
+    per_layer = {"plain": (1, 1, 1), "lmkan": (2, 2, 2), "hybrid": (1, 1, 2)}[kind]
+    return sum(f * n for f, n in zip(per_layer, (d_in * width, width * width, width)))
+
+
+def width_for(d_in: int, budget: int, kind: str) -> int:
     """The largest width whose MACs stay within budget (at least 2)."""
     width = 2
-    while macs(d_in, width + 1, lmkan) <= budget:
+    while macs(d_in, width + 1, kind) <= budget:
         width += 1
     return width
+
+
+def build_student(kind: str, d_in: int, width: int, act: type[nn.Module], stats: tuple[torch.Tensor, torch.Tensor],
+                  x_fit: torch.Tensor, args: argparse.Namespace) -> nn.Sequential:
+    """A fresh student of one kind (x_fit calibrates the all-lmKAN student's first-layer placement)."""
+    if kind == "plain":
+        return mlp(d_in, width, act, stats, norm=True)
+    if kind == "lmkan":
+        return lmkan_student(d_in, width, args.num_grids, x_fit, args.placement_mix)
+    return hybrid_student(d_in, width, args.num_grids, act, stats)
 
 
 def train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
@@ -209,9 +237,22 @@ def refit_output_layer(student: nn.Sequential, x: torch.Tensor, y: torch.Tensor)
         last.bias.copy_(solution[-1])
 
 
+def select_lmkan(rows: list[dict]) -> dict[float, str]:
+    """Per budget, the lmKAN kind with the lower mean RMSE on the transfer set's held-out selection split."""
+    choice = {}
+    for fraction in {r["budget"] for r in rows}:
+        means = {kind: statistics.fmean(r["select_rmse"] for r in rows if r["budget"] == fraction and r["kind"] == kind)
+                 for kind in LMKAN_KINDS if any(r["budget"] == fraction and r["kind"] == kind for r in rows)}
+        if means:
+            choice[fraction] = min(means, key=means.get)
+    return choice
+
+
 def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: type[nn.Module], extra: torch.Tensor,
                 args: argparse.Namespace, log) -> dict:
-    """Train the teacher, then every student at every budget and seed; the rows of one table."""
+    """Train the teacher, then every student at every budget and seed; the rows of one table. The plain students
+    train and refit on the whole transfer set; the lmKAN kinds on all but its last --select-holdout share of the
+    unlabelled configurations, which picks between them."""
     n_train = int(0.8 * len(feats))
     x_tr, x_va = feats[:n_train], feats[n_train:]
     stats = (x_tr.mean(0), x_tr.std(0).clamp_min(1e-12))
@@ -225,7 +266,10 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
     x_tr = torch.cat([x_tr, extra])
     with torch.no_grad():
         y_tr, y_va = teacher(x_tr), teacher(x_va)
-    total = macs(feats.shape[1], args.teacher_width, False)
+    total = macs(feats.shape[1], args.teacher_width, "plain")
+    held = int(args.select_holdout * len(extra))
+    x_fit, y_fit, x_sel, y_sel = x_tr[:len(x_tr) - held], y_tr[:len(x_tr) - held], x_tr[len(x_tr) - held:], \
+        y_tr[len(x_tr) - held:]
     quant = torch.quantile(((x_tr - stats[0]) / stats[1]).abs().flatten()[::7], torch.tensor([0.99, 1.0]))
     result = {"teacher": name, "features": feats.shape[1], "teacher_macs": total,
               "teacher_val_rmse": fit.final_val_metric, "teacher_train_s": round(time.perf_counter() - started, 1),
@@ -233,23 +277,25 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
     log(f"[{name}] teacher val RMSE {fit.final_val_metric:.4f} (std units), p99/max |x| in sigma {quant.tolist()}")
     for fraction in args.budgets:
         budget = int(fraction * total)
-        widths = {"plain": width_for(feats.shape[1], budget, False), "lmkan": width_for(feats.shape[1], budget, True)}
+        widths = {kind: width_for(feats.shape[1], budget, kind) for kind in args.arms}
         timing_models = {}
         for seed in args.seeds:
             for kind, width in widths.items():
+                x_kind, y_kind = (x_tr, y_tr) if kind == "plain" else (x_fit, y_fit)
                 torch.manual_seed(seed)
-                student = (mlp(feats.shape[1], width, act, stats, norm=True) if kind == "plain"
-                           else lmkan_student(feats.shape[1], width, args.num_grids, x_tr, args.placement_mix))
+                student = build_student(kind, feats.shape[1], width, act, stats, x_kind, args)
                 started = time.perf_counter()
-                history = train_lmkan(student, (x_tr, y_tr), (x_va, y_va), train_config(args, seed)).history
+                history = train_lmkan(student, (x_kind, y_kind), (x_va, y_va), train_config(args, seed)).history
                 curve = [r.val_metric for r in history]
                 trained = copy.deepcopy(student)
-                refit_output_layer(student, x_tr, y_tr)
+                refit_output_layer(student, x_kind, y_kind)
                 row = {"budget": fraction, "kind": kind, "width": width, "seed": seed,
-                       "macs": macs(feats.shape[1], width, kind == "lmkan"), "val_rmse": rmse(student, x_va, y_va),
+                       "macs": macs(feats.shape[1], width, kind), "val_rmse": rmse(student, x_va, y_va),
                        "val_rmse_before_refit": curve[-1],
                        "best_rmse": min(curve), "diverged": diverged(curve), "curve": [round(v, 5) for v in curve],
                        "train_s": round(time.perf_counter() - started, 1)}
+                if kind != "plain" and held:
+                    row["select_rmse"] = rmse(student, x_sel, y_sel)
                 result["rows"].append(row)
                 log(f"[{name}] {fraction}x {kind} h={width} seed={seed}: val RMSE {row['val_rmse']:.4f} after the "
                     f"output refit, {curve[-1]:.4f} before (best {min(curve):.4f}, diverged={row['diverged']}) "
@@ -257,6 +303,8 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
                 timing_models[kind] = trained
         sample = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(1))[:11 * args.batch]
         result["timing"][str(fraction)] = step_times(timing_models, x_tr[sample], y_tr[sample], args, 10)
+    if held:
+        result["selected"] = {str(k): v for k, v in select_lmkan(result["rows"]).items()}
     result["block_fit"] = block_fits(teacher, x_tr, args.num_grids)
     log(f"[{name}] block fit: {result['block_fit']}")
     return result
@@ -265,37 +313,47 @@ def run_teacher(name: str, feats: torch.Tensor, energies: torch.Tensor, act: typ
 def timing_only(feats: torch.Tensor, act: type[nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """step_times of freshly built students at every budget, no training (a step's cost does not depend on the
     weights): the timing alone, rerun in a minute when the box is quieter than during the full run."""
-    d_in, total = feats.shape[1], macs(feats.shape[1], args.teacher_width, False)
+    d_in, total = feats.shape[1], macs(feats.shape[1], args.teacher_width, "plain")
     stats = (feats.mean(0), feats.std(0).clamp_min(1e-12))
     sample = torch.randperm(len(feats), generator=torch.Generator().manual_seed(1))[:11 * args.batch]
     x, y = feats[sample], torch.randn(len(sample), 1, generator=torch.Generator().manual_seed(2))
     out = {}
     for fraction in args.budgets:
         torch.manual_seed(0)
-        models = {"plain": mlp(d_in, width_for(d_in, int(fraction * total), False), act, stats, norm=True),
-                  "lmkan": lmkan_student(d_in, width_for(d_in, int(fraction * total), True), args.num_grids, feats,
-                                         args.placement_mix)}
+        models = {kind: build_student(kind, d_in, width_for(d_in, int(fraction * total), kind), act, stats, feats, args)
+                  for kind in args.arms}
         out[str(fraction)] = step_times(models, x, y, args, 10)
     return out
 
 
+def timing_ratios(timing: dict[str, float], kind: str) -> str:
+    """'every / 4th / none': a kind's step CPU time over the plain student's, Hessian term every step, every 4th, off."""
+    keys = (kind, f"{kind} (Hessian every 4th step)", f"{kind} (no Hessian term)")
+    return " / ".join(f"{timing[k] / timing['plain']:.2f}" if k in timing else "-" for k in keys)
+
+
 def summary(result: dict, std_kcal: float) -> list[str]:
-    """Markdown rows: per budget, plain vs lmKAN mean RMSE (kcal/mol), ratio, divergences and step times."""
+    """Markdown rows: per budget, each kind's RMSE (kcal/mol, seeds), its ratio to plain after (before) the output
+    refit, the lmKAN kind chosen on the held-out transfer split, divergences and step-time ratios."""
     lines = []
     for fraction in sorted({r["budget"] for r in result["rows"]}, reverse=True):
-        rows = [r for r in result["rows"] if r["budget"] == fraction]
-        plain = [r for r in rows if r["kind"] == "plain"]
-        lmkan = [r for r in rows if r["kind"] == "lmkan"]
-        mean = lambda rs, key="val_rmse": sum(r[key] for r in rs) / len(rs)  # noqa: E731
-        timing = result["timing"][str(fraction)]
-        kcal = lambda rs: " / ".join(f"{r['val_rmse'] * std_kcal:.3f}" for r in rs)  # noqa: E731
-        lines.append(
-            f"| {result['teacher']} | {fraction}x | {plain[0]['width']} / {lmkan[0]['width']} | "
-            f"{kcal(plain)} | {kcal(lmkan)} | {mean(lmkan) / mean(plain):.2f} | "
-            f"{mean(lmkan, 'val_rmse_before_refit') / mean(plain, 'val_rmse_before_refit'):.2f} | "
-            f"{sum(r['diverged'] for r in lmkan)} | {timing['lmkan'] / timing['plain']:.2f} / "
-            f"{timing['lmkan (Hessian every 4th step)'] / timing['plain']:.2f} / "
-            f"{timing['lmkan (no Hessian term)'] / timing['plain']:.2f} |")
+        rows = {kind: [r for r in result["rows"] if r["budget"] == fraction and r["kind"] == kind] for kind in KINDS}
+        mean = lambda kind, key="val_rmse": statistics.fmean(r[key] for r in rows[kind])  # noqa: E731
+
+        def ratio(kind: str) -> str:
+            if not rows[kind]:
+                return "-"
+            before = mean(kind, "val_rmse_before_refit") / mean("plain", "val_rmse_before_refit")
+            return f"{mean(kind) / mean('plain'):.2f} ({before:.2f})"
+
+        pick = result.get("selected", {}).get(str(fraction))
+        cells = [result["teacher"], f"{fraction}x",
+                 " / ".join(str(rows[k][0]["width"]) if rows[k] else "-" for k in KINDS)]
+        cells += [" / ".join(f"{r['val_rmse'] * std_kcal:.3f}" for r in rows[k]) or "-" for k in KINDS]
+        cells += [ratio("lmkan"), ratio("hybrid"), f"{pick}: {mean(pick) / mean('plain'):.2f}" if pick else "-",
+                  " / ".join(str(sum(r["diverged"] for r in rows[k])) if rows[k] else "-" for k in LMKAN_KINDS)]
+        cells += [timing_ratios(result["timing"][str(fraction)], k) for k in LMKAN_KINDS]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -318,10 +376,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
     p.add_argument("--teachers", nargs="+", default=["distances", "symmetry"], choices=["distances", "symmetry"])
+    p.add_argument("--arms", nargs="+", default=list(KINDS), choices=KINDS,
+                   help="student kinds (plain is the baseline of every ratio and always included)")
+    p.add_argument("--select-holdout", type=float, default=0.05,
+                   help="share of the unlabelled transfer configurations held out of the lmKAN kinds' training and "
+                        "refit, to choose between them")
     p.add_argument("--timing-only", action="store_true", help="only the step times, of untrained students")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--docs", type=Path, help="append a markdown section here")
     args = p.parse_args(argv)
+    args.arms = ["plain"] + [kind for kind in args.arms if kind != "plain"]
     torch.set_num_threads(1)
     started = time.perf_counter()
     log = lambda text: print(f"{time.perf_counter() - started:7.1f}s {text}", flush=True)  # noqa: E731
@@ -339,9 +403,9 @@ def main(argv: list[str] | None = None) -> dict:
         timing = {name: timing_only(featurize[name](pos).float(), acts[name], args) for name in args.teachers}
         for name, per_budget in timing.items():
             for fraction, t in per_budget.items():
-                print(f"{name} {fraction}x: step CPU time lmKAN / plain {t['lmkan'] / t['plain']:.2f} (Hessian every "
-                      f"step) / {t['lmkan (Hessian every 4th step)'] / t['plain']:.2f} (every 4th) / "
-                      f"{t['lmkan (no Hessian term)'] / t['plain']:.2f} (none); plain {t['plain'] * 1e3:.2f} ms")
+                print(f"{name} {fraction}x: step CPU time / plain, Hessian every step / every 4th / none: "
+                      + "; ".join(f"{k} {timing_ratios(t, k)}" for k in LMKAN_KINDS if k in t)
+                      + f"; plain {t['plain'] * 1e3:.2f} ms")
         if args.json:
             args.json.write_text(json.dumps({"timing_only": timing, "date": datetime.now(timezone.utc).strftime(
                 "%Y-%m-%d %H:%M UTC"), "rounds": args.rounds}, indent=1))
@@ -352,9 +416,10 @@ def main(argv: list[str] | None = None) -> dict:
                "teachers": [run_teacher(name, featurize[name](pos).float(), target, acts[name],
                                         featurize[name](extra).float(), args, log) for name in args.teachers]}
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    lines = ["| teacher | MACs | width plain / lmKAN | plain RMSE kcal/mol (seeds) | lmKAN RMSE kcal/mol (seeds) | "
-             "lmKAN / plain | same, before the output refit | lmKAN diverged | "
-             "train step CPU time lmKAN / plain: Hessian every step / every 4th / none |", "|" + "---|" * 9]
+    lines = ["| teacher | MACs | width plain / lmKAN / hybrid | plain RMSE kcal/mol (seeds) | lmKAN RMSE | hybrid RMSE | "
+             "lmKAN / plain (before the output refit) | hybrid / plain (before) | held-out-selected lmKAN kind / plain "
+             "| diverged lmKAN / hybrid | step CPU time lmKAN / plain: Hessian every step / every 4th / none | "
+             "same, hybrid / plain |", "|" + "---|" * 12]
     for teacher in results["teachers"]:
         lines += summary(teacher, results["target_std_kcal"])
     print("\n".join(lines))
