@@ -136,9 +136,10 @@ def options_for(opts: SpaceOptions, fractions: tuple[float, ...], grids: tuple[i
         if kept < size:
             out.append(Option(fraction, "plain", 0, kept))
             counts.append(kept)
+        inputs = kept * opts.space.span  # the lmKAN consumer's inputs (a unit's whole block after a flatten)
         for g in grids if not opts.lmkan_allowed else ():
-            cheaper = 2 * (kept + kept % 2) <= size
-            if cheaper and ((kept + 1) // 2) * (g + 1) ** 2 <= MAX_TABLE_UNKNOWNS:
+            cheaper = 2 * (inputs + inputs % 2) <= size * opts.space.span
+            if cheaper and ((inputs + 1) // 2) * (g + 1) ** 2 <= MAX_TABLE_UNKNOWNS:
                 out.append(Option(fraction, "lmkan", g, kept))
     if not opts.block_why:
         out += _block_options(opts, counts, grids)
