@@ -1,8 +1,10 @@
 """The planner's candidates: for every shrinkable hidden space (producer -> per-unit ops -> consumer), keep it, narrow
 it as plain layers at a few kept fractions, narrow it and make the consumer an lmKAN Linear, or replace producer and
 ops by an lmKAN block (plan/block.py) of a few widths, folding the consumer in when the width reaches its outputs.
-Each option's damage is the held-out relative error of the consumer's output after local fitting on calibration
-data (ridge refit for plain layers, closed-form fit_tables for lmKAN), with only that space changed."""
+Each option is fitted locally on calibration data (ridge refit for plain layers, closed-form fit_tables for lmKAN) with
+only that space changed; its damage is the held-out relative error of the whole model's output (so the damages of an
+early conv and of a classifier head compare on one scale), or of the consumer's output where the model's output is
+not one tensor."""
 
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from torch import nn
 from lmkan_surgery.passes.fit import shrink_refit
 from lmkan_surgery.passes.flops import formula_flops
 from lmkan_surgery.passes.probe import Probe, eval_mode
-from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _kept_count, _target,
+from lmkan_surgery.passes.replace import set_module
+from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _kept_count, _target, model_error,
                                          narrow_modules, reconstruct, teacher_outputs)
 from lmkan_surgery.rules import rule_for
 
-from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks
+from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks, install_block
 from .latency_cache import LatencyTable
 
 DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
@@ -146,11 +149,18 @@ def options_for(opts: SpaceOptions, fractions: tuple[float, ...], grids: tuple[i
     return list(dict.fromkeys(out))
 
 
+def output_damage(trial: nn.Module, model: nn.Module, held: list[Any], local: float) -> float:
+    """Held-out relative error of `trial`'s output against `model`'s (`local`, the consumer's, when the output is
+    not one tensor)."""
+    with eval_mode(trial):
+        return model_error(trial, model, held).get("rel_error", local)
+
+
 def measure_damage(model: nn.Module, opts: SpaceOptions, options: list[Option], train: list[Any], held: list[Any],
                    ridge: float, input_norm: str, mix: float) -> None:
     """Fill opts.damage: for each kept count, narrow only this space in a copy, refit the consumer (plain) and fit
     lmKAN tables beside it; lmKAN blocks fitted from the producer's inputs to the consumer's outputs; damage =
-    held-out relative error of the consumer's output against the original's."""
+    held-out relative error of the model's output against the original's (output_damage)."""
     name = opts.space.consumer
     with eval_mode(model), torch.no_grad():
         targets = teacher_outputs(model, [name], train + held)[name]
@@ -171,11 +181,13 @@ def measure_damage(model: nn.Module, opts: SpaceOptions, options: list[Option], 
                 if lmkan else []
             for o in same:
                 if o.kind == "plain":
-                    opts.damage[o] = float(err)
+                    opts.damage[o] = output_damage(trial, model, held, float(err))
                     continue
-                _, lmkan_err, _ = shrink_refit(trial, name, rows[:len(train)], rows[len(train):], o.num_grids,
-                                               input_norm, mix)
-                opts.damage[o] = float(lmkan_err)
+                _, lmkan_err, layer = shrink_refit(trial, name, rows[:len(train)], rows[len(train):], o.num_grids,
+                                                   input_norm, mix)
+                with_lmkan = copy.deepcopy(trial)
+                set_module(with_lmkan, name, layer)
+                opts.damage[o] = output_damage(with_lmkan, model, held, float(lmkan_err))
         blocks = [o for o in options if o.kind in BLOCK_KINDS]
         if blocks:
             measure_blocks(model, opts, blocks, train, held, targets, mix)
@@ -200,4 +212,6 @@ def measure_blocks(model: nn.Module, opts: SpaceOptions, blocks: list[Option], t
         fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix)
         for o in same:
             opts.fits[o] = fits[o.kept]
-            opts.damage[o] = fits[o.kept].damage
+            trial = copy.deepcopy(model)
+            install_block(trial, opts.space, copy.deepcopy(fits[o.kept]))
+            opts.damage[o] = output_damage(trial, model, held, fits[o.kept].damage)
