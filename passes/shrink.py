@@ -6,8 +6,9 @@ kind through a chain of single-user elementwise or per-channel ops (activations,
 residual blocks; or a conv's output that reaches a Linear through a flatten of every non-batch dimension (a CNN's
 head: channel c owns the H*W consecutive input features c*H*W ... of the Linear). Anything else (a residual add, a
 concat, two users) couples the channels, so they are kept. A unit removed from a producer is removed from the
-BatchNorms of the chain and from the consumer's input (its whole feature block after a flatten). Each consumer is then refitted by ridge least squares, in execution
-order, from the narrowed model's own inputs to the original model's outputs on the calibration batches.
+BatchNorms of the chain and from the consumer's input (its whole feature block after a flatten). Each consumer is
+then refitted by ridge least squares, in execution order, from the narrowed model's own inputs to the original
+model's outputs on the calibration batches.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _step(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], conv: b
         return "flatten"
     pool = conv and not flat
     if node.op == "call_module":
-        ok = (is_unitwise_module(target) and not (flat and is_per_channel(target))) or (pool and is_channel_pool(target))
+        per_feature = is_unitwise_module(target) and not (flat and is_per_channel(target))
+        ok = per_feature or (pool and is_channel_pool(target))
     elif node.op == "call_function":
         ok = is_unitwise_function(target) or (pool and is_channel_pool(target))
     elif node.op == "call_method":

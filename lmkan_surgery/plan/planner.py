@@ -34,7 +34,7 @@ from .cost_model import CostModel, drop_dominated, local_cost, table_latency
 from .costs import model_bytes, model_macs
 from .latency_cache import LatencyTable
 from .options import (BLOCK_KINDS, Option, SpaceOptions, block_rows, describe_space, measure_damage,
-                      options_for)
+                      options_for, upstream_counts)
 
 PLAN_RIDGE = 1e-4  # relative ridge of the plain refit (the lmKAN table fit of passes/fit.py starts from that refit)
 FRACTIONS = (0.5, 0.25, 0.125, 0.0625, 0.03125)
@@ -244,10 +244,13 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     timer = LatencyTable() if budget.latency is not None else None
     described = [describe_space(student, s, probe, lmkan_layers, timer, budget.latency_batch) for s in spaces]
     for opts in described:
+        opts.upstream = next((u.space for u in described if u.space.consumer == opts.space.producer), None)
         if not lmkan:
             opts.lmkan_allowed = opts.block_why = "prune-only plan"
         else:
-            opts.block_why = block_not_tried(student, trace, opts.space, lmkan_layers, grids)
+            span = opts.upstream.span if opts.upstream else 1
+            narrowest = min(upstream_counts(opts, fractions), default=0) * span
+            opts.block_why = block_not_tried(student, trace, opts.space, lmkan_layers, grids, narrowest or None)
         opts.consumer_placement = config.input_norm
     options = [options_for(o, fractions, grids) for o in described]
     for opts, opts_list in zip(described, options):
