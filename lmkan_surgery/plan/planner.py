@@ -1,6 +1,7 @@
 """plan(model, calibration, budget): per hidden space keep / narrow as plain layers / narrow with an lmKAN consumer /
 replace producer and ops by an lmKAN block, chosen by measured damage against formula cost, built, fitted locally,
-checked against the budget and reported."""
+checked against the budget and against the planner's own pruning-only plan (whole-model held-out error), and
+reported."""
 
 from __future__ import annotations
 
@@ -219,8 +220,10 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
 
     calibration: batches (at least 2; config.holdout_fraction of them held out to measure damage). lmkan=False
     restricts the planner to keep / plain narrowing (the prune-only baseline). config supplies the selection
-    patterns, ridge, input placement and skip defaults of lmkanify. Raises ConfigError when the budget cannot be
-    met by narrowing the shrinkable hidden widths.
+    patterns, ridge, input placement and skip defaults of lmkanify. A plan holding lmKAN layers is delivered only
+    when its whole-model held-out error is PLAN_MARGIN x its own pruning-only plan's or less (else that pruning plan
+    is, and result.kept_plain says why). Raises ConfigError when the budget cannot be met by narrowing the
+    shrinkable hidden widths.
     """
     check_model(model)
     budget = Budget() if budget is None else budget
