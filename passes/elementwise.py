@@ -2,7 +2,8 @@
 hidden width passes through them: every torch.nn activation and dropout module except the ones that mix units
 (softmax family, GLU, attention), per-channel modules (BatchNorm, PReLU, narrowed with the width), and the
 elementwise torch / torch.nn.functional functions and Tensor methods; after a Conv2d, 2-D spatial pooling too (it maps
-channel c of an NCHW tensor to channel c)."""
+channel c of an NCHW tensor to channel c) and a flatten of every dimension after the batch (channel c of an NCHW tensor
+becomes the contiguous block of H*W features c*H*W ... (c+1)*H*W - 1)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,18 @@ def is_channel_pool(target: Any) -> bool:
     """Whether a module or call_function target is 2-D spatial pooling (per channel of an NCHW conv output; over
     features it would mix units, so callers allow it only after a Conv2d)."""
     return isinstance(target, CHANNEL_POOL_MODULES) or target in CHANNEL_POOL_FUNCTIONS
+
+
+def flattens_channels(op: str, target: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether a graph node (op, target or module, args after the input, kwargs) flattens every dimension after the
+    batch one (nn.Flatten(), torch.flatten(x, 1), x.flatten(1)): channel c then owns one contiguous feature block."""
+    if op == "call_module":
+        return isinstance(target, nn.Flatten) and target.start_dim == 1 and target.end_dim == -1
+    if (op, target) not in (("call_function", torch.flatten), ("call_method", "flatten")):
+        return False
+    start = kwargs.get("start_dim", args[0] if args else 0)
+    end = kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
+    return start == 1 and end == -1
 
 
 def is_unitwise_method(target: Any) -> bool:

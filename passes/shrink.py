@@ -3,10 +3,12 @@
 A hidden space is the output of a producer Linear/Conv2d (groups=1) that reaches exactly one consumer of the same
 kind through a chain of single-user elementwise or per-channel ops (activations, dropout, BatchNorm; after a conv,
 2-D pooling): MLP blocks (Linear -> act -> Linear), conv -> BN -> act -> pool -> conv stacks and the inner convs of
-residual blocks. Anything else (a residual add, a concat, two
-users) couples the channels, so they are kept. A unit removed from a producer is removed from the BatchNorms of
-the chain and from the consumer's input. Each consumer is then refitted by ridge least squares, in execution
-order, from the narrowed model's own inputs to the original model's outputs on the calibration batches.
+residual blocks; or a conv's output that reaches a Linear through a flatten of every non-batch dimension (a CNN's
+head: channel c owns the H*W consecutive input features c*H*W ... of the Linear). Anything else (a residual add, a
+concat, two users) couples the channels, so they are kept. A unit removed from a producer is removed from the
+BatchNorms of the chain and from the consumer's input (its whole feature block after a flatten). Each consumer is
+then refitted by ridge least squares, in execution order, from the narrowed model's own inputs to the original
+model's outputs on the calibration batches.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from lmkan_surgery.errors import ConfigError
 from lmkan_surgery.rules import rule_for
 
 from .calibrate import input_moments
-from .elementwise import (is_channel_pool, is_per_channel, is_unitwise_function, is_unitwise_method,
-                          is_unitwise_module, narrow_per_channel)
+from .elementwise import (flattens_channels, is_channel_pool, is_per_channel, is_unitwise_function,
+                          is_unitwise_method, is_unitwise_module, narrow_per_channel)
 from .flops import formula_flops
 from .probe import Probe, call, eval_mode
 from .replace import set_module
@@ -45,6 +47,13 @@ class HiddenSpace:
     consumer: str
     size: int
     kept: torch.Tensor | None = None
+    span: int = 1  # consumer input features per producer unit (H*W when the chain flattens a conv's NCHW output)
+
+    def consumer_index(self, kept: torch.Tensor) -> torch.Tensor:
+        """The consumer's input features fed by the producer units `kept` (their whole blocks after a flatten)."""
+        if self.span == 1:
+            return kept
+        return (kept[:, None] * self.span + torch.arange(self.span, device=kept.device)).flatten()
 
 
 @dataclass
@@ -60,20 +69,27 @@ class ShrinkResult:
     unmet: str | None = None  # why the requested width/budget was not reached (None when it was)
 
 
-def _is_elementwise(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], conv: bool) -> bool:
-    """Whether `node` maps each unit of `source` to the same unit (so narrowing passes through it); with conv (the
-    producer is a Conv2d) 2-D spatial pooling counts too."""
-    if node.op == "call_module":
-        module = modules.get(node.target)
-        ok = is_unitwise_module(module) or (conv and is_channel_pool(module))
-    elif node.op == "call_function":
-        ok = is_unitwise_function(node.target) or (conv and is_channel_pool(node.target))
-    elif node.op == "call_method":
-        ok = is_unitwise_method(node.target)
-    else:
-        return False
+def _step(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], conv: bool, flat: bool) -> str:
+    """How `node` passes the units of `source` on: "unit" when it maps each unit to the same unit (with conv, the
+    producer is a Conv2d: 2-D spatial pooling counts too; after a flatten, per-channel modules and pooling do not),
+    "flatten" when it flattens a conv's NCHW output (once), "" when narrowing cannot pass through it."""
     others = [a for a in (*node.args[1:], *node.kwargs.values()) if isinstance(a, fx.Node)]
-    return ok and bool(node.args) and node.args[0] is source and not others
+    if not node.args or node.args[0] is not source or others:
+        return ""
+    target = modules.get(node.target) if node.op == "call_module" else node.target
+    if conv and not flat and flattens_channels(node.op, target, tuple(node.args[1:]), dict(node.kwargs)):
+        return "flatten"
+    pool = conv and not flat
+    if node.op == "call_module":
+        per_feature = is_unitwise_module(target) and not (flat and is_per_channel(target))
+        ok = per_feature or (pool and is_channel_pool(target))
+    elif node.op == "call_function":
+        ok = is_unitwise_function(target) or (pool and is_channel_pool(target))
+    elif node.op == "call_method":
+        ok = is_unitwise_method(target)
+    else:
+        ok = False
+    return "unit" if ok else ""
 
 
 def _same_kind(a: nn.Module, b: nn.Module) -> bool:
@@ -81,6 +97,15 @@ def _same_kind(a: nn.Module, b: nn.Module) -> bool:
     rule = rule_for(a)
     return (rule is not None and rule.narrowable and rule is rule_for(b) and rule.plain(a) and rule.plain(b)
             and getattr(a, "groups", 1) == 1 and getattr(b, "groups", 1) == 1)
+
+
+def _flat_span(conv: nn.Module, linear: nn.Module) -> int:
+    """Features per channel when a conv's flattened output feeds `linear` (0 when it is no stock Linear whose inputs
+    split into one equal block per channel)."""
+    channels = conv.out_channels
+    if type(linear) is not nn.Linear or conv.groups != 1 or linear.in_features % channels:
+        return 0
+    return linear.in_features // channels
 
 
 def find_hidden_spaces(model: nn.Module, trace: TraceResult, shrinkable: set[str], probe: Probe) -> list[HiddenSpace]:
@@ -94,21 +119,24 @@ def find_hidden_spaces(model: nn.Module, trace: TraceResult, shrinkable: set[str
             name = f"{prefix}{node.target}" if node.op == "call_module" else None
             if name not in shrinkable or probe.calls.get(name) != 1:
                 continue
-            chain, cur = [], node
+            chain, cur, flat = [], node, False
             conv = isinstance(modules[node.target], nn.Conv2d)
             while len(cur.users) == 1:
                 user = next(iter(cur.users))
-                if _is_elementwise(user, cur, modules, conv):
+                step = _step(user, cur, modules, conv, flat)
+                if step:
+                    flat = flat or step == "flatten"
                     chain.append(user)
                     cur = user
                     continue
                 target = f"{prefix}{user.target}" if user.op == "call_module" else None
-                if (target in shrinkable and probe.calls.get(target) == 1 and user.args and user.args[0] is cur
-                        and _same_kind(modules[node.target], modules[user.target])):
-                    chain_modules = [f"{prefix}{n.target}" for n in chain if n.op == "call_module"]
-                    producer = modules[node.target]
-                    size = rule_for(producer).features(producer)[1]
-                    spaces.append(HiddenSpace(name, chain_modules, target, size))
+                if target in shrinkable and probe.calls.get(target) == 1 and user.args and user.args[0] is cur:
+                    producer, consumer = modules[node.target], modules[user.target]
+                    span = _flat_span(producer, consumer) if flat else int(_same_kind(producer, consumer))
+                    if span:
+                        chain_modules = [f"{prefix}{n.target}" for n in chain if n.op == "call_module"]
+                        size = rule_for(producer).features(producer)[1]
+                        spaces.append(HiddenSpace(name, chain_modules, target, size, span=span))
                 break
     return spaces
 
@@ -159,13 +187,14 @@ def _unmet(result: ShrinkResult, config: LMKANConfig) -> ShrinkResult:
 
 
 def _choose_units(model: nn.Module, spaces: list[HiddenSpace], factor: float, batches: list[Any]) -> None:
-    """Keep the units with the largest RMS activation x consumer-column norm in every hidden space."""
+    """Keep the units with the largest RMS activation x consumer-column norm in every hidden space (over a unit's
+    feature block when the chain flattens)."""
     moments = input_moments(model, [s.consumer for s in spaces], batches)
     for space in spaces:
         consumer = model.get_submodule(space.consumer)
         columns = rule_for(consumer).input_columns(consumer).norm(dim=1).to(torch.float64)
         rms = moments[space.consumer].second_moment().sqrt() if space.consumer in moments else 1.0
-        score = rms * columns
+        score = (rms * columns).reshape(space.size, space.span).norm(dim=1)  # a unit's block after a flatten
         space.kept = torch.topk(score, _kept_count(space.size, factor)).indices.sort().values
 
 
@@ -184,7 +213,7 @@ def narrow_modules(model: nn.Module, spaces: list[HiddenSpace]) -> list[str]:
     in_idx: dict[str, torch.Tensor] = {}
     for space in spaces:
         out_idx[space.producer] = space.kept
-        in_idx[space.consumer] = space.kept
+        in_idx[space.consumer] = space.consumer_index(space.kept)
         for name in space.chain:
             if is_per_channel(model.get_submodule(name)):
                 out_idx[name] = space.kept

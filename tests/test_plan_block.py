@@ -5,6 +5,8 @@ as counted by hand from the layer shapes, inconsistent combinations are refused,
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -176,3 +178,23 @@ def test_macs_and_latency_limits_together_terminate_and_hold(tmp_path, monkeypat
     result = plan(teacher, batches(rows=256), Budget(macs=0.3, latency=0.9, latency_batch=256))
     assert hand_macs(result.model) <= 0.3 * hand_macs(teacher)
     assert result.planned["latency"] <= 0.9 * result.original["latency"]
+
+
+def test_lmkan_plan_falls_back_to_its_pruning_plan_unless_clearly_better(monkeypatch):
+    """The whole-model check: the lmKAN plan is kept only when its held-out error is PLAN_MARGIN x its own pruning
+    plan's or less; otherwise the planner returns exactly the pruning-only plan and says why."""
+    planner = importlib.import_module("lmkan_surgery.plan.planner")  # the package's `plan` name is the function
+    teacher, data = pairwise_teacher(), batches(rows=256)
+    budget = Budget(macs=0.15)
+    kept = plan(teacher, data, budget)
+    assert kept.lmkan_layers() and not kept.kept_plain
+    assert kept.heldout["rel_error"] <= planner.PLAN_MARGIN * kept.rival["rel_error"]
+    monkeypatch.setattr(planner, "PLAN_MARGIN", 1e-6)  # no lmKAN plan can be that much better
+    fallback, pruned = plan(teacher, data, budget), plan(teacher, data, budget, lmkan=False)
+    assert not fallback.lmkan_layers() and "kept plain: the lmKAN plan" in fallback.kept_plain
+    assert any(fallback.kept_plain in d.reason for d in fallback.decisions)
+    assert fallback.rival["rel_error"] == pytest.approx(kept.heldout["rel_error"])
+    x = batches(1, rows=64, seed=9)[0]
+    with torch.no_grad():
+        assert torch.equal(fallback.model(x), pruned.model(x))
+    assert hand_macs(fallback.model) <= 0.15 * hand_macs(teacher)

@@ -82,6 +82,9 @@ def test_conv_widths_shrink_through_pooling_but_features_do_not():
     over a Linear's features mixes them, so Linear -> pool -> Linear is not one."""
     from lmkan_surgery import ConfigError
     from lmkan_surgery.plan import Budget
+    from lmkan_surgery.passes.probe import run_probe
+    from lmkan_surgery.passes.shrink import find_hidden_spaces
+    from lmkan_surgery.passes.trace import trace_model
     from lmkan_surgery.plan.planner import plan
 
     torch.manual_seed(0)
@@ -91,8 +94,13 @@ def test_conv_widths_shrink_through_pooling_but_features_do_not():
     with torch.no_grad():
         cnn[1].running_var.uniform_(0.5, 2.0)
     calibration = [torch.randn(32, 1, 12, 12) for _ in range(4)]
+    names = [n for n, m in cnn.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    found = find_hidden_spaces(cnn, trace_model(cnn), set(names), run_probe(cnn, calibration[0][:1], names))
+    assert [(s.producer, s.consumer, s.span) for s in found] == [("0", "4", 1), ("4", "8", 1)]
     student = plan(cnn, calibration, Budget(macs=0.6)).model
-    assert student[0].out_channels == student[1].num_features == student[4].in_channels < 8
+    assert student[0].out_channels == student[1].num_features == student[4].in_channels
+    assert student[4].out_channels == student[8].in_features
+    assert student[4].in_channels < 8 or student[4].out_channels < 16
     x = torch.randn(64, 1, 12, 12)
     with torch.no_grad():
         teacher_out, student_out = cnn(x), student(x)

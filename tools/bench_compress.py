@@ -83,7 +83,7 @@ def run_budget(teacher: nn.Module, train: Pair, val: Pair, task: str, fraction: 
                args: argparse.Namespace) -> dict:
     """One budget: plan both arms (or say why not), distill them alike, compare with int8 and the original."""
     calibration = list(train[0][:args.calibration].split(256))
-    arms, notes, unmet = {"original": teacher}, {}, {}
+    arms, notes, unmet, plans = {"original": teacher}, {}, {}, {}
     budget = Budget(macs=fraction, latency=args.latency)
     for name, lmkan in (("planner", True), ("prune-only", False)):
         try:
@@ -93,6 +93,8 @@ def run_budget(teacher: nn.Module, train: Pair, val: Pair, task: str, fraction: 
             continue
         arms[name] = result.model
         notes[name] = f"{len(result.lmkan_layers())} lmKAN; " + "; ".join(d.choice for d in result.decisions)
+        plans[name] = {"heldout": result.heldout.get("rel_error"), "rival": result.rival.get("rel_error"),
+                       "kept_plain": result.kept_plain}
         print(result, flush=True)
     arms["int8"] = int8_dynamic(teacher)
     notes["int8"] = "quantize_dynamic (Linear); MACs unchanged"
@@ -107,7 +109,7 @@ def run_budget(teacher: nn.Module, train: Pair, val: Pair, task: str, fraction: 
                          trainable=tuple(n for n in ("planner", "prune-only") if n in arms),
                          notes=notes, throughput_batch=256, repeats=10, budget_s=1.0, budget=budget.describe())
     print(table, flush=True)
-    return {"budget": fraction, "unmet": unmet, "table": table.render(markdown=True),
+    return {"budget": fraction, "unmet": unmet, "plans": plans, "table": table.render(markdown=True),
             "rows": [dict(vars(r), latency={str(k): v for k, v in r.latency.items()}) for r in table.rows]}
 
 
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for b in teacher["budgets"]:
             body += [f"**{teacher['teacher']}, {b['budget']}x MACs**", ""]
             body += [f"- {arm} arm not built: {why}" for arm, why in b["unmet"].items()]
+            body += [f"- {arm}: whole-model held-out calibration error {p['heldout']:.4g}"
+                     + (f" (its {'lmKAN' if p['kept_plain'] else 'pruning-only'} rival plan: {p['rival']:.4g})"
+                        if p["rival"] is not None else "") for arm, p in b["plans"].items()]
             body += [b["table"], ""]
     if args.plots:
         args.plots.mkdir(parents=True, exist_ok=True)

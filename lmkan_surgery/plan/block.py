@@ -44,8 +44,9 @@ def _module_nodes(trace: TraceResult, space: HiddenSpace) -> list[fx.Node] | Non
 
 
 def block_not_tried(model: nn.Module, trace: TraceResult, space: HiddenSpace, allowed: set[str],
-                    num_grids: tuple[int, ...]) -> str:
-    """Why the lmKAN block cannot replace this space's producer, ops and consumer ("" when it can)."""
+                    num_grids: tuple[int, ...], narrowest: int | None = None) -> str:
+    """Why the lmKAN block cannot replace this space's producer, ops and consumer ("" when it can); narrowest: the
+    fewest producer inputs an upstream space can narrow it to (blocks too wide at full input are fitted there)."""
     producer, consumer = model.get_submodule(space.producer), model.get_submodule(space.consumer)
     if type(producer) is not nn.Linear or type(consumer) is not nn.Linear:
         return f"producer and consumer must be nn.Linear (found {type(producer).__name__}, " \
@@ -60,10 +61,10 @@ def block_not_tried(model: nn.Module, trace: TraceResult, space: HiddenSpace, al
         return f"the chain holds functional ops ({', '.join(functional)}), which cannot be replaced by nn.Identity"
     if all(isinstance(model.get_submodule(name), AFFINE) for name in space.chain):
         return "the chain is affine (no nonlinearity between the two Linear layers): nothing for lmKAN to replace"
-    pairs = (producer.in_features + 1) // 2
+    pairs = (min(producer.in_features, narrowest or producer.in_features) + 1) // 2
     if pairs * (min(num_grids) + 1) ** 2 > MAX_BLOCK_UNKNOWNS:
         return f"its table fit ({pairs} input pairs x (G+1)^2 > {MAX_BLOCK_UNKNOWNS:,} unknowns) is too large " \
-               f"for a calibration-time fit"
+               f"for a calibration-time fit" + (", even on the narrowest upstream input" if narrowest else "")
     return ""
 
 

@@ -65,6 +65,8 @@ def _layers(spaces: list[SpaceOptions], state: list[Option]) -> dict[str, _Layer
         if option.kind in BLOCK_KINDS:
             a.kind, a.num_grids = "lmkan", option.num_grids
             a.placement = block.lmkan.input_norm if block else "quantile"
+            if option.upstream:  # fitted on the upstream-narrowed input (consistent() holds the upstream to it)
+                a.in_fraction = option.upstream / opts.upstream.size
         if option.kind == "fold":
             b.kind = "gone"
             continue
@@ -78,10 +80,15 @@ def _layers(spaces: list[SpaceOptions], state: list[Option]) -> dict[str, _Layer
 
 
 def consistent(spaces: list[SpaceOptions], state: list[Option]) -> bool:
-    """No layer both the producer of an lmKAN block and a consumer made lmKAN or folded away by another space."""
+    """No layer both the producer of an lmKAN block and a consumer made lmKAN or folded away by another space, and
+    every block fitted on an upstream-narrowed input has its upstream space narrowed plainly to exactly that."""
     blocked = {s.space.producer for s, o in zip(spaces, state) if o.kind in BLOCK_KINDS}
     rewritten = {s.space.consumer for s, o in zip(spaces, state) if o.kind in ("lmkan", "fold")}
-    return not blocked & rewritten
+    feeding = {s.space.consumer: o for s, o in zip(spaces, state)}
+    upstream = [feeding.get(s.space.producer) for s, o in zip(spaces, state) if o.upstream]
+    needed = [o.upstream for o in state if o.upstream]
+    return not blocked & rewritten and all(u is None or (u.kind == "plain" and u.kept == k)
+                                           for u, k in zip(upstream, needed))
 
 
 @dataclass

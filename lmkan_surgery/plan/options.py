@@ -1,8 +1,10 @@
 """The planner's candidates: for every shrinkable hidden space (producer -> per-unit ops -> consumer), keep it, narrow
 it as plain layers at a few kept fractions, narrow it and make the consumer an lmKAN Linear, or replace producer and
 ops by an lmKAN block (plan/block.py) of a few widths, folding the consumer in when the width reaches its outputs.
-Each option's damage is the held-out relative error of the consumer's output after local fitting on calibration
-data (ridge refit for plain layers, closed-form fit_tables for lmKAN), with only that space changed."""
+Each option is fitted locally on calibration data (ridge refit for plain layers, closed-form fit_tables for lmKAN) with
+only that space changed; its damage is the held-out relative error of the whole model's output (so the damages of an
+early conv and of a classifier head compare on one scale), or of the consumer's output where the model's output is
+not one tensor."""
 
 from __future__ import annotations
 
@@ -16,16 +18,18 @@ from torch import nn
 from lmkan_surgery.passes.fit import shrink_refit
 from lmkan_surgery.passes.flops import formula_flops
 from lmkan_surgery.passes.probe import Probe, eval_mode
-from lmkan_surgery.passes.shrink import (HiddenSpace, _capture, _choose_units, _kept_count, _target,
-                                         narrow_modules, reconstruct, teacher_outputs)
+from lmkan_surgery.passes.replace import set_module
+from lmkan_surgery.passes.shrink import (MIN_KEPT, HiddenSpace, _capture, _choose_units, _kept_count, _target,
+                                         model_error, narrow_modules, reconstruct, teacher_outputs)
 from lmkan_surgery.rules import rule_for
 
-from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks
+from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks, install_block
 from .latency_cache import LatencyTable
 
 DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
 LMKAN_MARGIN = 0.9  # an lmKAN option must cut the damage of every plain option of no more cost by 10%
 MAX_TABLE_UNKNOWNS = 6_000  # larger lmKAN fits (pairs x (G+1)^2) are not tried: too slow for calibration-time search
+SMALL_WIDTH = 16  # spaces this narrow are tried at every unit count (plan/options.py kept_counts)
 BLOCK_KINDS = ("block", "fold")  # lmKAN block producer -> h with a Linear consumer h -> out, or folded (no consumer)
 
 
@@ -39,13 +43,16 @@ class Option:
     kind: str = "plain"
     num_grids: int = 0
     kept: int = 0
+    upstream: int = 0  # a block fitted on its producer's inputs narrowed by the upstream space to this many units
+
 
     def label(self, size: int) -> str:
         """E.g. 'plain 64/256', 'lmKAN G=8 64/256', 'lmKAN block G=8 h=16/256', 'lmKAN block G=8 folded'."""
+        on = f" on {self.upstream} upstream" if self.upstream else ""
         if self.kind == "block":
-            return f"lmKAN block G={self.num_grids} h={self.kept}/{size}"
+            return f"lmKAN block G={self.num_grids} h={self.kept}/{size}{on}"
         if self.kind == "fold":
-            return f"lmKAN block G={self.num_grids} folded"
+            return f"lmKAN block G={self.num_grids} folded{on}"
         what = "keep" if self.fraction >= 1.0 and self.kind == "plain" else (
             "plain" if self.kind == "plain" else f"lmKAN G={self.num_grids}")
         return f"{what} {self.kept}/{size}"
@@ -69,6 +76,7 @@ class SpaceOptions:
     block_why: str = "not tried"  # "" when lmKAN block options were tried, else why not
     fits: dict[Option, BlockFit] = field(default_factory=dict)  # the block fits measured on the original's rows
     consumer_placement: str = "quantile"  # input placement of an lmKAN consumer (the planner's input_norm)
+    upstream: HiddenSpace | None = None  # the space whose consumer is this space's producer, if any
 
 
 def _weight_bytes(module: nn.Module) -> int:
@@ -109,47 +117,77 @@ def describe_space(model: nn.Module, space: HiddenSpace, probe: Probe, lmkan_lay
     return opts
 
 
-def _block_options(opts: SpaceOptions, kept_counts: list[int], grids: tuple[int, ...]) -> list[Option]:
+def block_fits(n_in: int, num_grids: int) -> bool:
+    """Whether a block's table fit on n_in inputs stays small enough for calibration time (MAX_BLOCK_UNKNOWNS)."""
+    return (n_in + 1) // 2 * (num_grids + 1) ** 2 <= MAX_BLOCK_UNKNOWNS
+
+
+def _block_options(opts: SpaceOptions, kept_counts: list[int], upstream_counts: list[int],
+                   grids: tuple[int, ...]) -> list[Option]:
     """lmKAN blocks of every kept count below the consumer's outputs (and the folded block) whose formula MACs,
     2 x even(in) x h + h x out, stay below the producer's and consumer's together, at each grid size whose table
-    fit stays small (MAX_BLOCK_UNKNOWNS)."""
-    n_in, n_out = opts.producer_shape[0], opts.consumer_shape[1]
+    fit stays small (MAX_BLOCK_UNKNOWNS); where the producer's full input is too wide for every grid size, on the
+    inputs the upstream space narrows it to (each of upstream_counts units)."""
+    full, n_out = opts.producer_shape[0], opts.consumer_shape[1]
     original = opts.producer_cost[0] + opts.consumer_cost[0]
     positions = opts.producer_shape[2]
+    span = opts.upstream.span if opts.upstream else 1
+    narrowed = upstream_counts if not any(block_fits(full, g) for g in grids) else []
     out = []
-    for g in [g for g in grids if (n_in + 1) // 2 * (g + 1) ** 2 <= MAX_BLOCK_UNKNOWNS]:
-        if positions * 2 * (n_in + n_in % 2) * n_out < original:
-            out.append(Option(1.0, "fold", g, n_out))
-        out += [Option(k / opts.space.size, "block", g, k) for k in kept_counts
-                if k < n_out and positions * (2 * (n_in + n_in % 2) * k + k * n_out) < original]
+    for g in grids:
+        inputs = [(0, full)] if block_fits(full, g) else [(k, k * span) for k in narrowed if block_fits(k * span, g)]
+        for upstream, n_in in inputs:
+            if positions * 2 * (n_in + n_in % 2) * n_out < original:
+                out.append(Option(1.0, "fold", g, n_out, upstream))
+            out += [Option(k / opts.space.size, "block", g, k, upstream) for k in kept_counts
+                    if k < n_out and positions * (2 * (n_in + n_in % 2) * k + k * n_out) < original]
     return out
 
 
+def kept_counts(size: int, fractions: tuple[float, ...]) -> list[int]:
+    """The narrowed unit counts a space of `size` units is tried at, widest first: every count from MIN_KEPT up for
+    narrow spaces (SMALL_WIDTH units or fewer: a CNN's few channels, where halvings skip most of the trade-off),
+    else the given fractions of its size."""
+    counts = range(MIN_KEPT, size) if size <= SMALL_WIDTH else {_kept_count(size, f) for f in fractions}
+    return sorted(set(counts) - {size}, reverse=True)
+
+
+def upstream_counts(opts: SpaceOptions, fractions: tuple[float, ...]) -> list[int]:
+    """The unit counts the upstream space's plain options narrow this space's producer input to (none without
+    one)."""
+    return kept_counts(opts.upstream.size, fractions) if opts.upstream else []
+
+
 def options_for(opts: SpaceOptions, fractions: tuple[float, ...], grids: tuple[int, ...]) -> list[Option]:
-    """Keep, plain narrowing at each fraction, (where allowed) lmKAN consumers at each (G, fraction) whose lmKAN MACs
+    """Keep, plain narrowing at each kept count, (where allowed) lmKAN consumers at each (G, count) whose lmKAN MACs
     do not exceed the consumer's original MACs and whose table fit stays small, and lmKAN blocks (allowed ones)."""
     size = opts.space.size
     out = [Option(1.0, "plain", 0, size)]
-    counts = []
-    for fraction in sorted(set(fractions), reverse=True):
-        kept = _kept_count(size, fraction)
-        if kept < size:
-            out.append(Option(fraction, "plain", 0, kept))
-            counts.append(kept)
+    counts = kept_counts(size, fractions)
+    for kept in counts:
+        out.append(Option(kept / size, "plain", 0, kept))
+        inputs = kept * opts.space.span  # the lmKAN consumer's inputs (a unit's whole block after a flatten)
         for g in grids if not opts.lmkan_allowed else ():
-            cheaper = 2 * (kept + kept % 2) <= size
-            if cheaper and ((kept + 1) // 2) * (g + 1) ** 2 <= MAX_TABLE_UNKNOWNS:
-                out.append(Option(fraction, "lmkan", g, kept))
+            cheaper = 2 * (inputs + inputs % 2) <= size * opts.space.span
+            if cheaper and ((inputs + 1) // 2) * (g + 1) ** 2 <= MAX_TABLE_UNKNOWNS:
+                out.append(Option(kept / size, "lmkan", g, kept))
     if not opts.block_why:
-        out += _block_options(opts, counts, grids)
+        out += _block_options(opts, counts, upstream_counts(opts, fractions), grids)
     return list(dict.fromkeys(out))
+
+
+def output_damage(trial: nn.Module, model: nn.Module, held: list[Any], local: float) -> float:
+    """Held-out relative error of `trial`'s output against `model`'s (`local`, the consumer's, when the output is
+    not one tensor)."""
+    with eval_mode(trial):
+        return model_error(trial, model, held).get("rel_error", local)
 
 
 def measure_damage(model: nn.Module, opts: SpaceOptions, options: list[Option], train: list[Any], held: list[Any],
                    ridge: float, input_norm: str, mix: float) -> None:
     """Fill opts.damage: for each kept count, narrow only this space in a copy, refit the consumer (plain) and fit
     lmKAN tables beside it; lmKAN blocks fitted from the producer's inputs to the consumer's outputs; damage =
-    held-out relative error of the consumer's output against the original's."""
+    held-out relative error of the model's output against the original's (output_damage)."""
     name = opts.space.consumer
     with eval_mode(model), torch.no_grad():
         targets = teacher_outputs(model, [name], train + held)[name]
@@ -170,14 +208,16 @@ def measure_damage(model: nn.Module, opts: SpaceOptions, options: list[Option], 
                 if lmkan else []
             for o in same:
                 if o.kind == "plain":
-                    opts.damage[o] = float(err)
+                    opts.damage[o] = output_damage(trial, model, held, float(err))
                     continue
-                _, lmkan_err, _ = shrink_refit(trial, name, rows[:len(train)], rows[len(train):], o.num_grids,
-                                               input_norm, mix)
-                opts.damage[o] = float(lmkan_err)
+                _, lmkan_err, layer = shrink_refit(trial, name, rows[:len(train)], rows[len(train):], o.num_grids,
+                                                   input_norm, mix)
+                with_lmkan = copy.deepcopy(trial)
+                set_module(with_lmkan, name, layer)
+                opts.damage[o] = output_damage(with_lmkan, model, held, float(lmkan_err))
         blocks = [o for o in options if o.kind in BLOCK_KINDS]
         if blocks:
-            measure_blocks(model, opts, blocks, train, held, targets, mix)
+            measure_blocks(model, opts, blocks, train, held, targets, mix, ridge)
 
 
 def block_rows(model: nn.Module, space: HiddenSpace, batches: list[Any], outputs: list[torch.Tensor],
@@ -190,13 +230,27 @@ def block_rows(model: nn.Module, space: HiddenSpace, batches: list[Any], outputs
 
 
 def measure_blocks(model: nn.Module, opts: SpaceOptions, blocks: list[Option], train: list[Any], held: list[Any],
-                   targets: list[torch.Tensor], mix: float) -> None:
-    """Damage of every lmKAN block option: one fit per grid size serves all its widths (plan/block.py)."""
-    xs, ys = block_rows(model, opts.space, train + held, targets)
+                   targets: list[torch.Tensor], mix: float, ridge: float) -> None:
+    """Damage of every lmKAN block option: one fit per grid size and input serves all its widths (plan/block.py).
+    A block on an upstream-narrowed input is fitted in a copy with that narrowing; its damage is what it adds to
+    the upstream narrowing alone (the producer then refitted as a plain layer), so damages still add up."""
     n = len(train)
-    for g in sorted({o.num_grids for o in blocks}):
-        same = [o for o in blocks if o.num_grids == g]
-        fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix)
-        for o in same:
-            opts.fits[o] = fits[o.kept]
-            opts.damage[o] = fits[o.kept].damage
+    for upstream in sorted({o.upstream for o in blocks}):
+        base, floor = model, 0.0
+        if upstream:
+            base, up = copy.deepcopy(model), copy.copy(opts.upstream)
+            _choose_units(base, [up], upstream / up.size, train)
+            narrow_modules(base, [up])
+            refit = copy.deepcopy(base)
+            pairs = list(zip(train + held, teacher_outputs(model, [up.consumer], train + held)[up.consumer]))
+            reconstruct(refit, up.consumer, None, pairs[:n], pairs[n:], ridge)
+            floor = output_damage(refit, model, held, 0.0)
+        xs, ys = block_rows(base, opts.space, train + held, targets)
+        for g in sorted({o.num_grids for o in blocks if o.upstream == upstream}):
+            same = [o for o in blocks if o.num_grids == g and o.upstream == upstream]
+            fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix)
+            for o in same:
+                opts.fits[o] = fits[o.kept]
+                trial = copy.deepcopy(base)
+                install_block(trial, opts.space, copy.deepcopy(fits[o.kept]))
+                opts.damage[o] = max(0.0, output_damage(trial, model, held, fits[o.kept].damage) - floor)

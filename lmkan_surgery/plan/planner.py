@@ -1,6 +1,7 @@
 """plan(model, calibration, budget): per hidden space keep / narrow as plain layers / narrow with an lmKAN consumer /
 replace producer and ops by an lmKAN block, chosen by measured damage against formula cost, built, fitted locally,
-checked against the budget and reported."""
+checked against the budget and against the planner's own pruning-only plan (whole-model held-out error), and
+reported."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ from .cost_model import CostModel, drop_dominated, local_cost, table_latency
 from .costs import model_bytes, model_macs
 from .latency_cache import LatencyTable
 from .options import (BLOCK_KINDS, Option, SpaceOptions, block_rows, describe_space, measure_damage,
-                      options_for)
+                      options_for, upstream_counts)
 
 PLAN_RIDGE = 1e-4  # relative ridge of the plain refit (the lmKAN table fit of passes/fit.py starts from that refit)
 FRACTIONS = (0.5, 0.25, 0.125, 0.0625, 0.03125)
 GRIDS = (4, 8)
+PLAN_MARGIN = 0.9  # a plan with lmKAN layers must cut the pruning-only plan's whole-model held-out error by 10%
 
 
 @dataclass
@@ -63,6 +65,8 @@ class PlanResult:
     planned: dict[str, float] = field(default_factory=dict)
     heldout: dict[str, float] = field(default_factory=dict)
     lmkan: bool = True
+    rival: dict[str, float] = field(default_factory=dict)  # held-out error of the other plan (lmKAN vs pruning-only)
+    kept_plain: str = ""  # why the lmKAN plan was dropped for the pruning-only one ("" when it was not)
 
     def lmkan_layers(self) -> list[str]:
         """The planned model's lmKAN layers (consumers and block producers)."""
@@ -74,6 +78,9 @@ class PlanResult:
         head = (f"plan ({kinds}) for {self.budget.describe()}: "
                 f"MACs {ratio['macs']:.3f}x, bytes {ratio['bytes']:.3f}x of the original; held-out output error "
                 f"{self.heldout.get('rel_error', float('nan')):.3g}")
+        if self.rival:
+            which = "lmKAN" if self.kept_plain else "pruning-only"
+            head += f" ({which} plan: {self.rival.get('rel_error', float('nan')):.3g})"
         return "\n".join([head] + [f"  {d.consumer:<24} {d.choice:<20} {d.reason}" for d in self.decisions])
 
 
@@ -160,6 +167,52 @@ def _costs(model: nn.Module, example: Any) -> dict[str, float]:
     return {"macs": float(model_macs(model, example)), "bytes": float(model_bytes(model))}
 
 
+@dataclass
+class _Built:
+    """One built plan: its options, model, changed modules, planned costs and whole-model held-out error."""
+
+    state: list[Option]
+    model: nn.Module
+    changed: list[str]
+    planned: dict[str, float]
+    heldout: dict[str, float]
+
+
+def _fit_plan(student: nn.Module, described: list[SpaceOptions], options: list[list[Option]], cost_model: CostModel,
+              budget: Budget, example: Any, order: list[str], train: list[Any], held: list[Any],
+              config: LMKANConfig) -> _Built:
+    """Choose one option per space within the budget and build it. The formula model is exact for MACs; a measured
+    overshoot tightens the limits and re-plans. Raises ConfigError when even the cheapest options miss the budget."""
+    original = cost_model.original
+    limits = budget.limits(original)
+    for _ in range(6):
+        state = choose(cost_model, options, limits)
+        if state is None:
+            floor = cost_model.total([min((o for o in opts if o.kind == "plain"), key=lambda o: o.kept)
+                                      for opts in options])
+            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original if original[k] > 0)
+            raise ConfigError(f"budget {budget.describe()} cannot be met: narrowing every shrinkable hidden width "
+                              f"({len(described)} found) reaches {reached}; raise the budget or make more "
+                              f"widths shrinkable (Linear->act->Linear, Conv->BN->act->Conv chains)")
+        built, changed = _build(student, described, state, order, train, held, PLAN_RIDGE, config.input_norm,
+                                config.quantile_mix)
+        planned = {**_costs(built, example), "latency": cost_model.total(state)["latency"]}
+        over = {k: planned[k] / v for k, v in budget.limits(original).items() if planned[k] > v}
+        if not over:
+            with eval_mode(built), eval_mode(student), torch.no_grad():
+                return _Built(state, built, changed, planned, model_error(built, student, held))
+        limits = {k: v / over.get(k, 1.0) * 0.999 for k, v in limits.items()}
+    raise ConfigError(f"plan: the built model exceeds the budget {budget.describe()} ({planned}); report this")
+
+
+def lmkan_plan_pays(lmkan_error: float | None, pruning_error: float | None) -> bool:
+    """Whether a plan with lmKAN layers is clearly better than the pruning-only plan of the same budget on the
+    whole model's held-out error (PLAN_MARGIN; when either error cannot be measured, the per-space choice stands)."""
+    if lmkan_error is None or pruning_error is None:
+        return True
+    return lmkan_error <= PLAN_MARGIN * pruning_error
+
+
 def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = None, example_inputs: Any = None,
          input_fn: InputFn | None = None, lmkan: bool = True, config: LMKANConfig | None = None,
          fractions: tuple[float, ...] = FRACTIONS, grids: tuple[int, ...] = GRIDS) -> PlanResult:
@@ -167,8 +220,10 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
 
     calibration: batches (at least 2; config.holdout_fraction of them held out to measure damage). lmkan=False
     restricts the planner to keep / plain narrowing (the prune-only baseline). config supplies the selection
-    patterns, ridge, input placement and skip defaults of lmkanify. Raises ConfigError when the budget cannot be
-    met by narrowing the shrinkable hidden widths.
+    patterns, ridge, input placement and skip defaults of lmkanify. A plan holding lmKAN layers is delivered only
+    when its whole-model held-out error is PLAN_MARGIN x its own pruning-only plan's or less (else that pruning plan
+    is, and result.kept_plain says why). Raises ConfigError when the budget cannot be met by narrowing the
+    shrinkable hidden widths.
     """
     check_model(model)
     budget = Budget() if budget is None else budget
@@ -192,10 +247,13 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     timer = LatencyTable() if budget.latency is not None else None
     described = [describe_space(student, s, probe, lmkan_layers, timer, budget.latency_batch) for s in spaces]
     for opts in described:
+        opts.upstream = next((u.space for u in described if u.space.consumer == opts.space.producer), None)
         if not lmkan:
             opts.lmkan_allowed = opts.block_why = "prune-only plan"
         else:
-            opts.block_why = block_not_tried(student, trace, opts.space, lmkan_layers, grids)
+            span = opts.upstream.span if opts.upstream else 1
+            narrowest = min(upstream_counts(opts, fractions), default=0) * span
+            opts.block_why = block_not_tried(student, trace, opts.space, lmkan_layers, grids, narrowest or None)
         opts.consumer_placement = config.input_norm
     options = [options_for(o, fractions, grids) for o in described]
     for opts, opts_list in zip(described, options):
@@ -203,32 +261,25 @@ def plan(model: nn.Module, calibration: Iterable[Any], budget: Budget | None = N
     everything = options
     options = [drop_dominated(o, opts_list) for o, opts_list in zip(described, options)]
     original = {**_costs(student, example), "latency": table_latency(described)}
-    limits = budget.limits(original)
     cost_model = CostModel(described, original)
-    for _ in range(6):  # the formula model is exact for MACs; a measured overshoot tightens the limits and re-plans
-        state = choose(cost_model, options, limits)
-        if state is None:
-            floor = cost_model.total([min((o for o in opts if o.kind == "plain"), key=lambda o: o.kept)
-                                      for opts in options])
-            reached = ", ".join(f"{floor[k] / original[k]:.3f}x {k}" for k in original if original[k] > 0)
-            raise ConfigError(f"budget {budget.describe()} cannot be met: narrowing every shrinkable hidden width "
-                              f"({len(spaces)} found) reaches {reached}; raise the budget or make more "
-                              f"widths shrinkable (Linear->act->Linear, Conv->BN->act->Conv chains)")
-        built, changed = _build(student, described, state, probe.order, train, held, PLAN_RIDGE,
-                                config.input_norm, config.quantile_mix)
-        planned = {**_costs(built, example), "latency": cost_model.total(state)["latency"]}
-        over = {k: planned[k] / v for k, v in budget.limits(original).items() if planned[k] > v}
-        if not over:
-            break
-        limits = {k: v / over.get(k, 1.0) * 0.999 for k, v in limits.items()}
-    else:
-        raise ConfigError(f"plan: the built model exceeds the budget {budget.describe()} ({planned}); report this")
+
+    def fit(opts: list[list[Option]]) -> _Built:
+        return _fit_plan(student, described, opts, cost_model, budget, example, probe.order, train, held, config)
+
+    chosen, pruning, kept_plain = fit(options), None, ""
+    if any(o.kind != "plain" for o in chosen.state):  # the whole-model check: lmKAN must beat its own pruning plan
+        pruning = fit([[o for o in opts if o.kind == "plain"] for opts in options])
+        ours, theirs = chosen.heldout.get("rel_error"), pruning.heldout.get("rel_error")
+        if not lmkan_plan_pays(ours, theirs):
+            kept_plain = (f"kept plain: the lmKAN plan's whole-model held-out error {ours:.4g} is not "
+                          f"{1 - PLAN_MARGIN:.0%} below the pruning plan's {theirs:.4g}")
+            chosen, pruning = pruning, chosen
     if timer is not None:
         timer.save()
-    setattr(built, SPEC_ATTR, build_spec(config.to_dict(), [], built, changed))
+    setattr(chosen.model, SPEC_ATTR, build_spec(config.to_dict(), [], chosen.model, chosen.changed))
     decisions = [Decision(s.space.consumer, s.space.producer, o.label(s.space.size), s.damage[o],
-                          _reason(s, o, opts))
-                 for s, o, opts in zip(described, state, everything)]
-    with eval_mode(built), eval_mode(student), torch.no_grad():
-        heldout = model_error(built, student, held)
-    return PlanResult(built, budget, decisions, original, planned, heldout, lmkan)
+                          "; ".join(filter(None, [_reason(s, o, opts), kept_plain if rival.kind != "plain" else ""])))
+                 for s, o, opts, rival in zip(described, chosen.state, everything,
+                                              (pruning or chosen).state)]
+    return PlanResult(chosen.model, budget, decisions, original, chosen.planned, chosen.heldout, lmkan,
+                      pruning.heldout if pruning else {}, kept_plain)
