@@ -75,9 +75,12 @@ def _lookup_with(backend: str, x: torch.Tensor, table: torch.Tensor) -> torch.Te
 
 
 def build_methods(
-    shape: tuple[int, int, int, int], device: torch.device, native: str, with_reference: bool = True
+    shape: tuple[int, int, int, int], device: torch.device, native: str, with_reference: bool = True,
+    baseline: dispatch.Backend | None = None,
 ) -> tuple[list[Method], float]:
-    """Forward and forward+backward callables of linear / reference / native for one shape, and the table MB."""
+    """Forward and forward+backward callables of linear / reference / native for one shape, and the table MB; on
+    CPU also the bare extension calls ('kernel', and 'baseline kernel' for a --baseline build), without the op's
+    Python dispatch."""
     batch, n_in, n_out, grids = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, n_in, generator=gen).to(device)
@@ -110,8 +113,15 @@ def build_methods(
         methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
     if device.type == "cpu":  # the streamed forward where the cell-sorted one would run (the previous large-table path)
         methods.append(Method(f"{native} streamed fwd", with_env(SORTED_OFF, lookup_fwd(native))))
+    if device.type == "cpu":
+        bare = [("kernel", dispatch._native_backend("cpu"))] + ([("baseline kernel", baseline)] if baseline else [])
+        for name, be in bare:
+            methods += [Method(f"{name} fwd", lambda be=be: be.forward(x, table)),
+                        Method(f"{name} fwd+bwd", lambda be=be: (be.forward(x, table),
+                                                                 be.backward(dy, x, table, True, True)))]
     if n_out < 8:  # what a few-output lmKAN block replaces: Linear n_in x n_in + SiLU + Linear n_in x n_out
-        tail = torch.nn.Sequential(torch.nn.Linear(n_in, n_in), torch.nn.SiLU(), torch.nn.Linear(n_in, n_out)).to(device)
+        tail = torch.nn.Sequential(torch.nn.Linear(n_in, n_in), torch.nn.SiLU(), torch.nn.Linear(n_in, n_out))
+        tail = tail.to(device)
         methods.append(Method("teacher tail fwd", lambda: _no_grad(tail, x)))
     return methods, table.numel() * 4 / 2**20
 
@@ -311,18 +321,23 @@ def report_paths(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Me
 
 
 def report_small(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
-    """Microseconds of the native forward and forward+backward, ns per (sample, pair) of the forward, and the
-    ratios to nn.Linear and (few outputs) to the teacher tail, all from the same rounds."""
-    head = ("| shape (B, N_in, N_out, G) | linear fwd us | teacher tail fwd us | fwd us | fwd ns per (sample, pair) |"
-            " fwd x linear | fwd x tail | fwd+bwd us | fwd+bwd x linear |")
+    """The op's forward against nn.Linear and (few outputs) the teacher tail, and the bare kernel calls: us, ns per
+    (sample, pair) of the forward, and (with --baseline) the previous build's bare calls beside them, same rounds."""
+    head = ("| shape (B, N_in, N_out, G) | linear fwd us | teacher tail fwd us | op fwd us | op fwd x linear |"
+            " op fwd x tail | kernel fwd us | kernel fwd ns per (sample, pair) | kernel fwd+bwd us |"
+            " before: kernel fwd us | before: kernel fwd+bwd us | fwd after / before | fwd+bwd after / before |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    missing = Method("missing", lambda: None)
     for shape, _, ms in rows:
-        lin, nat, nfb = (ms[k].median_ms() for k in ("linear fwd", f"{native} fwd", f"{native} fwd+bwd"))
-        tail = ms["teacher tail fwd"].median_ms() if "teacher tail fwd" in ms else float("nan")
-        per = 1e6 * nat / (shape[0] * shape[1] // 2)
-        lines.append("| " + " | ".join([str(shape), f"{1e3 * lin:.1f}", f"{1e3 * tail:.1f}", f"{1e3 * nat:.1f}",
-                                        f"{per:.2f}", _fmt(nat / lin), _fmt(nat / tail), f"{1e3 * nfb:.1f}",
-                                        _fmt(nfb / ms["linear fwd+bwd"].median_ms())]) + " |")
+        lin, op = ms["linear fwd"].median_ms(), ms[f"{native} fwd"].median_ms()
+        tail = ms.get("teacher tail fwd", missing).median_ms()
+        kf, kfb = ms["kernel fwd"].median_ms(), ms["kernel fwd+bwd"].median_ms()
+        bf, bfb = (ms.get(f"baseline kernel {k}", missing).median_ms() for k in ("fwd", "fwd+bwd"))
+        per = 1e6 * kf / (shape[0] * shape[1] // 2)
+        lines.append("| " + " | ".join([str(shape), f"{1e3 * lin:.1f}", f"{1e3 * tail:.1f}", f"{1e3 * op:.1f}",
+                                        _fmt(op / lin), _fmt(op / tail), f"{1e3 * kf:.1f}", f"{per:.2f}",
+                                        f"{1e3 * kfb:.1f}", f"{1e3 * bf:.1f}", f"{1e3 * bfb:.1f}", f"{kf / bf:.2f}",
+                                        f"{kfb / bfb:.2f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -370,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in shapes:
         with_reference = not args.no_reference and shape[0] * shape[1] // 2 * shape[2] <= REFERENCE_MAX_EVALS
-        methods, mb = build_methods(shape, device, args.device, with_reference)
+        methods, mb = build_methods(shape, device, args.device, with_reference, baseline)
         methods = add_baseline(methods, baseline, (f"{args.device} fwd", f"{args.device} fwd+bwd"))
         run_round_robin(methods, device, warmup, rounds, args.slow_rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
