@@ -30,6 +30,10 @@ from lmkan_surgery.ops.dispatch import BACKEND_ENV
 
 CPU_SHAPES = [(4096, 128, 128, 8), (4096, 128, 128, 26), (4096, 512, 512, 16), (65536, 32, 32, 16), (1024, 1024, 1024, 8)]
 QUICK_SHAPES = [(512, 64, 64, 8), (2048, 32, 32, 16)]
+# --small: few outputs (the planner's folded 128 -> 1 block, student last layers) and the issue-16 students' training
+# shapes at batch 256; the few-output ones also time the teacher tail they replace (Linear n x n + SiLU + Linear n x 1).
+SMALL_SHAPES = [(256, 128, 1, 4), (256, 64, 1, 8), (256, 88, 1, 8), (256, 128, 4, 4), (256, 10, 61, 8),
+                (256, 62, 61, 8), (256, 62, 1, 8)]
 # GPU: the CPU shapes plus the README case of the official kernels (B=2^20, 512x512) at G=20 and G=8.
 GPU_SHAPES = [(2**20, 512, 512, 20), (2**20, 512, 512, 8)]
 SHAPES = {"cpu": CPU_SHAPES, "cuda": CPU_SHAPES + GPU_SHAPES}
@@ -71,9 +75,12 @@ def _lookup_with(backend: str, x: torch.Tensor, table: torch.Tensor) -> torch.Te
 
 
 def build_methods(
-    shape: tuple[int, int, int, int], device: torch.device, native: str, with_reference: bool = True
+    shape: tuple[int, int, int, int], device: torch.device, native: str, with_reference: bool = True,
+    baseline: dispatch.Backend | None = None,
 ) -> tuple[list[Method], float]:
-    """Forward and forward+backward callables of linear / reference / native for one shape, and the table MB."""
+    """Forward and forward+backward callables of linear / reference / native for one shape, and the table MB; on
+    CPU also the bare extension calls ('kernel', and 'baseline kernel' for a --baseline build), without the op's
+    Python dispatch."""
     batch, n_in, n_out, grids = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, n_in, generator=gen).to(device)
@@ -106,7 +113,22 @@ def build_methods(
         methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
     if device.type == "cpu":  # the streamed forward where the cell-sorted one would run (the previous large-table path)
         methods.append(Method(f"{native} streamed fwd", with_env(SORTED_OFF, lookup_fwd(native))))
+    if device.type == "cpu":
+        bare = [("kernel", dispatch._native_backend("cpu"))] + ([("baseline kernel", baseline)] if baseline else [])
+        for name, be in bare:
+            methods += [Method(f"{name} fwd", lambda be=be: be.forward(x, table)),
+                        Method(f"{name} fwd+bwd", lambda be=be: (be.forward(x, table),
+                                                                 be.backward(dy, x, table, True, True)))]
+    if n_out < 8:  # what a few-output lmKAN block replaces: Linear n_in x n_in + SiLU + Linear n_in x n_out
+        tail = torch.nn.Sequential(torch.nn.Linear(n_in, n_in), torch.nn.SiLU(), torch.nn.Linear(n_in, n_out))
+        tail = tail.to(device)
+        methods.append(Method("teacher tail fwd", lambda: _no_grad(tail, x)))
     return methods, table.numel() * 4 / 2**20
+
+
+def _no_grad(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return module(x)
 
 
 def load_baseline(path: str) -> dispatch.Backend:
@@ -298,6 +320,27 @@ def report_paths(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Me
     return "\n".join(lines)
 
 
+def report_small(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
+    """The op's forward against nn.Linear and (few outputs) the teacher tail, and the bare kernel calls: us, ns per
+    (sample, pair) of the forward, and (with --baseline) the previous build's bare calls beside them, same rounds."""
+    head = ("| shape (B, N_in, N_out, G) | linear fwd us | teacher tail fwd us | op fwd us | op fwd x linear |"
+            " op fwd x tail | kernel fwd us | kernel fwd ns per (sample, pair) | kernel fwd+bwd us |"
+            " before: kernel fwd us | before: kernel fwd+bwd us | fwd after / before | fwd+bwd after / before |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    missing = Method("missing", lambda: None)
+    for shape, _, ms in rows:
+        lin, op = ms["linear fwd"].median_ms(), ms[f"{native} fwd"].median_ms()
+        tail = ms.get("teacher tail fwd", missing).median_ms()
+        kf, kfb = ms["kernel fwd"].median_ms(), ms["kernel fwd+bwd"].median_ms()
+        bf, bfb = (ms.get(f"baseline kernel {k}", missing).median_ms() for k in ("fwd", "fwd+bwd"))
+        per = 1e6 * kf / (shape[0] * shape[1] // 2)
+        lines.append("| " + " | ".join([str(shape), f"{1e3 * lin:.1f}", f"{1e3 * tail:.1f}", f"{1e3 * op:.1f}",
+                                        _fmt(op / lin), _fmt(op / tail), f"{1e3 * kf:.1f}", f"{per:.2f}",
+                                        f"{1e3 * kfb:.1f}", f"{1e3 * bf:.1f}", f"{1e3 * bfb:.1f}", f"{kf / bf:.2f}",
+                                        f"{kfb / bfb:.2f}"]) + " |")
+    return "\n".join(lines)
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
     """Parse 'B,N_in,N_out,G;B,N_in,N_out,G' into shape tuples."""
     shapes = []
@@ -319,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-rounds", type=int, default=3, help="timed rounds of calls slower than 1 s")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) PyTorch reference")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 3 rounds")
+    parser.add_argument("--small", action="store_true", help="few-output and small training shapes at batch 256")
     parser.add_argument("--per-call", action="store_true", help=f"per-call cost at batch 1, shape {PER_CALL_SHAPE}")
     parser.add_argument("--baseline", help="another build's extension .so to time beside this one (CPU)")
     args = parser.parse_args(argv)
@@ -336,12 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":  # plain fp32 SGEMM for the nn.Linear baseline, as the paper measured
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES[args.device])
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SMALL_SHAPES if args.small else SHAPES[args.device])
     warmup, rounds = (1, 3) if args.quick else (args.warmup, args.rounds)
     rows = []
     for shape in shapes:
         with_reference = not args.no_reference and shape[0] * shape[1] // 2 * shape[2] <= REFERENCE_MAX_EVALS
-        methods, mb = build_methods(shape, device, args.device, with_reference)
+        methods, mb = build_methods(shape, device, args.device, with_reference, baseline)
         methods = add_baseline(methods, baseline, (f"{args.device} fwd", f"{args.device} fwd+bwd"))
         run_round_robin(methods, device, warmup, rounds, args.slow_rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
@@ -354,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     print(report_half(rows, args.device))
     if device.type == "cpu":
         print(report_paths(rows, args.device))
+    if args.small:
+        print(report_small(rows, args.device))
     if baseline is not None:
         print(f"before: {args.baseline}")
         print(report_baseline(rows, f"{args.device} fwd", f"{args.device} fwd+bwd"))

@@ -14,6 +14,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -75,6 +76,14 @@ struct CellRec {
     float w[4];
 };
 
+// Lane-layout scratch of the few-output path (lmkan_cpu_lanes.inc): inputs of 8 samples transposed to [feature][8]
+// (xt), then their cells and local coordinates in the same layout.
+struct LaneScratch {
+    float* xt;
+    int32_t* cell;
+    float* t;
+};
+
 struct Isa {
     const char* name;
     int64_t sweep;  // widest table-gradient sweep (output columns): 4 corners x sweep / 8 vectors fit the registers
@@ -95,6 +104,12 @@ struct Isa {
     // direct convolution with one output channel per group (lmkan_cpu_conv.inc), per table storage dtype
     void (*depthwise[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
                          const void*, float*, int64_t, const Dims&);
+    // few-output path, 8 samples per vector (lmkan_cpu_kernels_lanes.inc), per table storage dtype: forward and
+    // the gradients of a sample range and a pair range
+    void (*lanes_forward[3])(const float*, const void*, float*, int64_t, int64_t, const Dims&, const float*,
+                             const float*, const LaneScratch&);
+    void (*lanes_backward[3])(const float*, const void*, const float*, float*, float*, int64_t, int64_t, int64_t,
+                              int64_t, const Dims&, const float*, const float*, const LaneScratch&);
 };
 
 namespace generic {
