@@ -119,7 +119,7 @@ SPECS: dict[str, ExtensionSpec] = {
                  "cpu/lmkan_cpu_backward.inc", "cpu/lmkan_cpu_conv.inc", "cpu/lmkan_cpu_conv_backward.inc",
                  "cpu/lmkan_cpu_runs.inc", "cpu/lmkan_cpu_kernels_runs.inc", "cpu/lmkan_cpu_kernels_depthwise.inc",
                  "cpu/lmkan_cpu_kernels_lanes.inc", "cpu/lmkan_cpu_lanes.inc",
-                 "cpu/lmkan_cpu_place.h"),
+                 "cpu/lmkan_cpu_place.h", "cpu/lmkan_cpu_gram.h"),
         cflags=("-O3", "-fopenmp"),
         ldflags=("-fopenmp",),
         include_dirs=("cpu",),

@@ -21,6 +21,7 @@ from lmkan_surgery.grid import locate
 from lmkan_surgery.nn import LMKANLinear
 from lmkan_surgery.nn.hessian import hessian_form
 from lmkan_surgery.nn.placement import quantile_knots
+from lmkan_surgery.ops.dispatch import native_gram
 
 from .calibrate import RunningMoments
 
@@ -35,21 +36,53 @@ class FitResult:
     iterations: int = 0
 
 
-def design(layer: LMKANLinear, x: torch.Tensor) -> torch.Tensor:
-    """Rows [n, P*(G+1)^2] with layer.table-weighted sums equal to the lookup: column p*(G+1)^2 + i*(G+1) + j holds
-    the bilinear weight of node (i, j) of pair p (normalisation/placement of the layer applied, float64)."""
+def _corners(layer: LMKANLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (row, pair): node index i*(G+1) + j of the cell's lower corner [n, P] and the bilinear weights [n, P, 4]
+    of corners (i, j), (i+1, j), (i, j+1), (i+1, j+1) (normalisation/placement of the layer applied, float64)."""
     u = layer._normalize(x.reshape(-1, layer.in_features).to(layer.table.dtype), 1).to(torch.float64)
     if u.shape[1] % 2:
         u = F.pad(u, (0, 1))
-    n_nodes = layer.num_grids + 1
     cell, t, _ = locate(u, layer.num_grids)
     i, j, t1, t2 = cell[:, 0::2], cell[:, 1::2], t[:, 0::2], t[:, 1::2]
-    pairs = i.shape[1]
-    base = torch.arange(pairs, device=u.device) * n_nodes * n_nodes + i * n_nodes + j
-    columns = torch.cat([base, base + n_nodes, base + 1, base + n_nodes + 1], dim=1)
-    weights = torch.cat([(1 - t1) * (1 - t2), t1 * (1 - t2), (1 - t1) * t2, t1 * t2], dim=1)
-    rows = torch.zeros(u.shape[0], pairs * n_nodes * n_nodes, dtype=torch.float64, device=u.device)
-    return rows.scatter_add_(1, columns, weights)
+    weights = torch.stack([(1 - t1) * (1 - t2), t1 * (1 - t2), (1 - t1) * t2, t1 * t2], dim=2)
+    return i * (layer.num_grids + 1) + j, weights
+
+
+def design(layer: LMKANLinear, x: torch.Tensor) -> torch.Tensor:
+    """Rows [n, P*(G+1)^2] with layer.table-weighted sums equal to the lookup: column p*(G+1)^2 + i*(G+1) + j holds
+    the bilinear weight of node (i, j) of pair p (normalisation/placement of the layer applied, float64)."""
+    corner, weights = _corners(layer, x)
+    n_nodes = layer.num_grids + 1
+    rows = torch.zeros(corner.shape[0], corner.shape[1] * n_nodes * n_nodes, dtype=torch.float64, device=corner.device)
+    columns = _columns(corner, n_nodes).reshape(corner.shape[0], -1)
+    return rows.scatter_add_(1, columns, weights.reshape(corner.shape[0], -1))
+
+
+def _columns(corner: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Design columns [n, P, 4] of the 4 corners of each (row, pair), in the order of _corners' weights."""
+    base = torch.arange(corner.shape[1], device=corner.device) * n_nodes * n_nodes + corner
+    return torch.stack([base, base + n_nodes, base + 1, base + n_nodes + 1], dim=2)
+
+
+def _data_terms(layer: LMKANLinear, corner: torch.Tensor, weights: torch.Tensor,
+                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """From the corner form of design rows D (bias column last): D^T y, D^T 1 and the sum of D's squared table
+    entries, without building D."""
+    n_nodes = layer.num_grids + 1
+    columns = _columns(corner, n_nodes)
+    table_columns = corner.shape[1] * n_nodes * n_nodes
+    y = y.to(torch.float64)
+    dty = y.new_zeros(table_columns + 1, y.shape[1])
+    step = max(1, 2 ** 22 // max(1, weights[0].numel() * y.shape[1]))  # bounds the [rows, P, 4, out] products
+    for begin in range(0, corner.shape[0], step):
+        part = slice(begin, begin + step)
+        products = weights[part].unsqueeze(-1) * y[part, None, None, :]
+        dty[:-1].index_add_(0, columns[part].reshape(-1), products.reshape(-1, y.shape[1]))
+    dty[-1] = y.sum(0)
+    ones = weights.new_zeros(table_columns + 1)
+    ones[:-1].index_add_(0, columns.reshape(-1), weights.reshape(-1))
+    ones[-1] = corner.shape[0]
+    return dty, ones, float((weights * weights).sum())
 
 
 def _chunks(values: torch.Tensor | Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
@@ -105,12 +138,23 @@ def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], h
     rhs = start.new_zeros(unknowns, outputs)
     scale_sum = 0.0
     gram = start.new_zeros(unknowns, unknowns) if unknowns <= max_dense else None
-    for x, y in zip(xs, ys):
-        d = rows_of(x)
-        rhs += d.t() @ y.to(torch.float64) / count
-        scale_sum += float((d[:, :-1] ** 2).sum())
-        if gram is not None:
+    gram_add = native_gram() if table.device.type == "cpu" else None
+    table_gram = start.new_zeros(unknowns - 1, unknowns - 1) if gram is not None and gram_add is not None else None
+    for index, (x, y) in enumerate(zip(xs, ys)):
+        corner, weights = _corners(layer, x)
+        dty, ones, squares = _data_terms(layer, corner, weights, y)
+        rhs += dty / count
+        scale_sum += squares
+        if table_gram is not None:  # native: from the 4 non-zeros per pair, mirrored after the last chunk
+            gram_add(table_gram, corner.t().contiguous(), weights.transpose(0, 1).contiguous(), n_nodes,
+                     index == len(xs) - 1)
+            gram[:, -1] += ones / count
+        elif gram is not None:
+            d = rows_of(x)
             gram += d.t() @ d / count
+    if table_gram is not None:
+        gram[:-1, :-1] = table_gram / count
+        gram[-1, :-1] = gram[:-1, -1]
     scale = scale_sum / (count * (unknowns - 1)) if relative else 1.0
     lam, rho = hessian * scale, ridge * scale
     rhs[:-1] += rho * start

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include "lmkan_cpu.h"
+#include "lmkan_cpu_gram.h"
 #include "lmkan_cpu_place.h"
 
 namespace {
@@ -169,6 +170,37 @@ std::tuple<torch::Tensor, torch::Tensor> place(torch::Tensor x, torch::Tensor kn
     return {u, dudx};
 }
 
+// Adds D^T D of bilinear design rows (lmkan_cpu_gram.h) to gram [P n^2, P n^2] float64, blocks (p, q >= p) only;
+// with mirror, then copies every block (p, q > p) transposed into (q, p). corner [P, rows] int64 lower-corner node
+// indices, weight [P, rows, 4] float64 corner weights, n = G + 1 nodes per axis. Streams chunk by chunk.
+void bilinear_gram_add(torch::Tensor gram, torch::Tensor corner, torch::Tensor weight, int64_t n, bool mirror) {
+    TORCH_CHECK(corner.device().is_cpu() && corner.scalar_type() == torch::kInt64 && corner.dim() == 2,
+                "corner must be an int64 CPU tensor [P, rows]");
+    TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == torch::kFloat64 && weight.dim() == 3 &&
+                    weight.size(0) == corner.size(0) && weight.size(1) == corner.size(1) && weight.size(2) == 4,
+                "weight must be a float64 CPU tensor [P, rows, 4] matching corner");
+    const int64_t pairs = corner.size(0), rows = corner.size(1);
+    TORCH_CHECK(n >= 2, "n (nodes per axis) must be >= 2");
+    TORCH_CHECK(gram.device().is_cpu() && gram.scalar_type() == torch::kFloat64 && gram.is_contiguous() &&
+                    gram.dim() == 2 && gram.size(0) == pairs * n * n && gram.size(1) == pairs * n * n,
+                "gram must be a contiguous float64 CPU tensor [P n^2, P n^2]");
+    corner = corner.contiguous();
+    weight = weight.contiguous();
+    TORCH_CHECK(rows == 0 || (corner.min().item<int64_t>() >= 0 && corner.max().item<int64_t>() <= n * n - n - 2),
+                "corner node indices must lie in [0, n^2 - n - 2]");
+    const int64_t* pc = corner.data_ptr<int64_t>();
+    const double* pw = weight.data_ptr<double>();
+    double* pg = gram.data_ptr<double>();
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+        lmkan_gram::add_upper_blocks(pc, pw, pg, rows, pairs, n, begin, end);
+    });
+    if (mirror)
+        at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+            lmkan_gram::mirror_blocks(pg, pairs, n, begin, end);
+        });
+}
+
 void select_isa(const std::string& name) {
     TORCH_CHECK(lmkan_cpu_select_isa(name.c_str()) == LMKAN_CPU_OK, "unknown or unsupported ISA path: ", name);
 }
@@ -181,6 +213,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
+    m.def("bilinear_gram_add", &bilinear_gram_add, "gram += D^T D of bilinear design rows (upper blocks; mirror)");
     m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");

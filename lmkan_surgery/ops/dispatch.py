@@ -32,6 +32,7 @@ class Backend:
     conv2d_forward: Callable[..., torch.Tensor] | None = None  # direct convolution, where there is one
     conv2d_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     place: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # one-pass quantile placement
+    gram: Callable[..., None] | None = None  # adds the normal matrix of bilinear design rows (table fitting)
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -59,7 +60,8 @@ def _native_backend(kind: str) -> Backend | None:
         else:
             _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward),
                                           getattr(module, "conv2d_forward", None),
-                                          getattr(module, "conv2d_backward", None), getattr(module, "place", None))
+                                          getattr(module, "conv2d_backward", None), getattr(module, "place", None),
+                                          getattr(module, "bilinear_gram_add", None))
     return _native_cache[kind]
 
 
@@ -106,6 +108,14 @@ def eager_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
     )
+
+
+def native_gram() -> Callable[..., None] | None:
+    """The native normal-matrix accumulator of closed-form table fitting (passes/fit.py), else None (dense rows)."""
+    if forced_backend() == "reference":
+        return None
+    native = _native_backend("cpu")
+    return native.gram if native is not None else None
 
 
 def native_place(x: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
