@@ -7,24 +7,14 @@ import pytest
 import torch
 
 from lmkan_surgery.grid import grid_node_values
-from lmkan_surgery.ops.reference import backward_reference, forward_reference
+from lmkan_surgery.ops.reference import forward_reference
 from isa import isa_path
-from test_cpu_kernels import _assert_as_accurate, _inputs, native  # noqa: F401  (native: the module fixture)
+from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, native  # noqa: F401  (native: the module fixture)
 
 # (B, P, G, N_out): every few-output count, batches not a multiple of 8, G above 16 (the grid read from memory, not
 # registers), N_out = 8 and 9 around the switch, and wide layers with a narrow rest (13, 61: vector tails).
 SHAPES = [(1, 1, 3, 1), (13, 5, 4, 2), (29, 7, 8, 3), (40, 3, 16, 4), (9, 17, 20, 5), (64, 4, 8, 6), (23, 6, 28, 7),
           (17, 3, 8, 8), (31, 5, 4, 9), (37, 4, 8, 13), (256, 31, 8, 61), (2, 64, 4, 1)]
-
-
-def _check_all(native, x, table, grad_out):
-    y = native.forward(x, table)
-    grad_x, grad_table = native.backward(grad_out, x, table, True, True)
-    _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
-    gx32, gt32 = backward_reference(grad_out, x, table)
-    gx64, gt64 = backward_reference(grad_out.double(), x.double(), table.double())
-    _assert_as_accurate(grad_x, gx32, gx64)
-    _assert_as_accurate(grad_table, gt32, gt64)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -33,7 +23,7 @@ def test_few_outputs_match_reference(native, shape, isa):
     """Forward, grad_x and grad_table with 20% of the inputs up to 1e3 away (far records: the difference form)."""
     x, table, grad_out = _inputs(shape, seed=sum(shape))
     with isa_path(native, isa):
-        _check_all(native, x, table, grad_out)
+        _check_against_reference(native, x, table, grad_out)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -87,7 +77,7 @@ def test_few_outputs_empty_and_single_sample(native):
     grad_x, grad_table = native.backward(torch.zeros(0, 2), torch.zeros(0, 6), table, True, True)
     assert grad_x.shape == (0, 6) and torch.equal(grad_table, torch.zeros_like(table))
     x, table, grad_out = _inputs((1, 3, 4, 2), seed=2)
-    _check_all(native, x, table, grad_out)
+    _check_against_reference(native, x, table, grad_out)
 
 
 def test_few_outputs_only_requested_gradients(native):
