@@ -202,7 +202,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     file when it is not one. Only tensors are unpickled (weights_only=True), whatever the file holds."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, UnicodeDecodeError) as err:  # random bytes can fail in the pickle's text, too
         if "Unsupported global" in str(err):  # a pickled class: a whole model or a training-state object
             raise UsageError(f"--weights {path} holds pickled Python objects (a whole model?), which are not "
                              f"loaded for safety: save and pass model.state_dict() instead") from None

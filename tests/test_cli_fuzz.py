@@ -85,11 +85,13 @@ def test_out_that_is_a_file(capsys, tmp_path):
     one_line_exit_2(capsys, MODEL + ["--out", str(tmp_path / "taken")], "--out")
 
 
-@pytest.mark.parametrize("kind", ["random", "text", "empty", "pickled-model", "list"])
+@pytest.mark.parametrize("kind", ["random", "undecodable", "text", "empty", "pickled-model", "list"])
 def test_weights_files_that_are_not_state_dicts(capsys, tmp_path, kind):
     path = tmp_path / f"{kind}.pt"
     if kind == "random":
         path.write_bytes(os.urandom(2048))
+    elif kind == "undecodable":  # a pickle string that is not UTF-8 (~2% of random files fail this way)
+        path.write_bytes(b"\x80\x02X\x02\x00\x00\x00\xff\xfe.")
     elif kind == "text":
         path.write_text("epoch 3: accuracy 0.91\n" * 20)
     elif kind == "empty":
