@@ -9,7 +9,7 @@ import torch
 from lmkan_surgery.grid import grid_node_values
 from lmkan_surgery.ops.reference import forward_reference
 from isa import isa_path
-from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, native  # noqa: F401  (native: the module fixture)
+from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, _separable_table, native  # noqa: F401  (native: the module fixture)
 
 # (B, P, G, N_out): every few-output count, batches not a multiple of 8, G above 16 (the grid read from memory, not
 # registers), N_out = 8 and 9 around the switch, and wide layers with a narrow rest (13, 61: vector tails).
@@ -46,10 +46,7 @@ def test_few_outputs_exact_linear_table_far_away(native):
     the lane path too."""
     pairs, grids, n_out = 6, 8, 2
     gen = torch.Generator().manual_seed(4)
-    step = 2.0**-12
-    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    table = (a[:, :, None, :] + b[:, None, :, :]).contiguous()
+    table = _separable_table(pairs, grids, n_out, gen)
     x = torch.randn(40, 2 * pairs, generator=gen) * torch.logspace(0, 20, 40)[:, None]
     y = native.forward(x, table).double()
     truth = forward_reference(x.double(), table.double())

@@ -68,6 +68,14 @@ def test_forward_and_gradients_match_reference(native, shape, isa):
         _check_against_reference(native, x, table, grad_out)
 
 
+def _separable_table(pairs, grids, n_out, gen):
+    """T = A[i] + B[j] with entries on a 2^-12 lattice: no cross term (as exact init builds), exactly representable."""
+    step = 2.0**-12
+    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
+    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
+    return (a[:, :, None, :] + b[:, None, :, :]).contiguous()
+
+
 def _check_against_reference(native, x, table, grad_out):
     """The native forward, grad_x and grad_table as accurate as the float32 reference is (float64 as the truth)."""
     y = native.forward(x, table)
@@ -136,10 +144,7 @@ def test_exact_linear_table_survives_extrapolation(native):
     """A table T = A[i] + B[j] with zero cross term stays exact to 1e-5 for |x| up to 1e3 (exact-init layers)."""
     pairs, grids, n_out, batch = 8, 8, 16, 256
     gen = torch.Generator().manual_seed(3)
-    step = 2.0**-12  # A and B on a common power-of-two grid: A + B and all differences are exact in float32
-    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    table = (a[:, :, None, :] + b[:, None, :, :]).contiguous()
+    table = _separable_table(pairs, grids, n_out, gen)  # A + B and all differences exact in float32
     cross = table[:, 1:, 1:] - table[:, 1:, :-1] - table[:, :-1, 1:] + table[:, :-1, :-1]
     assert torch.count_nonzero(cross) == 0
     x = 1e3 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1)
@@ -242,10 +247,7 @@ def test_far_inputs_stay_finite_on_every_forward_path(native, threshold, monkeyp
     monkeypatch.setenv(LARGE_TABLE_ENV, threshold)
     pairs, grids, n_out = 4, 3, 70
     gen = torch.Generator().manual_seed(13)
-    step = 2.0**-12
-    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    table = (a[:, :, None, :] + b[:, None, :, :]).contiguous()
+    table = _separable_table(pairs, grids, n_out, gen)
     for batch in (400, 20):
         x = 2 * torch.rand(batch, 2 * pairs, generator=gen) - 1
         x = torch.where(torch.rand(batch, 2 * pairs, generator=gen) < 0.3, 1e30 * x, 3 * x)
