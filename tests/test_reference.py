@@ -50,6 +50,28 @@ def test_explicit_backward_matches_autograd_of_the_naive_loop():
     assert rel_err(ours_table, grad_table) < 1e-12
 
 
+def test_table_gradient_keeps_the_cross_weight_where_the_cross_difference_is_zero():
+    """Autograd through the forward is an oracle for the kernels' table gradients (the conv tests use it): a cell whose
+    cross difference is exactly 0 (a separable pair, as exact init makes) must still get the weight t1 t2 -- a mask
+    on the cross term dropped it, off by t1 t2 gy (hundreds) at inputs far outside the grid."""
+    nodes = torch.arange(9, dtype=torch.float64)
+    separable = (nodes[:, None] + 2 * nodes[None, :])[..., None].repeat(1, 1, 3)  # cross difference exactly 0
+    table = torch.stack([separable, torch.randn(9, 9, 3, dtype=torch.float64)]).requires_grad_(True)
+    x = torch.tensor([[30.0, -25.0, 0.4, 18.0], [-0.3, 0.2, -40.0, -33.0], [1e3, 2e3, 0.1, 0.1]],
+                     dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(3, 3, dtype=torch.float64)
+    ours_x, ours_table = torch.autograd.grad(forward_reference(x, table), (x, table), gy)
+    naive_table, = torch.autograd.grad(naive_lookup(x, table), (table,), gy)
+    explicit_x, explicit_table = backward_reference(gy, x.detach(), table.detach())
+    assert rel_err(ours_table, naive_table) < 1e-12
+    assert rel_err(ours_table, explicit_table) < 1e-12 and rel_err(ours_x, explicit_x) < 1e-12
+    # inputs so far out that t1 t2 overflows: the zero-cross pair stays finite, in value and gradient
+    huge = torch.tensor([[1e200, -1e200, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = forward_reference(huge, table.detach())
+    assert torch.isfinite(y).all()
+    assert torch.isfinite(torch.autograd.grad(y.sum(), huge)[0]).all()
+
+
 def test_gradcheck_float64():
     # keep inputs away from cell borders (the kinks) and include both extrapolation regions
     x = torch.tensor([[0.31, -0.77, 5.2, -0.05], [-6.4, 1.13, 0.52, 2.71]], dtype=torch.float64, requires_grad=True)

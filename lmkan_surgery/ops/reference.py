@@ -4,8 +4,8 @@ Canonical table layout: ``table[P, G+1, G+1, N_out]`` (pair, node of x[2p], node
 contiguous. Each evaluation uses the cancellation-free form
 ``f = T00 + t1 (T10 - T00) + t2 (T01 - T00) + t1 t2 (T11 - T10 - T01 + T00)``, which stays accurate when the
 local coordinates are far outside [0, 1] (linear extrapolation), unlike the four-weight form.
-The cross term is dropped where the cross difference is exactly zero (every exact table), so that t1 t2 overflowing
-to inf at |x| >= 1e19 (or an infinite input) gives what the linear map gives instead of inf * 0 = NaN.
+Where t1 t2 overflows to inf (|x| >= 1e19, or an infinite input) and the cross difference is exactly zero (every
+exact table), the cross term is 0, so the result is what the linear map gives instead of inf * 0 = NaN.
 The batch is processed in chunks so no intermediate exceeds ``CHUNK_BYTES``.
 """
 
@@ -38,6 +38,16 @@ def _gathered(rows: torch.Tensor, flat_table: torch.Tensor) -> torch.Tensor:
     return flat_table[rows]  # [rows, P, N_out]
 
 
+def _cross_weight(t1: torch.Tensor, t2: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """t1 t2 per (row, pair, output), with an infinite product replaced by 0 where the cross difference is exactly 0.
+
+    The product stays in the graph for every finite value, so autograd through the forward gives the table the
+    bilinear weight t1 t2 even on cells whose cross difference happens to be zero (a mask on the term would not).
+    """
+    prod = (t1 * t2).unsqueeze(-1)
+    return torch.where((cross != 0) | torch.isfinite(prod), prod, 0.0)
+
+
 def forward_reference(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """y[b, o] = sum_p f_{o,p}(x[b, 2p], x[b, 2p+1]) for x [B, 2P] and table [P, G+1, G+1, N_out]."""
     table = table.to(x.dtype)
@@ -52,7 +62,7 @@ def forward_reference(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         d1 = _gathered(r10, flat) - t00
         d2 = _gathered(r01, flat) - t00
         cross = _gathered(r11, flat) - t00 - d1 - d2
-        cross_term = torch.where(cross != 0, (t1 * t2).unsqueeze(-1) * cross, 0.0).sum(1)
+        cross_term = (_cross_weight(t1, t2, cross) * cross).sum(1)
         out[start:start + step] = (
             t00.sum(1)
             + torch.einsum("bp,bpo->bo", t1, d1)
