@@ -102,9 +102,9 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
     return methods, layer.table_bytes() / 2**20
 
 
-def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> list[Method]:
+def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> tuple[list[Method], float]:
     """The bare native calls of one shape (padded input, no layer around them: no normalisation, bias or
-    dispatch): forward and backward (both gradients) of this build and of the baseline build."""
+    dispatch): forward and backward (both gradients) of this build and of the baseline build; and the table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     layer = LMKANConv2d.from_conv(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups), grids)
@@ -117,7 +117,7 @@ def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> list
     for tag, backend in (("", current), ("baseline ", baseline)):
         methods += [Method(f"{tag}kernel fwd", lambda b=backend: b.conv2d_forward(x, table, *geometry)),
                     Method(f"{tag}kernel bwd", lambda b=backend: b.conv2d_backward(dy, x, table, *geometry, True, True))]
-    return methods
+    return methods, layer.table_bytes() / 2**20
 
 
 def report_kernels(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in shapes:
         if args.kernel:
-            methods = kernel_methods(shape, args.grids, baseline)
-            mb = LMKANConv2d.from_conv(nn.Conv2d(shape[2], shape[3], shape[4], groups=shape[6]), args.grids).table_bytes()
-            mb /= 2**20
+            methods, mb = kernel_methods(shape, args.grids, baseline)
         else:
             methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
             methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
