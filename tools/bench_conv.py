@@ -6,6 +6,8 @@ All methods of a shape run round-robin in one process (warm-up rounds, then time
 forward+backward of all three (x and the weights/table require grad, ``torch.autograd.grad`` against a fixed dy).
 On 1x1 one-group layers two more rows time the two routes of the kernel call alone (normalised input, bias
 added): the general direct-convolution kernel and the Linear lookup over pixels that the layer now takes.
+``--kernel`` (with ``--baseline``) times only the bare native forward and backward of both builds (no layer,
+normalisation or dispatch around them): the before/after of a kernel change with the least noise.
 ``--channels-last`` gives every method channels_last input (and nn.Conv2d channels_last weights); ``--baseline PATH``
 times the layer again with another build's extension file (before/after a kernel change, same rounds).
 Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default). Example (docs/benchmarks.md)::
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_layer import Method, add_baseline, load_baseline, report_baseline, run_round_robin  # noqa: E402
 
 from lmkan_surgery.nn import LMKANConv2d  # noqa: E402
+from lmkan_surgery.ops import dispatch  # noqa: E402
 from lmkan_surgery.ops.conv import conv_kernel2d, pointwise_conv2d  # noqa: E402
 
 # (label, batch, in, out, kernel, stride, groups, size): resnet18's 3x3 layers, a 1x1 pointwise and a depthwise 3x3
@@ -99,6 +102,38 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
     return methods, layer.table_bytes() / 2**20
 
 
+def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> tuple[list[Method], float]:
+    """The bare native calls of one shape (padded input, no layer around them: no normalisation, bias or
+    dispatch): forward and backward (both gradients) of this build and of the baseline build; and the table's MB."""
+    _, batch, c_in, c_out, kernel, stride, groups, size = shape
+    gen = torch.Generator().manual_seed(0)
+    layer = LMKANConv2d.from_conv(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups), grids)
+    x = nn.functional.pad(torch.randn(batch, c_in, size, size, generator=gen), layer._pads())
+    table = layer.table.detach()
+    geometry = (list(layer.kernel_size), list(layer.stride), list(layer.dilation))
+    current = dispatch.backend_for(x, table)
+    dy = torch.randn(current.conv2d_forward(x, table, *geometry).shape, generator=gen)
+    methods = []
+    for tag, backend in (("", current), ("baseline ", baseline)):
+        methods += [Method(f"{tag}kernel fwd", lambda b=backend: b.conv2d_forward(x, table, *geometry)),
+                    Method(f"{tag}kernel bwd", lambda b=backend: b.conv2d_backward(dy, x, table, *geometry, True, True))]
+    return methods, layer.table_bytes() / 2**20
+
+
+def report_kernels(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
+    """Markdown table of the bare kernels, baseline build (before) and this build (after), same rounds."""
+    head = ("| layer | batch | table MB | fwd before ms | fwd after ms | after / before | bwd before ms | bwd after ms |"
+            " after / before |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, mb, ms in rows:
+        cells = [shape[0], str(shape[1]), f"{mb:.1f}"]
+        for step in ("fwd", "bwd"):
+            old, new = ms[f"baseline kernel {step}"].median_ms(), ms[f"kernel {step}"].median_ms()
+            cells += [f"{old:.2f}", f"{new:.2f}", f"{new / old:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _ratio(ms: dict[str, Method], top: str, bottom: str) -> str:
     """time(top) / time(bottom) to 2 decimals, '-' where the shape has no such method."""
     if top not in ms or bottom not in ms:
@@ -141,7 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and nn.Conv2d weights)")
     parser.add_argument("--baseline", help="another build's extension .so to time beside this one")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 2 rounds")
+    parser.add_argument("--kernel", action="store_true",
+                        help="time only the bare native forward and backward, before (--baseline) and after")
     args = parser.parse_args(argv)
+    if args.kernel and not args.baseline:
+        parser.error("--kernel compares two builds: give --baseline PATH")
     torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else POINTWISE_SHAPES if args.pointwise else SHAPES
     if args.only:
@@ -150,13 +189,20 @@ def main(argv: list[str] | None = None) -> None:
     baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
     for shape in shapes:
-        methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
-        methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
+        if args.kernel:
+            methods, mb = kernel_methods(shape, args.grids, baseline)
+        else:
+            methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
+            methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
         run_round_robin(methods, torch.device("cpu"), warmup, rounds, slow_rounds=rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
         print(f"done {shape}", flush=True)
     print(f"threads={torch.get_num_threads()} G={args.grids} warmup={warmup} rounds={rounds} "
           f"channels_last={args.channels_last} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+    if args.kernel:
+        print(f"before: {args.baseline}")
+        print(report_kernels(rows))
+        return
     print(report(rows, args.backward))
     if baseline is not None:
         print(f"before: {args.baseline}")
