@@ -59,6 +59,7 @@ class TrainConfig:
     progress: bool = True
     hessian_relative: bool = False
     hessian_every: int = 1
+    table_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -74,6 +75,7 @@ class TrainConfig:
             (self.hessian_decay_epochs > 0, "hessian_decay_epochs (epochs per factor 10) must be positive"),
             (self.hessian_off_epoch is None or self.hessian_off_epoch >= 0, "hessian_off_epoch must be >= 0 or None"),
             (self.gamma_ramp_epochs >= 0 and self.gamma_start_epoch >= 0, "gamma epochs must be >= 0"),
+            (self.table_lr_scale > 0, "table_lr_scale (lmKAN tables' LR / lr) must be positive"),
             (self.hessian_every >= 1, "hessian_every (steps between Hessian-gradient evaluations) must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: only at the end)"),
             (not self.resume or self.checkpoint_dir, "resume=True needs checkpoint_dir"),

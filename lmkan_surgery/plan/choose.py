@@ -1,11 +1,18 @@
-"""Pick one option per hidden space: the cheapest set meeting the budget, greedily by damage per unit of cost saved,
-then undo damage wherever the budget still holds. Only consistent assignments are tried (an lmKAN block's producer is
-never a layer another space makes lmKAN or folds away). Deterministic: ties go to the earlier space and option."""
+"""Pick one option per hidden space meeting the budget: where the assignments are few (EXHAUSTIVE_LIMIT), the one of
+least total damage, found by trying them all; else greedily by damage per unit of cost saved, then undoing damage
+wherever the budget still holds. Only consistent assignments are tried (an lmKAN block's producer is never a layer
+another space makes lmKAN or folds away; a block on an upstream-narrowed input needs exactly that narrowing, which
+a greedy one-space-at-a-time move reaches only by chance). Deterministic: ties go to the earlier space and option."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
 from .cost_model import CostModel
 from .options import Option
+
+EXHAUSTIVE_LIMIT = 200_000  # assignments (product of the option counts) searched exhaustively; more: greedy
 
 
 def _fits(cost: dict[str, float], limits: dict[str, float]) -> bool:
@@ -18,7 +25,27 @@ def _gain(before: dict[str, float], after: dict[str, float], limits: dict[str, f
 
 
 def choose(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
-    """One option per space meeting every limit, or None when even the cheapest options do not."""
+    """One option per space meeting every limit, or None when even the cheapest options do not: the least damaging
+    consistent assignment where there are at most EXHAUSTIVE_LIMIT, else the greedy one."""
+    if math.prod(len(opts) for opts in options) <= EXHAUSTIVE_LIMIT:
+        return _exhaustive(model, options, limits)
+    return _greedy(model, options, limits)
+
+
+def _exhaustive(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
+    """The consistent assignment of least total damage within the limits (None if there is none); damages within
+    1e-12 are a tie, won by the assignment met first (earlier options of earlier spaces)."""
+    damage = [s.damage for s in model.spaces]
+    best, best_damage = None, math.inf
+    for state in itertools.product(*options):
+        total = sum(d[o] for d, o in zip(damage, state))
+        if total < best_damage - 1e-12 and model.consistent(list(state)) and _fits(model.total(list(state)), limits):
+            best, best_damage = list(state), total
+    return best
+
+
+def _greedy(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
+    """Greedy by damage per unit of cost saved, then _repair."""
     state = [opts[0] for opts in options]
     damage = [s.damage for s in model.spaces]
     seen = {tuple(state)}  # with several limits a move can undo an earlier one: never revisit an assignment
