@@ -1,5 +1,6 @@
 """The planner's choice of one option per hidden space: where the assignments are few, the least total damage within
-the budget among consistent assignments (checked against a naive loop over every assignment), including a block
+the budget among consistent assignments, damages adding in quadrature (checked against a naive loop over every
+assignment), including a block
 on an upstream-narrowed input (two spaces changed together); deterministic; greedy above EXHAUSTIVE_LIMIT."""
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def _options(spaces: list[SpaceOptions]) -> list[list[Option]]:
 
 
 def _naive_best(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> float:
-    """The least summed damage of any consistent assignment within the limits, by a plain loop."""
+    """The least sum of squared damages of any consistent assignment within the limits, by a plain loop."""
     best = float("inf")
     for state in itertools.product(*options):
         state = list(state)
         total = model.total(state)
         if consistent(model.spaces, state) and all(total[k] <= v for k, v in limits.items()):
-            best = min(best, sum(s.damage[o] for s, o in zip(model.spaces, state)))
+            best = min(best, sum(s.damage[o] ** 2 for s, o in zip(model.spaces, state)))
     return best
 
 
@@ -61,7 +62,7 @@ def test_choice_is_the_least_damaging_consistent_assignment_within_the_budget(fr
     state = choose_mod.choose(model, options, limits)
     assert state is not None and consistent(spaces, state)
     assert model.total(state)["macs"] <= limits["macs"]
-    assert sum(s.damage[o] for s, o in zip(spaces, state)) == pytest.approx(_naive_best(model, options, limits))
+    assert sum(s.damage[o] ** 2 for s, o in zip(spaces, state)) == pytest.approx(_naive_best(model, options, limits))
     assert choose_mod.choose(model, options, limits) == state  # deterministic
 
 

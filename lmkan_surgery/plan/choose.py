@@ -1,6 +1,9 @@
 """Pick one option per hidden space meeting the budget: where the assignments are few (EXHAUSTIVE_LIMIT), the one of
 least total damage, found by trying them all; else greedily by damage per unit of cost saved, then undoing damage
-wherever the budget still holds. Only consistent assignments are tried (an lmKAN block's producer is never a layer
+wherever the budget still holds. A space's damage is a relative L2 error of the model's output, and independent
+errors add in quadrature, so the total damage is the sum of squared damages (a plain sum overrates one large error
+against several small ones: on the Fashion CNN at 0.1x it preferred a 4-channel fold of the head with a wide first
+conv, whole-model held-out error 0.147, to a 10-channel fold with a 4-channel first conv, 0.113). Only consistent assignments are tried (an lmKAN block's producer is never a layer
 another space makes lmKAN or folds away; a block on an upstream-narrowed input needs exactly that narrowing, which
 a greedy one-space-at-a-time move reaches only by chance). Deterministic: ties go to the earlier space and option."""
 
@@ -13,6 +16,11 @@ from .cost_model import CostModel
 from .options import Option
 
 EXHAUSTIVE_LIMIT = 200_000  # assignments (product of the option counts) searched exhaustively; more: greedy
+
+
+def _squared(model: CostModel) -> list[dict[Option, float]]:
+    """Per space, each option's squared damage (the additive part of the whole-model squared error)."""
+    return [{o: d * d for o, d in s.damage.items()} for s in model.spaces]
 
 
 def _fits(cost: dict[str, float], limits: dict[str, float]) -> bool:
@@ -33,9 +41,9 @@ def choose(model: CostModel, options: list[list[Option]], limits: dict[str, floa
 
 
 def _exhaustive(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
-    """The consistent assignment of least total damage within the limits (None if there is none); damages within
-    1e-12 are a tie, won by the assignment met first (earlier options of earlier spaces)."""
-    damage = [s.damage for s in model.spaces]
+    """The consistent assignment of least total squared damage within the limits (None if there is none); totals
+    within 1e-12 are a tie, won by the assignment met first (earlier options of earlier spaces)."""
+    damage = _squared(model)
     best, best_damage = None, math.inf
     for state in itertools.product(*options):
         total = sum(d[o] for d, o in zip(damage, state))
@@ -45,9 +53,9 @@ def _exhaustive(model: CostModel, options: list[list[Option]], limits: dict[str,
 
 
 def _greedy(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
-    """Greedy by damage per unit of cost saved, then _repair."""
+    """Greedy by squared damage per unit of cost saved, then _repair."""
     state = [opts[0] for opts in options]
-    damage = [s.damage for s in model.spaces]
+    damage = _squared(model)
     seen = {tuple(state)}  # with several limits a move can undo an earlier one: never revisit an assignment
     while not _fits(model.total(state), limits):
         now = model.total(state)
@@ -73,8 +81,8 @@ def _greedy(model: CostModel, options: list[list[Option]], limits: dict[str, flo
 
 def _repair(model: CostModel, options: list[list[Option]], state: list[Option],
             limits: dict[str, float]) -> list[Option]:
-    """Swap in less damaging options while the budget still holds (largest damage reduction first)."""
-    damage = [s.damage for s in model.spaces]
+    """Swap in less damaging options while the budget still holds (largest squared-damage reduction first)."""
+    damage = _squared(model)
     while True:
         best, best_drop = None, 0.0
         for i, opts in enumerate(options):
