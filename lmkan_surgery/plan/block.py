@@ -22,7 +22,7 @@ from lmkan_surgery.passes.replace import set_module
 HESSIANS = (1e-5, 1e-3, 1e-1)  # relative Hessian weights tried; the held-out damage picks one per width
 TABLE_RIDGE = 1e-5  # relative ridge towards a zero table (identifies empty cells together with the Hessian term)
 LINEAR_RIDGE = 1e-8  # relative ridge of the B' least squares
-MAX_BLOCK_UNKNOWNS = 6_143  # pairs x (G+1)^2 above this: fit_tables leaves its dense solve (6,144 unknowns with the bias) for CG, too slow here
+MAX_BLOCK_UNKNOWNS = 6_143  # pairs x (G+1)^2 above this (6,144 with the bias): fit_tables goes to CG, too slow here
 
 AFFINE = (nn.Identity, nn.Dropout, nn.BatchNorm1d)  # per-unit ops that are affine in eval mode
 Rows = list[torch.Tensor]
