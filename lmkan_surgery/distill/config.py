@@ -29,6 +29,9 @@ class TrainConfig:
     The Hessian term is added to the tables' gradients in closed form (it is quadratic in them); hessian_every=k
     evaluates it every k-th step and reuses it in between (stale by < k steps, weighted by the current lambda):
     about 1/k of its cost.
+    table_lr_scale: the lmKAN tables' LR is lr * table_lr_scale (their own AdamW parameter group; every other
+    parameter at lr). Default 1.0: on closed-form-fitted tables in 2-epoch distillation no scale helped consistently
+    (x10: +0.6 points on one Fashion-MNIST plan, nothing on a methane one; docs/benchmarks.md, issue 14).
     """
 
     epochs: int = 10
