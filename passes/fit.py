@@ -9,6 +9,7 @@ same operator is applied matrix-free by conjugate gradients, so memory stays bou
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -100,12 +101,24 @@ def fit_tables(layer: LMKANLinear, inputs: torch.Tensor | Sequence[torch.Tensor]
     ridge are multiplied by the mean diagonal of the data term's normal matrix (weights independent of data size
     and occupancy). Needs ridge > 0 (the bias and the table's constant part are otherwise not identified).
     """
+    return fit_tables_each(layer, inputs, targets, [hessian], ridge, relative=relative, chunk_rows=chunk_rows,
+                           max_dense=max_dense, cg_iters=cg_iters, cg_tol=cg_tol, in_place=True)[0][1]
+
+
+def fit_tables_each(layer: LMKANLinear, inputs: torch.Tensor | Sequence[torch.Tensor],
+                    targets: torch.Tensor | Sequence[torch.Tensor], hessians: Sequence[float], ridge: float = 1e-6,
+                    *, relative: bool = False, chunk_rows: int = 2048, max_dense: int = 6144, cg_iters: int = 500,
+                    cg_tol: float = 1e-10, in_place: bool = False) -> list[tuple[LMKANLinear, FitResult]]:
+    """fit_tables at each Hessian weight, one fitted copy of `layer` per weight (in_place: `layer` itself, one
+    weight only); the dense path builds the normal matrix once for all of them (a calibration-time search over
+    the weight then costs one matrix build and one Cholesky solve per weight)."""
     if not isinstance(layer, LMKANLinear):
         raise ConfigError(f"fit_tables fits LMKANLinear layers, got {type(layer).__name__}")
     if layer.branch is not None:
         raise ConfigError("fit_tables needs a layer without preconditioning branch: call layer.fold() first")
-    if ridge <= 0 or hessian < 0:
-        raise ConfigError(f"fit_tables needs ridge > 0 and hessian >= 0, got ridge={ridge}, hessian={hessian}")
+    if ridge <= 0 or min(hessians, default=0.0) < 0 or not hessians or (in_place and len(hessians) != 1):
+        raise ConfigError(f"fit_tables needs ridge > 0 and hessian >= 0 (one weight when in place), got "
+                          f"ridge={ridge}, hessian={list(hessians)}")
     xs, ys = _chunks(inputs, chunk_rows), _chunks(targets, chunk_rows)
     if [len(c) for c in xs] != [len(c) for c in ys] or not xs:
         raise ShapeError("fit_tables: inputs and targets must hold the same (non-zero) number of rows")
@@ -116,30 +129,47 @@ def fit_tables(layer: LMKANLinear, inputs: torch.Tensor | Sequence[torch.Tensor]
     layer.eval()
     try:
         with torch.no_grad():
-            result = _solve(layer, xs, ys, hessian, ridge, relative, max_dense, cg_iters, cg_tol)
+            system = _normal_system(layer, xs, ys, relative, max_dense)
+            out = []
+            for hessian in hessians:
+                target = layer if in_place else copy.deepcopy(layer)
+                out.append((target, _solve(target, xs, ys, system, hessian, ridge, cg_iters, cg_tol)))
     finally:
         layer.train(was_training)
-    return result
+    if not in_place:
+        for fitted, _ in out:
+            fitted.train(was_training)
+    return out
 
 
-def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], hessian: float, ridge: float,
-           relative: bool, max_dense: int, cg_iters: int, cg_tol: float) -> FitResult:
+@dataclass
+class _System:
+    """The data term of J: normal matrix (None above max_dense: CG then), right-hand side, relative scale, rows."""
+
+    gram: torch.Tensor | None
+    rhs: torch.Tensor
+    scale: float
+    count: int
+
+
+def _rows_of(layer: LMKANLinear, x: torch.Tensor) -> torch.Tensor:
+    """Design rows with the bias column last."""
+    d = design(layer, x)
+    return torch.cat([d, d.new_ones(d.shape[0], 1)], dim=1)
+
+
+def _normal_system(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], relative: bool,
+                   max_dense: int) -> _System:
+    """Stream the chunks once: D^T y, the dense normal matrix where it fits, the relative scale."""
     table = layer.table
     pairs, n_nodes, _, outputs = table.shape
     unknowns = pairs * n_nodes * n_nodes + 1
     count = sum(len(c) for c in xs)
-    start = table.detach().to(torch.float64).reshape(-1, outputs)
-    form = hessian_form(layer.num_grids).to(start.device)
-
-    def rows_of(x: torch.Tensor) -> torch.Tensor:
-        d = design(layer, x)
-        return torch.cat([d, d.new_ones(d.shape[0], 1)], dim=1)
-
-    rhs = start.new_zeros(unknowns, outputs)
+    rhs = table.new_zeros(unknowns, outputs, dtype=torch.float64)
     scale_sum = 0.0
-    gram = start.new_zeros(unknowns, unknowns) if unknowns <= max_dense else None
+    gram = rhs.new_zeros(unknowns, unknowns) if unknowns <= max_dense else None
     gram_add = native_gram() if table.device.type == "cpu" else None
-    table_gram = start.new_zeros(unknowns - 1, unknowns - 1) if gram is not None and gram_add is not None else None
+    table_gram = rhs.new_zeros(unknowns - 1, unknowns - 1) if gram is not None and gram_add is not None else None
     for index, (x, y) in enumerate(zip(xs, ys)):
         corner, weights = _corners(layer, x)
         dty, ones, squares = _data_terms(layer, corner, weights, y)
@@ -150,13 +180,23 @@ def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], h
                      index == len(xs) - 1)
             gram[:, -1] += ones / count
         elif gram is not None:
-            d = rows_of(x)
+            d = _rows_of(layer, x)
             gram += d.t() @ d / count
     if table_gram is not None:
         gram[:-1, :-1] = table_gram / count
         gram[-1, :-1] = gram[:-1, -1]
-    scale = scale_sum / (count * (unknowns - 1)) if relative else 1.0
-    lam, rho = hessian * scale, ridge * scale
+    return _System(gram, rhs, scale_sum / (count * (unknowns - 1)) if relative else 1.0, count)
+
+
+def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], system: _System, hessian: float,
+           ridge: float, cg_iters: int, cg_tol: float) -> FitResult:
+    """Add the regularisers to the data term (copies: the system serves every weight), solve, install."""
+    table = layer.table
+    pairs, n_nodes, _, outputs = table.shape
+    start = table.detach().to(torch.float64).reshape(-1, outputs)
+    form = hessian_form(layer.num_grids).to(start.device)
+    lam, rho = hessian * system.scale, ridge * system.scale
+    rhs = system.rhs.clone()
     rhs[:-1] += rho * start
 
     def regularise(v: torch.Tensor) -> torch.Tensor:
@@ -164,16 +204,17 @@ def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], h
         reg = rho * t + lam * torch.einsum("ab,pbo->pao", form, t)
         return torch.cat([reg.reshape(-1, v.shape[1]), v.new_zeros(1, v.shape[1])])
 
-    if gram is not None:
-        gram[:-1, :-1] += rho * torch.eye(unknowns - 1, dtype=gram.dtype, device=gram.device)
+    if system.gram is not None:
+        gram = system.gram.clone()
+        gram[:-1, :-1] += rho * torch.eye(len(gram) - 1, dtype=gram.dtype, device=gram.device)
         gram[:-1, :-1] += lam * torch.block_diag(*([form] * pairs))
-        solution, solver, iterations = torch.linalg.solve(gram, rhs), "normal", 0
+        solution, solver, iterations = _spd_solve(gram, rhs), "normal", 0
     else:
         def apply(v: torch.Tensor) -> torch.Tensor:
             out = regularise(v)
             for x in xs:
-                d = rows_of(x)
-                out += d.t() @ (d @ v) / count
+                d = _rows_of(layer, x)
+                out += d.t() @ (d @ v) / system.count
             return out
 
         solution, iterations = _conjugate_gradient(apply, rhs, torch.cat([start, start.new_zeros(1, outputs)]),
@@ -187,9 +228,18 @@ def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], h
     num = den = 0.0
     for x, y in zip(xs, ys):
         y = y.to(torch.float64)
-        num += float(((rows_of(x) @ solution - y) ** 2).sum())
+        num += float(((_rows_of(layer, x) @ solution - y) ** 2).sum())
         den += float((y * y).sum())
-    return FitResult(count, solver, (num / max(den, 1e-30)) ** 0.5, iterations)
+    return FitResult(system.count, solver, (num / max(den, 1e-30)) ** 0.5, iterations)
+
+
+def _spd_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """gram^-1 rhs by Cholesky (the regularised normal matrix is SPD: half an LU's work, which dominates wide block
+    fits); LU where rounding makes the factorisation fail."""
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        return torch.linalg.solve(gram, rhs)
+    return torch.cholesky_solve(rhs, factor)
 
 
 def _conjugate_gradient(apply, rhs: torch.Tensor, x: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, int]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery import ConfigError, LMKANLinear, ShapeError
-from lmkan_surgery.passes.fit import fit_tables
+from lmkan_surgery.passes.fit import fit_tables, fit_tables_each
 from lmkan_surgery.nn.hessian import hessian_form, hessian_penalty, stencil_penalty
 from oracles import naive_lookup, rel_err
 
@@ -82,6 +82,23 @@ def test_conjugate_gradient_matches_normal_equations_and_chunking_is_transparent
                         chunk_rows=50, cg_tol=1e-13, cg_iters=3000)
     assert result.solver == "cg"
     assert rel_err(cg.table, dense.table) < 1e-6 and rel_err(cg.bias, dense.bias) < 1e-6
+
+
+def test_one_normal_matrix_serves_every_hessian_weight_as_separate_fits_would():
+    x, y = _data(300, 3)
+    layer = LMKANLinear(5, 2, 4, dtype=torch.float64, input_norm="quantile")
+    layer.calibrate_placement(x)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    weights = (1e-4, 1e-2, 1.0)
+    fits = fit_tables_each(layer, x, y, weights, ridge=1e-4, relative=True)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())  # copies are fitted
+    for (fitted, result), hessian in zip(fits, weights):
+        alone = LMKANLinear(5, 2, 4, dtype=torch.float64, input_norm="quantile")
+        alone.load_state_dict(before)
+        expected = fit_tables(alone, x, y, hessian=hessian, ridge=1e-4, relative=True)
+        assert rel_err(fitted.table, alone.table) < 1e-9 and rel_err(fitted.bias, alone.bias) < 1e-9
+        assert result.train_rel_error == pytest.approx(expected.train_rel_error, rel=1e-9)
+    assert fits[0][1].train_rel_error < fits[2][1].train_rel_error  # a heavier penalty fits the rows less closely
 
 
 def test_fit_beats_linear_refit_held_out_on_a_nonlinear_target():

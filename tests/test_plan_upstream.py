@@ -16,12 +16,15 @@ from lmkan_surgery.plan.options import kept_counts
 from plan_helpers import plan
 
 planner = importlib.import_module("lmkan_surgery.plan.planner")  # the package's `plan` name is the function
+block = importlib.import_module("lmkan_surgery.plan.block")
+options_module = importlib.import_module("lmkan_surgery.plan.options")
+SMALL_LIMIT = 2_500  # a block-fit limit small enough for this test's head to need the upstream narrowing
 
 
 def wide_head_cnn(seed: int = 0) -> nn.Sequential:
-    """conv 1 -> 4 channels on 8x8, Flatten (256 features), Linear -> Tanh -> Linear: the head's full input
-    (128 pairs x 25 = 3,200 table unknowns at G=4) is too wide for a block fit, 3 or 2 channels (2,400 / 1,600) are
-    not."""
+    """conv 1 -> 4 channels on 8x8, Flatten (256 features), Linear -> Tanh -> Linear: under SMALL_LIMIT the head's
+    full input (128 pairs x 25 = 3,200 table unknowns at G=4) is too wide for a block fit, 3 or 2 channels (2,400 /
+    1,600) are not."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 32), nn.Tanh(),
                          nn.Linear(32, 3)).eval()
@@ -49,6 +52,8 @@ def test_blocks_on_the_upstream_narrowed_input_are_priced_and_held_to_it(monkeyp
         return [plain2, folds[2]]
 
     monkeypatch.setattr(planner, "choose", forced)
+    monkeypatch.setattr(block, "MAX_BLOCK_UNKNOWNS", SMALL_LIMIT)
+    monkeypatch.setattr(options_module, "MAX_BLOCK_UNKNOWNS", SMALL_LIMIT)
     monkeypatch.setattr(planner, "PLAN_MARGIN", 1e9)  # keep the forced lmKAN plan whatever it measures
     monkeypatch.setattr(planner, "drop_dominated", lambda opts, options: options)  # and every option it offers
     result = plan(teacher, data, Budget(macs=0.5))

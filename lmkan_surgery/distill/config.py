@@ -29,6 +29,9 @@ class TrainConfig:
     The Hessian term is added to the tables' gradients in closed form (it is quadratic in them); hessian_every=k
     evaluates it every k-th step and reuses it in between (stale by < k steps, weighted by the current lambda):
     about 1/k of its cost.
+    table_lr_scale: the lmKAN tables' LR is lr * table_lr_scale (their own AdamW parameter group; every other
+    parameter at lr). Default 1.0: on closed-form-fitted tables in 2-epoch distillation no scale helped consistently
+    (x10: +0.6 points on one Fashion-MNIST plan, nothing on a methane one; docs/benchmarks.md, issue 14).
     """
 
     epochs: int = 10
@@ -59,6 +62,7 @@ class TrainConfig:
     progress: bool = True
     hessian_relative: bool = False
     hessian_every: int = 1
+    table_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -74,6 +78,7 @@ class TrainConfig:
             (self.hessian_decay_epochs > 0, "hessian_decay_epochs (epochs per factor 10) must be positive"),
             (self.hessian_off_epoch is None or self.hessian_off_epoch >= 0, "hessian_off_epoch must be >= 0 or None"),
             (self.gamma_ramp_epochs >= 0 and self.gamma_start_epoch >= 0, "gamma epochs must be >= 0"),
+            (self.table_lr_scale > 0, "table_lr_scale (lmKAN tables' LR / lr) must be positive"),
             (self.hessian_every >= 1, "hessian_every (steps between Hessian-gradient evaluations) must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: only at the end)"),
             (not self.resume or self.checkpoint_dir, "resume=True needs checkpoint_dir"),

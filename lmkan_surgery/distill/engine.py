@@ -60,11 +60,21 @@ def evaluate(model: nn.Module, data: Any, task: str = "classification", batch_si
     return math.sqrt(ratio) if task == "regression" else ratio
 
 
-def _make_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with the config's LR and weight decay, fused (one kernel over all parameters) where torch supports it:
-    floating-point parameters on CPU or CUDA; per-tensor otherwise."""
+def param_groups(params: list[torch.Tensor], tables: set[torch.Tensor], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: lmKAN tables at cfg.lr * cfg.table_lr_scale, every other parameter at
+    cfg.lr (TrainConfig.table_lr_scale says why); empty groups are left out."""
+    ids = {id(t) for t in tables}
+    groups = [{"params": [p for p in params if id(p) not in ids], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in ids], "lr": cfg.lr * cfg.table_lr_scale}]
+    return [g for g in groups if g["params"]]
+
+
+def _make_optimizer(params: list[torch.Tensor], tables: set[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over param_groups with the config's weight decay, fused (one kernel over all parameters) where torch
+    supports it: floating-point parameters on CPU or CUDA; per-tensor otherwise."""
     fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(param_groups(params, tables, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=fused or None)
 
 
 def _trainable_modules(student: nn.Module, teacher: nn.Module | None, train_all: bool) -> list[str]:
@@ -102,7 +112,7 @@ class _Run:
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self._select_trainable()
         self.model = self._wrap()
-        self.optimizer = _make_optimizer(self.params, cfg)
+        self.optimizer = _make_optimizer(self.params, {m.table for _, m in self.lmkan_layers}, cfg)
         schedule = WarmupCosine(self.total_steps, round(cfg.warmup * self.total_steps),
                                 round(cfg.cosine_start * self.total_steps), cfg.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)

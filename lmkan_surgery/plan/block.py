@@ -2,7 +2,7 @@
 (A's inputs -> h outputs, no activation after it) and the consumer B a Linear h -> B's outputs, both fitted in
 closed form on calibration rows. The lmKAN targets the top-h principal components of B's centred original output
 (or that output itself when h reaches B's out features: B is then folded away), its tables placed by A's input
-quantiles (bounded beyond the data) and fitted with fit_tables, the Hessian weight picked on held-out rows; B' is
+quantiles (bounded beyond the data) and fitted with fit_tables_each, the Hessian weight picked on held-out rows; B' is
 the least-squares map from the fitted components back to B's output. lmKAN's 2-D functions then act on A's raw
 inputs, where they can pay."""
 
@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from lmkan_surgery.nn import LMKANLinear
-from lmkan_surgery.passes.fit import fit_tables
+from lmkan_surgery.passes.fit import fit_tables_each
 from lmkan_surgery.passes.shrink import HiddenSpace
 from lmkan_surgery.passes.trace import TraceResult
 from lmkan_surgery.passes.replace import set_module
@@ -22,7 +22,7 @@ from lmkan_surgery.passes.replace import set_module
 HESSIANS = (1e-5, 1e-3, 1e-1)  # relative Hessian weights tried; the held-out damage picks one per width
 TABLE_RIDGE = 1e-5  # relative ridge towards a zero table (identifies empty cells together with the Hessian term)
 LINEAR_RIDGE = 1e-8  # relative ridge of the B' least squares
-MAX_BLOCK_UNKNOWNS = 2_500  # pairs x (G+1)^2 above this: the dense fit is too slow for calibration-time search
+MAX_BLOCK_UNKNOWNS = 6_143  # pairs x (G+1)^2 above this (6,144 with the bias): fit_tables goes to CG, too slow here
 
 AFFINE = (nn.Identity, nn.Dropout, nn.BatchNorm1d)  # per-unit ops that are affine in eval mode
 Rows = list[torch.Tensor]
@@ -123,9 +123,8 @@ def fit_blocks(x_train: Rows, y_train: Rows, x_held: Rows, y_held: Rows, widths:
     basis = torch.linalg.svd(yt - mean, full_matrices=False).Vh[:max(thin, default=0)].t()
     targets = torch.cat([(yt - mean) @ basis, yt], dim=1)
     best: dict[int, BlockFit] = {}
-    for hessian in HESSIANS:
-        layer = _placed(xt.float(), targets.shape[1], num_grids, mix)
-        fit_tables(layer, xt.float(), targets.float(), hessian=hessian, ridge=TABLE_RIDGE, relative=True)
+    placed = _placed(xt.float(), targets.shape[1], num_grids, mix)
+    for layer, _ in fit_tables_each(placed, xt.float(), targets.float(), HESSIANS, ridge=TABLE_RIDGE, relative=True):
         with torch.no_grad():
             zt, zh = layer(xt.float()).double(), layer(xh.float()).double()
         for h in widths:

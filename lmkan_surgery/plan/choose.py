@@ -1,11 +1,27 @@
-"""Pick one option per hidden space: the cheapest set meeting the budget, greedily by damage per unit of cost saved,
-then undo damage wherever the budget still holds. Only consistent assignments are tried (an lmKAN block's producer is
-never a layer another space makes lmKAN or folds away). Deterministic: ties go to the earlier space and option."""
+"""Pick one option per hidden space meeting the budget: where the assignments are few (EXHAUSTIVE_LIMIT), the one of
+least total damage, found by trying them all; else greedily by damage per unit of cost saved, then undoing damage
+wherever the budget still holds. A space's damage is a relative L2 error of the model's output, and independent
+errors add in quadrature, so the total damage is the sum of squared damages (a plain sum overrates one large error
+against several small ones: on the Fashion CNN at 0.1x it chose an lmKAN plan of whole-model held-out error 0.147,
+worse than the pruning plan's 0.133, over the head folded on 10 conv channels beside a 4-channel first conv, 0.108).
+Only consistent assignments are tried (an lmKAN block's producer is never a layer another space makes lmKAN or
+folds away; a block on an upstream-narrowed input needs exactly that narrowing, which a greedy one-space-at-a-time
+move reaches only by chance). Deterministic: ties go to the earlier space and option."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
 from .cost_model import CostModel
 from .options import Option
+
+EXHAUSTIVE_LIMIT = 200_000  # assignments (product of the option counts) searched exhaustively; more: greedy
+
+
+def _squared(model: CostModel) -> list[dict[Option, float]]:
+    """Per space, each option's squared damage (the additive part of the whole-model squared error)."""
+    return [{o: d * d for o, d in s.damage.items()} for s in model.spaces]
 
 
 def _fits(cost: dict[str, float], limits: dict[str, float]) -> bool:
@@ -18,9 +34,29 @@ def _gain(before: dict[str, float], after: dict[str, float], limits: dict[str, f
 
 
 def choose(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
-    """One option per space meeting every limit, or None when even the cheapest options do not."""
+    """One option per space meeting every limit, or None when even the cheapest options do not: the least damaging
+    consistent assignment where there are at most EXHAUSTIVE_LIMIT, else the greedy one."""
+    if math.prod(len(opts) for opts in options) <= EXHAUSTIVE_LIMIT:
+        return _exhaustive(model, options, limits)
+    return _greedy(model, options, limits)
+
+
+def _exhaustive(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
+    """The consistent assignment of least total squared damage within the limits (None if there is none); totals
+    within 1e-12 are a tie, won by the assignment met first (earlier options of earlier spaces)."""
+    damage = _squared(model)
+    best, best_damage = None, math.inf
+    for state in itertools.product(*options):
+        total = sum(d[o] for d, o in zip(damage, state))
+        if total < best_damage - 1e-12 and model.consistent(list(state)) and _fits(model.total(list(state)), limits):
+            best, best_damage = list(state), total
+    return best
+
+
+def _greedy(model: CostModel, options: list[list[Option]], limits: dict[str, float]) -> list[Option] | None:
+    """Greedy by squared damage per unit of cost saved, then _repair."""
     state = [opts[0] for opts in options]
-    damage = [s.damage for s in model.spaces]
+    damage = _squared(model)
     seen = {tuple(state)}  # with several limits a move can undo an earlier one: never revisit an assignment
     while not _fits(model.total(state), limits):
         now = model.total(state)
@@ -46,8 +82,8 @@ def choose(model: CostModel, options: list[list[Option]], limits: dict[str, floa
 
 def _repair(model: CostModel, options: list[list[Option]], state: list[Option],
             limits: dict[str, float]) -> list[Option]:
-    """Swap in less damaging options while the budget still holds (largest damage reduction first)."""
-    damage = [s.damage for s in model.spaces]
+    """Swap in less damaging options while the budget still holds (largest squared-damage reduction first)."""
+    damage = _squared(model)
     while True:
         best, best_drop = None, 0.0
         for i, opts in enumerate(options):
