@@ -96,6 +96,8 @@ struct Isa {
     void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, const Dims&, bool);
     void (*grad_table)(const CellRec*, int64_t, const float*, float*, int64_t, int64_t, const Dims&);
+    // table gradient sample by sample, unsorted (grad_table_by_samples in lmkan_cpu_backward.inc)
+    void (*grad_table_samples)(const BwdRec*, const float*, float*, int64_t, int64_t, const Dims&);
     void (*grad_x[3])(const BwdRec*, const void*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       const Dims&, const float*);
     // grad_x over cell differences (lmkan_cpu_kernels.inc): the differences of a pair range, per table storage dtype
