@@ -118,7 +118,7 @@ SPECS: dict[str, ExtensionSpec] = {
         depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_half.h", "cpu/lmkan_cpu_kernels.inc", "cpu/lmkan_cpu_forward.inc",
                  "cpu/lmkan_cpu_backward.inc", "cpu/lmkan_cpu_conv.inc", "cpu/lmkan_cpu_conv_backward.inc",
                  "cpu/lmkan_cpu_runs.inc", "cpu/lmkan_cpu_kernels_runs.inc", "cpu/lmkan_cpu_kernels_depthwise.inc",
-                 "cpu/lmkan_cpu_kernels_lanes.inc", "cpu/lmkan_cpu_lanes.inc",
+                 "cpu/lmkan_cpu_kernels_lanes.inc", "cpu/lmkan_cpu_lanes.inc", "cpu/lmkan_cpu_kernels_cells.inc",
                  "cpu/lmkan_cpu_place.h", "cpu/lmkan_cpu_gram.h"),
         cflags=("-O3", "-fopenmp"),
         ldflags=("-fopenmp",),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmkan_surgery.grid import grid_node_values
 from lmkan_surgery.ops.reference import forward_reference
 from isa import isa_path
 from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, _separable_table, native  # noqa: F401  (native: the module fixture)
@@ -101,23 +100,3 @@ def test_few_outputs_one_and_two_threads_bitwise(native):
                 assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_few_outputs_pick_the_cells_of_the_wide_path_at_cell_borders(native, isa):
-    """The lane path finds cells by counting thresholds (G <= 16) instead of the exp the other paths use: on inputs
-    within 3 floats of every grid node, a one-output layer's table gradient hits the same corner rows as column 0
-    of an 8-output layer (the vector-tile path) with the same first column of grad_out."""
-    gen = torch.Generator().manual_seed(12)
-    for grids in range(3, 17):
-        nodes = torch.tensor(grid_node_values(grids), dtype=torch.float32)
-        near = torch.cat([torch.nextafter(nodes, torch.full_like(nodes, s * float("inf"))) for s in (-1, 1)])
-        near = torch.cat([nodes, near, torch.nextafter(near, 2 * near)])
-        x = near[torch.randint(len(near), (64, 6), generator=gen)]
-        table8 = torch.randn(3, grids + 1, grids + 1, 8, generator=gen)
-        grad8 = torch.rand(64, 8, generator=gen) + 0.5
-        with isa_path(native, isa):
-            _, gt1 = native.backward(grad8[:, :1].contiguous(), x, table8[..., :1].contiguous(), False, True)
-            _, gt8 = native.backward(grad8, x, table8, False, True)
-        assert torch.equal(gt1[..., 0] != 0, gt8[..., 0] != 0)
-        torch.testing.assert_close(gt1[..., 0], gt8[..., 0], rtol=1e-5, atol=1e-6)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 
 from lmkan_surgery.errors import KernelBuildError
+from lmkan_surgery.grid import grid_node_values
 from lmkan_surgery.kernels import build
 from lmkan_surgery.ops import dispatch, lmkan_lookup
 from lmkan_surgery.ops.reference import backward_reference, forward_reference
@@ -25,6 +29,7 @@ SHAPES = [
     (9, 2, 3, 8),
     (40, 64, 26, 72),  # 10.7 MB table: streamed path
     (600, 3, 3, 20),  # several table-gradient sample blocks (256, 256, 88 samples)
+    (1100, 3, 8, 37),  # grad_x over cell differences (B >= 8 G^2), a masked last vector
 ]
 
 
@@ -66,6 +71,72 @@ def test_forward_and_gradients_match_reference(native, shape, isa):
     x, table, grad_out = _inputs(shape, seed=hash(shape) % 1000)
     with isa_path(native, isa):
         _check_against_reference(native, x, table, grad_out)
+
+
+# Runs in a second process with LMKAN_CPU_EXP_CELLS=1: forward and both gradients of the saved cases on every path.
+_EXP_CELLS_RUN = """
+import sys, torch
+from lmkan_surgery.kernels import build
+native, cases, out = build.load_native("cpu"), torch.load(sys.argv[1]), {}
+for isa in ("avx512", "avx2", "generic"):
+    try:
+        native.select_isa(isa)
+    except RuntimeError:
+        continue
+    out[isa] = [(native.forward(x, t), *native.backward(g, x, t, True, True)) for x, t, g in cases]
+torch.save(out, sys.argv[2])
+"""
+
+
+def _node_neighbourhood_cases(gen):
+    """(x, table, grad_out) per G = 3..16 and N_out in (1, 13, 64) (few-output, narrow and vector-tile paths), x
+    drawn from every grid node and the 8 floats either side of it (where the cell thresholds lie) plus NaN."""
+    cases = []
+    for grids in range(3, 17):
+        nodes = torch.tensor(grid_node_values(grids), dtype=torch.float32)
+        near, down, up = [nodes], nodes, nodes
+        for _ in range(8):
+            down, up = torch.nextafter(down, down - 1), torch.nextafter(up, up + 1)
+            near += [down, up]
+        pool = torch.cat(near + [torch.tensor([float("nan")])])
+        for n_out in (1, 13, 64):
+            x = pool[torch.randint(len(pool), (40, 6), generator=gen)]
+            cases.append((x, torch.randn(3, grids + 1, grids + 1, n_out, generator=gen),
+                          torch.randn(40, n_out, generator=gen)))
+    return cases
+
+
+def test_counted_cells_equal_the_exp_cells_at_every_node(native, tmp_path):
+    """For G <= 16 the cell is a count of thresholds instead of cell_of's exp (LMKAN_CPU_EXP_CELLS=1 turns the count
+    off, in a second process): at every grid node and 8 floats either side, forward, grad_x and grad_table are
+    bitwise equal both ways on every path, for 1, 13 and 64 outputs."""
+    cases = _node_neighbourhood_cases(torch.Generator().manual_seed(21))
+    torch.save(cases, tmp_path / "cases.pt")
+    env = dict(os.environ, LMKAN_CPU_EXP_CELLS="1")
+    done = subprocess.run([sys.executable, "-c", _EXP_CELLS_RUN, str(tmp_path / "cases.pt"), str(tmp_path / "exp.pt")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    exp_runs = torch.load(tmp_path / "exp.pt")
+    assert exp_runs
+    for isa, runs in exp_runs.items():
+        with isa_path(native, isa):
+            for (x, table, grad_out), expected in zip(cases, runs):
+                got = (native.forward(x, table), *native.backward(grad_out, x, table, True, True))
+                for a, b in zip(got, expected):
+                    assert torch.equal(a.nan_to_num(), b.nan_to_num()), (isa, table.shape)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_grad_x_over_cell_differences_gives_the_table_row_bits(native, isa, dtype):
+    """At G = 8 grad_x runs over per-call cell differences from 512 samples on (8 G^2) and over the table rows below;
+    each sample's gradient depends on that sample alone, so the first 511 samples get the same bits either way."""
+    x, table, grad_out = _inputs((512, 5, 8, 45), seed=31)
+    table = table.to(dtype)
+    with isa_path(native, isa):
+        gx_diff, _ = native.backward(grad_out, x, table, True, False)
+        gx_rows, _ = native.backward(grad_out[:511].contiguous(), x[:511].contiguous(), table, True, False)
+    assert torch.equal(gx_diff[:511], gx_rows)
 
 
 def _separable_table(pairs, grids, n_out, gen):

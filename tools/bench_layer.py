@@ -162,16 +162,18 @@ def add_baseline(methods: list[Method], backend: dispatch.Backend | None, names:
 
 
 def report_baseline(rows: list, base: str, fb_base: str | None, top: str = "linear fwd",
-                    fb_top: str = "linear fwd+bwd") -> str:
+                    fb_top: str = "linear fwd+bwd", cpu_time: bool = False) -> str:
     """Each row's `base` method with the baseline build and with this one, against `top` (and the same for
-    forward+backward when `fb_base` is given): the before/after of a kernel change, measured in the same rounds."""
+    forward+backward when `fb_base` is given): the before/after of a kernel change, measured in the same rounds.
+    cpu_time: medians of the process CPU time (less sensitive than wall clock to other jobs on a shared box)."""
     passes = [(top, base)] + ([(fb_top, fb_base)] if fb_base else [])
     head = "| shape | " + " | ".join(f"{t} ms | before: {b} x | after x | after / before" for t, b in passes) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for shape, _, ms in rows:
         cells = [str(shape)]
         for t, b in passes:
-            ref, old, new = ms[t].median_ms(), ms[f"baseline {b}"].median_ms(), ms[b].median_ms()
+            median = (lambda m: m.median_cpu_ms()) if cpu_time else (lambda m: m.median_ms())
+            ref, old, new = median(ms[t]), median(ms[f"baseline {b}"]), median(ms[b])
             cells += [_fmt(ref), _fmt(old / ref), _fmt(new / ref), f"{new / old:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -403,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     if baseline is not None:
         print(f"before: {args.baseline}")
         print(report_baseline(rows, f"{args.device} fwd", f"{args.device} fwd+bwd"))
+        if device.type == "cpu":
+            print("bare kernels (no op dispatch), process CPU time:")
+            print(report_baseline(rows, "kernel fwd", "kernel fwd+bwd", cpu_time=True))
 
 
 if __name__ == "__main__":

@@ -96,8 +96,14 @@ struct Isa {
     void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, const Dims&, bool);
     void (*grad_table)(const CellRec*, int64_t, const float*, float*, int64_t, int64_t, const Dims&);
+    // table gradient sample by sample, unsorted (grad_table_by_samples in lmkan_cpu_backward.inc)
+    void (*grad_table_samples)(const BwdRec*, const float*, float*, int64_t, int64_t, const Dims&);
     void (*grad_x[3])(const BwdRec*, const void*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       const Dims&, const float*);
+    // grad_x over cell differences (lmkan_cpu_kernels.inc): the differences of a pair range, per table storage dtype
+    void (*cell_differences[3])(const void*, float*, int64_t, int64_t, const Dims&);
+    void (*grad_x_diff)(const BwdRec*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                        const Dims&, const float*);
     void (*widen[3])(const void*, float*, int64_t);
     // forward over cell-sorted records (forward_sorted in lmkan_cpu_forward.inc), per table storage dtype
     void (*forward_runs[3])(const CellRec*, int64_t, const void*, int64_t, float*, int64_t, const Dims&);
