@@ -181,7 +181,7 @@ def test_augmented_tensors_augment_training_batches_only():
 def test_tables_get_their_own_learning_rate_and_an_lmkan_student_learns():
     """param_groups: lmKAN tables at lr * table_lr_scale, everything else at lr (the optimizer's groups checked);
     a small lmKAN student distilled with a scaled table LR lowers its loss."""
-    from lmkan_surgery.distill.engine import param_groups
+    from lmkan_surgery.distill.optimizer import param_groups
 
     student, teacher, data = tiny_problem(n=128)
     cfg = tiny_config(epochs=3, lr=1e-2, table_lr_scale=0.25)

@@ -125,7 +125,7 @@ def test_distill_trains_half_tables_through_float32_masters(dtype):
     """AdamW on a float16 table itself diverges (its squared gradients underflow; loss 17 -> 23 here instead of
     0.59): the run trains float32 masters, so it follows the float32-table run, returns the tables in their storage
     dtype and reports the metric those give."""
-    from lmkan_surgery.distill.engine import evaluate
+    from lmkan_surgery.distill.evaluation import evaluate
 
     _, reference, _ = _distilled_exact_student(None)
     student, result, data = _distilled_exact_student(str(dtype).split(".")[1])

@@ -1,7 +1,8 @@
 """Recovery training (distill a converted student from its teacher) and from-scratch lmKAN training."""
 
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig
-from .engine import distill, evaluate, train_lmkan
+from .engine import distill, train_lmkan
+from .evaluation import evaluate
 from .runtime import AugmentedTensors
 
 __all__ = ["AugmentedTensors", "DistillConfig", "DistillResult", "EpochRecord", "TrainConfig", "distill", "evaluate",

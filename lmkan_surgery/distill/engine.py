@@ -23,58 +23,15 @@ from ..nn.hessian import hessian_term
 from . import runtime as rt
 from .config import DistillConfig, DistillResult, EpochRecord, TrainConfig, WarmupCosine
 from .losses import LayerMatcher, check_same_outputs, first_nonfinite_module, label_loss, logits_kd
+from .evaluation import evaluate
 from .master_tables import float32_master_tables
+from .optimizer import make_optimizer
 
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
 StepCallback = Callable[[int], None]
 _HessianTerm = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, float]]]  # value, (table, grad, factor)
 _RESUME_KEYS = ("epochs", "batch_size", "seed", "lr", "task", "hessian_start", "hessian_decay_epochs",
                 "alpha", "beta", "label_weight", "temperature")  # the loss weights: another mix is another run
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Any, task: str = "classification", batch_size: int = 512,
-             device: torch.device | str | None = None) -> float:
-    """Accuracy (classification) or RMSE (regression) of a model on a Dataset or tuple of tensors, in eval mode."""
-    env = rt.DistEnv(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else rt.DistEnv()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
-    try:
-        for batch in rt.eval_batches(rt.as_dataset(data, "data"), batch_size, env):
-            inputs, targets = rt.split_batch(batches.to_device(batch, device))
-            out = batches.call(model, inputs).float()
-            if task == "regression":
-                totals[0] += (out - targets.float().view_as(out)).square().sum().double()
-                totals[1] += out.numel()
-            else:
-                totals[0] += (out.argmax(-1) == targets).sum().double()
-                totals[1] += targets.numel()
-    finally:
-        for m, flag in was_training.items():
-            m.training = flag
-    if env.world_size > 1:
-        dist.all_reduce(totals)
-    ratio = (totals[0] / totals[1].clamp_min(1)).item()
-    return math.sqrt(ratio) if task == "regression" else ratio
-
-
-def param_groups(params: list[torch.Tensor], tables: set[torch.Tensor], cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: lmKAN tables at cfg.lr * cfg.table_lr_scale, every other parameter at
-    cfg.lr (TrainConfig.table_lr_scale says why); empty groups are left out."""
-    ids = {id(t) for t in tables}
-    groups = [{"params": [p for p in params if id(p) not in ids], "lr": cfg.lr},
-              {"params": [p for p in params if id(p) in ids], "lr": cfg.lr * cfg.table_lr_scale}]
-    return [g for g in groups if g["params"]]
-
-
-def _make_optimizer(params: list[torch.Tensor], tables: set[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over param_groups with the config's weight decay, fused (one kernel over all parameters) where torch
-    supports it: floating-point parameters on CPU or CUDA; per-tensor otherwise."""
-    fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(param_groups(params, tables, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=fused or None)
 
 
 def _trainable_modules(student: nn.Module, teacher: nn.Module | None, train_all: bool) -> list[str]:
@@ -112,7 +69,7 @@ class _Run:
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self._select_trainable()
         self.model = self._wrap()
-        self.optimizer = _make_optimizer(self.params, {m.table for _, m in self.lmkan_layers}, cfg)
+        self.optimizer = make_optimizer(self.params, {m.table for _, m in self.lmkan_layers}, cfg)
         schedule = WarmupCosine(self.total_steps, round(cfg.warmup * self.total_steps),
                                 round(cfg.cosine_start * self.total_steps), cfg.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
