@@ -3,7 +3,6 @@ outputs, float32 arithmetic, gradients to the table in float32 rounded once, and
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
