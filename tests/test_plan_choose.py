@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from torch import nn
 
 from lmkan_surgery.plan import choose as choose_mod
 from lmkan_surgery.plan.cost_model import CostModel, consistent
