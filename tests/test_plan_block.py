@@ -13,7 +13,8 @@ from torch import nn
 
 from lmkan_surgery import LMKANLinear
 from lmkan_surgery.plan import Budget
-from lmkan_surgery.plan.block import fit_blocks
+from lmkan_surgery.plan.block import TAIL_SCALES, TAIL_SHARE, beyond_the_data, fit_blocks, original_block
+from lmkan_surgery.passes.shrink import HiddenSpace
 from lmkan_surgery.plan.cost_model import CostModel, consistent
 from lmkan_surgery.plan.options import Option
 
@@ -72,6 +73,59 @@ def test_block_fit_matches_its_reported_held_out_error():
         assert rel_error(thin.linear(thin.lmkan(x[768:])), y[768:]) == pytest.approx(thin.damage, rel=1e-4)
         assert rel_error(folded.lmkan(x[768:]), y[768:]) == pytest.approx(folded.damage, rel=1e-4)
     assert folded.damage < thin.damage  # 6 outputs of rank 6: two components cannot carry them
+
+
+def _heavy_tailed_block() -> tuple[nn.Sequential, torch.Tensor]:
+    """A producer -> SiLU -> consumer block (planner space '0' -> '2') and Laplace-distributed calibration inputs."""
+    torch.manual_seed(3)
+    block = nn.Sequential(nn.Linear(6, 32), nn.SiLU(), nn.Linear(32, 1)).eval()
+    x = torch.distributions.Laplace(0.0, 1.0).sample((2048, 6))
+    return block, x
+
+
+def test_rows_beyond_the_data_are_the_extremes_pushed_out_and_labelled_by_the_block():
+    block, x = _heavy_tailed_block()
+    with torch.no_grad():
+        y = block(x)
+    fn = original_block(block, HiddenSpace("0", ["1"], "2", 32))
+    xa, ya = beyond_the_data(x.double(), y.double(), fn)
+    # naive: per row the largest |standardised feature|, the top TAIL_SHARE rows, each scale in turn
+    mean, std = x.double().mean(0), x.double().std(0)
+    score = [max(abs((float(v) - float(m)) / float(s)) for v, m, s in zip(row, mean, std)) for row in x.double()]
+    tail = sorted(range(len(x)), key=lambda i: score[i])[len(x) - int(len(x) * TAIL_SHARE):]
+    expected = torch.cat([mean + s * (x.double()[sorted(tail, key=lambda i: score[i])] - mean) for s in TAIL_SCALES])
+    assert torch.equal(xa[:len(x)], x.double()) and torch.equal(ya[:len(x)], y.double())
+    assert torch.allclose(xa[len(x):], expected, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(ya[len(x):], block(expected.float()).double(), rtol=1e-6, atol=1e-6)
+
+
+def test_original_block_restricts_to_the_kept_outputs():
+    torch.manual_seed(4)
+    block = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5)).eval()
+    keep = torch.tensor([0, 3])
+    x = torch.randn(7, 4)
+    with torch.no_grad():
+        assert torch.equal(original_block(block, HiddenSpace("0", ["1"], "2", 8), keep)(x), block(x)[:, keep])
+
+
+def test_fold_fitted_beyond_the_data_extrapolates_like_the_block():
+    """On heavy-tailed inputs a fold fitted on the calibration rows only meets rows past their range with tables
+    fitted on the bulk; fitted with the original block's labels beyond the data it follows the block out there."""
+    block, x = _heavy_tailed_block()
+    with torch.no_grad():
+        y = block(x)
+    fn = original_block(block, HiddenSpace("0", ["1"], "2", 32))
+    plain = fit_blocks([x[:1536]], [y[:1536]], [x[1536:]], [y[1536:]], [1], 4, 0.25)[1]
+    extended = fit_blocks([x[:1536]], [y[:1536]], [x[1536:]], [y[1536:]], [1], 4, 0.25, fn)[1]
+    far = 3.0 * torch.distributions.Laplace(0.0, 1.0).sample((1024, 6))
+    far = far[(far.abs() > x[:1536].abs().amax(0)).any(1)]  # rows outside the calibrated range
+    assert len(far) > 50
+    with torch.no_grad():
+        target = block(far)
+        err_plain, err_extended = rel_error(plain.lmkan(far), target), rel_error(extended.lmkan(far), target)
+    assert err_extended < 0.7 * err_plain, (err_extended, err_plain)
+    assert extended.damage < 1.5 * plain.damage  # the bulk still fits
 
 
 def test_linear_teacher_never_gets_a_block():

@@ -4,11 +4,14 @@ closed form on calibration rows. The lmKAN targets the top-h principal component
 (or that output itself when h reaches B's out features: B is then folded away), its tables placed by A's input
 quantiles (bounded beyond the data) and fitted with fit_tables_each, the Hessian weight picked on held-out rows; B' is
 the least-squares map from the fitted components back to B's output. lmKAN's 2-D functions then act on A's raw
-inputs, where they can pay."""
+inputs, where they can pay. Where the original block is at hand (A's inputs not narrowed upstream), the fit also sees
+rows beyond the data: the most extreme fit rows pushed further out from the mean, labelled by the original block, so
+the tables extrapolate as the block does (heavy-tailed inputs otherwise meet tables fitted on the bulk only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import fx, nn
@@ -22,10 +25,13 @@ from lmkan_surgery.passes.replace import set_module
 HESSIANS = (1e-5, 1e-3, 1e-1)  # relative Hessian weights tried; the held-out damage picks one per width
 TABLE_RIDGE = 1e-5  # relative ridge towards a zero table (identifies empty cells together with the Hessian term)
 LINEAR_RIDGE = 1e-8  # relative ridge of the B' least squares
+TAIL_SHARE = 0.1  # share of the fit rows (the most extreme) pushed beyond the data for the fit
+TAIL_SCALES = (1.5, 2.5)  # how far out from the mean those rows are pushed, labelled by the original block
 MAX_BLOCK_UNKNOWNS = 6_143  # pairs x (G+1)^2 above this (6,144 with the bias): fit_tables goes to CG, too slow here
 
 AFFINE = (nn.Identity, nn.Dropout, nn.BatchNorm1d)  # per-unit ops that are affine in eval mode
 Rows = list[torch.Tensor]
+BlockFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _module_nodes(trace: TraceResult, space: HiddenSpace) -> list[fx.Node] | None:
@@ -109,13 +115,42 @@ def _placed(x: torch.Tensor, n_out: int, num_grids: int, mix: float) -> LMKANLin
     return layer
 
 
+def original_block(model: nn.Module, space: HiddenSpace, out_idx: torch.Tensor | None = None) -> BlockFn:
+    """The block A -> per-unit ops -> B of `model` as one function of A's inputs (B's outputs restricted to out_idx
+    when B's outputs are narrowed downstream and B itself is not yet)."""
+    modules = [model.get_submodule(n) for n in (space.producer, *space.chain, space.consumer)]
+
+    @torch.no_grad()
+    def block(x: torch.Tensor) -> torch.Tensor:
+        for module in modules:
+            x = module(x)
+        return x[:, out_idx] if out_idx is not None and x.shape[1] != len(out_idx) else x
+
+    return block
+
+
+def beyond_the_data(x: torch.Tensor, y: torch.Tensor, block: BlockFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y and TAIL_SHARE of the rows (those with the largest standardised feature) pushed out from the mean by each
+    of TAIL_SCALES, labelled by the original block."""
+    mean = x.mean(0)
+    extreme = ((x - mean) / x.std(0).clamp_min(1e-12)).abs().amax(1)
+    tail = x[torch.argsort(extreme, stable=True)[len(x) - int(len(x) * TAIL_SHARE):]]
+    pushed = torch.cat([mean + scale * (tail - mean) for scale in TAIL_SCALES])
+    labels = block(pushed.to(torch.float32)).to(y.dtype)
+    return torch.cat([x, pushed]), torch.cat([y, labels])
+
+
 def fit_blocks(x_train: Rows, y_train: Rows, x_held: Rows, y_held: Rows, widths: list[int], num_grids: int,
-               mix: float) -> dict[int, BlockFit]:
+               mix: float, block: BlockFn | None = None) -> dict[int, BlockFit]:
     """Fitted blocks for every width h in `widths` (h >= out features: folded, the lmKAN maps to B's output).
 
-    x_*: A's inputs per batch, y_*: B's original outputs per batch. One table fit per Hessian weight serves every
-    width (the output columns share the normal matrix); per width the weight with the lowest held-out damage is kept."""
+    x_*: A's inputs per batch, y_*: B's original outputs per batch; block: the original block (original_block), to
+    fit beyond the data too (beyond_the_data), None where A's inputs are narrowed. One table fit per Hessian weight
+    serves every width (the output columns share the normal matrix); per width the weight with the lowest held-out
+    damage is kept."""
     xt, yt = torch.cat(x_train).double(), torch.cat(y_train).double()
+    if block is not None and len(xt) > 1:
+        xt, yt = beyond_the_data(xt, yt, block)
     xh, yh = torch.cat(x_held).double(), torch.cat(y_held).double()
     n_out = yt.shape[1]
     mean = yt.mean(0)

@@ -23,7 +23,7 @@ from lmkan_surgery.passes.shrink import (MIN_KEPT, HiddenSpace, _capture, _choos
                                          model_error, narrow_modules, reconstruct, teacher_outputs)
 from lmkan_surgery.rules import rule_for
 
-from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks, install_block
+from .block import MAX_BLOCK_UNKNOWNS, BlockFit, fit_blocks, install_block, original_block
 from .latency_cache import LatencyTable
 
 DAMAGE_TOLERANCE = 3e-3  # damages closer than this (0.3% output error) are a tie, and a tie goes to the plain layer
@@ -248,7 +248,8 @@ def measure_blocks(model: nn.Module, opts: SpaceOptions, blocks: list[Option], t
         xs, ys = block_rows(base, opts.space, train + held, targets)
         for g in sorted({o.num_grids for o in blocks if o.upstream == upstream}):
             same = [o for o in blocks if o.num_grids == g and o.upstream == upstream]
-            fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix)
+            fits = fit_blocks(xs[:n], ys[:n], xs[n:], ys[n:], [o.kept for o in same], g, mix,
+                              None if upstream else original_block(model, opts.space))
             for o in same:
                 opts.fits[o] = fits[o.kept]
                 trial = copy.deepcopy(base)

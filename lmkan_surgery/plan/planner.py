@@ -28,7 +28,7 @@ from lmkan_surgery.passes.trace import trace_model
 from lmkan_surgery.rules import is_convertible
 from lmkan_surgery.serialization import SPEC_ATTR, build_spec
 
-from .block import block_not_tried, fit_blocks, install_block
+from .block import block_not_tried, fit_blocks, install_block, original_block
 from .budget import Budget
 from .choose import choose
 from .cost_model import CostModel, drop_dominated, local_cost, table_latency
@@ -147,8 +147,10 @@ def _build(model: nn.Module, spaces: list[SpaceOptions], state: list[Option], or
                 else:
                     xs, ys = block_rows(student, opts.space, train + held, targets[name], out_of.get(name))
                     width = ys[0].shape[1] if option.kind == "fold" else option.kept
+                    narrowed_input = opts.space.producer in {s.consumer for s, _ in narrowed}
+                    block = None if narrowed_input else original_block(student, opts.space, out_of.get(name))
                     fit = fit_blocks(xs[:len(train)], ys[:len(train)], xs[len(train):], ys[len(train):], [width],
-                                     option.num_grids, mix)[width]
+                                     option.num_grids, mix, block)[width]
                 changed += install_block(student, opts.space, fit)
                 continue
             pairs = list(zip(train + held, targets[name]))
