@@ -131,9 +131,10 @@ def fit_tables_each(layer: LMKANLinear, inputs: torch.Tensor | Sequence[torch.Te
         with torch.no_grad():
             system = _normal_system(layer, xs, ys, relative, max_dense)
             out = []
-            for hessian in hessians:
+            for index, hessian in enumerate(hessians):
                 target = layer if in_place else copy.deepcopy(layer)
-                out.append((target, _solve(target, xs, ys, system, hessian, ridge, cg_iters, cg_tol)))
+                last = index == len(hessians) - 1  # the last weight may use the normal matrix in place
+                out.append((target, _solve(target, xs, ys, system, hessian, ridge, cg_iters, cg_tol, last)))
     finally:
         layer.train(was_training)
     if not in_place:
@@ -189,8 +190,9 @@ def _normal_system(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Te
 
 
 def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], system: _System, hessian: float,
-           ridge: float, cg_iters: int, cg_tol: float) -> FitResult:
-    """Add the regularisers to the data term (copies: the system serves every weight), solve, install."""
+           ridge: float, cg_iters: int, cg_tol: float, consume: bool) -> FitResult:
+    """Add the regularisers to the data term (on a copy of the normal matrix unless `consume`: the system serves
+    every weight, and a matrix of 6,144 unknowns is 300 MB), solve, install."""
     table = layer.table
     pairs, n_nodes, _, outputs = table.shape
     start = table.detach().to(torch.float64).reshape(-1, outputs)
@@ -205,7 +207,7 @@ def _solve(layer: LMKANLinear, xs: list[torch.Tensor], ys: list[torch.Tensor], s
         return torch.cat([reg.reshape(-1, v.shape[1]), v.new_zeros(1, v.shape[1])])
 
     if system.gram is not None:
-        gram = system.gram.clone()
+        gram = system.gram if consume else system.gram.clone()
         gram[:-1, :-1] += rho * torch.eye(len(gram) - 1, dtype=gram.dtype, device=gram.device)
         gram[:-1, :-1] += lam * torch.block_diag(*([form] * pairs))
         solution, solver, iterations = _spd_solve(gram, rhs), "normal", 0
