@@ -119,6 +119,10 @@ struct Isa {
                              const float*, const LaneScratch&);
     void (*lanes_backward[3])(const float*, const void*, const float*, float*, float*, int64_t, int64_t, int64_t,
                               int64_t, const Dims&, const float*, const float*, const LaneScratch&);
+    // depthwise convolution's backward, 8 pixels per vector (lmkan_cpu_kernels_depthwise_backward.inc), per dtype
+    void (*depthwise_backward[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t,
+                                  float, const void*, const float*, int64_t, float*, float*, const Dims&,
+                                  const float*);
 };
 
 namespace generic {
