@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, ShapeError
-from ..ops.conv import direct_conv2d
+from ..ops.conv import add_bias, direct_conv2d, normalized_pixels, takes_linear_route
 from .base import LMKANLayer
 from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, random_table, table_shape
@@ -80,33 +80,42 @@ class LMKANConv2d(LMKANLayer):
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if self.input_norm == "batchnorm":
             x = self._normalize(x, 1)
-        pads = self._pads()
-        if any(pads):
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, pads, mode=mode)
-        if self.input_norm in ("affine", "quantile"):  # after padding: the original conv pads in raw input space
-            x = self._normalize(x, 1)
+        pads, stride = self._pads(), self.stride
+        if self._pixel_rows(x, pads):  # 1x1 inference: subsample, normalise and transpose in one pass
+            x, stride = normalized_pixels(x, stride, self.input_shift, self.input_scale), (1, 1)
+        else:
+            if any(pads):
+                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+                x = F.pad(x, pads, mode=mode)
+            if self.input_norm in ("affine", "quantile"):  # after padding: the original conv pads in raw input space
+                x = self._normalize(x, 1)
         kh, kw = self.kernel_size
-        out_h = (x.shape[2] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        out_w = (x.shape[3] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        out_h = (x.shape[2] - self.dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        out_w = (x.shape[3] - self.dilation[1] * (kw - 1) - 1) // stride[1] + 1
         if out_h < 1 or out_w < 1:
             raise ShapeError(f"input {tuple(x.shape[2:])} (after padding) is smaller than the kernel {self.kernel_size}")
-        y = direct_conv2d(x, self.table, self.kernel_size, self.stride, self.dilation)  # inference, no patches
-        if y is not None:
-            y = y.contiguous()
-        elif torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a dynamic batch size
+        y = direct_conv2d(x, self.table, self.kernel_size, stride, self.dilation)  # inference, no patches
+        if y is None and torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a
+            # dynamic batch size
             y = self._forward_chunk(x, out_h, out_w)
-        else:
+        elif y is None:
             per_image = self.in_channels * kh * kw * out_h * out_w
             step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
             outs = [self._forward_chunk(x[i:i + step], out_h, out_w) for i in range(0, max(1, x.shape[0]), step)]
             y = outs[0] if len(outs) == 1 else torch.cat(outs)
         if self.branch is not None:
             y = self._add_branch(y, x)
-        y = (y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y).to(dtype)  # nn.Conv2d: input dtype
-        if channels_last:
-            y = y.contiguous(memory_format=torch.channels_last)
+        # the direct kernels' output is channels-last memory: add_bias writes nn.Conv2d's layout
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        y = add_bias(y, self.bias, layout).to(dtype)  # nn.Conv2d: input dtype
         return y.squeeze(0) if unbatched else y
+
+    def _pixel_rows(self, x: torch.Tensor, pads: tuple[int, ...]) -> bool:
+        """Whether this call takes the Linear route over pixel rows with the affine normalisation fused into the
+        transposing copy (normalized_pixels): 1x1, one group, no padding or branch, no autograd through x."""
+        return (self.input_norm == "affine" and self.branch is None and not any(pads)
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and takes_linear_route(x, self.table, self.kernel_size))
 
     def _patches(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
         """Patches [N, L, groups, K] in (c, ky, kx) order, from a strided view (one copy; F.unfold is slower)."""

@@ -40,9 +40,39 @@ def direct_conv2d(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, 
     as [N, out, OH, OW] (channels-last memory), or None when no direct kernel applies here."""
     if x.dtype != torch.float32 or x.dim() != 4 or not dispatch.eager_call_allowed(x, table):
         return None
-    if tuple(kernel_size) == (1, 1) and table.shape[0] == 1 and table.shape[1] * 2 == x.shape[1]:
+    if takes_linear_route(x, table, kernel_size):
         return pointwise_conv2d(x, table, stride)
     return conv_kernel2d(x, table, kernel_size, stride, dilation)
+
+
+def takes_linear_route(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, int]) -> bool:
+    """Whether direct_conv2d runs this (padded, normalised) input as the Linear lookup over pixels."""
+    return (x.dtype == torch.float32 and x.dim() == 4 and tuple(kernel_size) == (1, 1) and table.shape[0] == 1
+            and table.shape[1] * 2 == x.shape[1] and dispatch.eager_call_allowed(x, table))
+
+
+def normalized_pixels(x: torch.Tensor, stride: tuple[int, int], shift: torch.Tensor,
+                      scale: torch.Tensor) -> torch.Tensor:
+    """x[:, :, ::sh, ::sw] * scale + shift per channel in one pass, written in channels_last memory, whose pixel
+    rows the Linear route then views for free (inference: an out= write has no autograd). Subsampling first
+    normalises only the pixels a strided 1x1 convolution reads (a quarter at stride 2)."""
+    if tuple(stride) != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=out)
+
+
+def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
+    """y + bias per channel, in `memory_format`: one pass into a fresh tensor where autograd allows (the direct
+    kernels' channels-last output is transposed on the way), otherwise (and when traced, compiled or exported:
+    their graphs keep plain ops) the sum and then the layout."""
+    if bias is None:
+        return y.contiguous(memory_format=memory_format)
+    graph = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    if graph or (torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad)):
+        return (y + bias.view(1, -1, 1, 1)).contiguous(memory_format=memory_format)
+    out = torch.empty(y.shape, dtype=torch.result_type(y, bias), device=y.device, memory_format=memory_format)
+    return torch.add(y, bias.view(1, -1, 1, 1), out=out)
 
 
 def pointwise_conv2d(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
