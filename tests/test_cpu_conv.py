@@ -374,3 +374,80 @@ def test_many_groups_backward_one_group_per_thread(native):
         rx, rt = _reference_grads(layer, x, dy)
         assert (runs[1][0].double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
         assert (runs[1][1].double() - rt).abs().max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_depthwise_backward_pixel_vectorised_on_every_path(native, isa):
+    """One output per group and >= 2 groups: the pixel-vectorised backward (no records). NCHW stride 1 (8 consecutive
+    windows: vector loads and x-gradient stores), stride (1, 2) with dilation and channels_last (element by
+    element), 2 input channels per group, odd sizes (a 1-7 pixel tail), 15% of the inputs 12 away, float16 and
+    bfloat16 tables, x-only and table-only gradients: vs float64 autograd through the naive reference, 1 and 2
+    threads bitwise equal."""
+    with isa_path(native, isa):
+        cases = ((10, 10, 1, 1, torch.contiguous_format, None, 5),
+                 (7, 7, (1, 2), 2, torch.channels_last, torch.float16, 8),
+                 (12, 6, 1, (2, 1), torch.contiguous_format, torch.bfloat16, 3))
+        for seed, (c_in, groups, stride, dilation, memory_format, dtype, grids) in enumerate(cases):
+            torch.manual_seed(40 + seed)
+            layer = LMKANConv2d(c_in, groups, 3, stride, padding=1, dilation=dilation, groups=groups,
+                                num_grids=grids, init_scale=2.0, table_dtype=dtype)
+            x = 2 * torch.randn(2, c_in, 13, 11)
+            x = torch.where(torch.rand(x.shape) < 0.15, 12 * (2 * torch.rand(x.shape) - 1), x)
+            x = x.contiguous(memory_format=memory_format).requires_grad_(True)
+            dy = torch.randn(layer(x).shape)
+            runs = _grads_at_threads(layer, x, dy)
+            assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
+            rx, rt = _reference_grads(layer, x, dy)
+            gx, gt = runs[0]
+            assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
+            rounding = torch.finfo(dtype).eps * rt.abs() if dtype else 0.0  # the table gradient comes in its dtype
+            assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+            (only_x,) = torch.autograd.grad(layer(x), [x], dy)
+            assert torch.equal(only_x, gx)  # the same kernel without the table gradient
+            (only_table,) = torch.autograd.grad(layer(x.detach()), [layer.table], dy)
+            assert torch.equal(only_table, gt)
+
+
+def test_depthwise_backward_batch_0_and_chunks_in_order(native):
+    """Batch 0 gives a zero table gradient; a batch of 3 (pixel blocks across image boundaries) gives the x
+    gradients of 3 one-image calls and their table gradients' sum (to float32 rounding: the blocks differ)."""
+    torch.manual_seed(45)
+    layer = LMKANConv2d(9, 9, 3, padding=1, groups=9, init_scale=2.0)
+    empty = torch.zeros(0, 9, 8, 8, requires_grad=True)
+    (gt0,) = torch.autograd.grad(layer(empty).sum(), [layer.table])
+    assert gt0.shape == layer.table.shape and not gt0.any()
+    x = torch.randn(3, 9, 17, 15, requires_grad=True)
+    dy = torch.randn(3, 9, 17, 15)
+    gx, gt = torch.autograd.grad(layer(x), [x, layer.table], dy)
+    single = [torch.autograd.grad(layer(x[i:i + 1]), [x, layer.table], dy[i:i + 1]) for i in range(3)]
+    own = sum(g[0].double() for g in single)  # each image's x gradient comes from its own pixels only
+    assert (gx.double() - own).abs().max().item() <= 1e-6 * own.abs().max().item()
+    total = sum(g[1].double() for g in single)
+    assert (gt.double() - total).abs().max().item() <= 1e-5 * total.abs().max().item()
+
+
+def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(native):
+    """A 1x1 layer with affine input normalisation (as from_conv builds) in inference: subsampled, normalised and
+    transposed in one pass, the bias added while writing nn.Conv2d's output layout (NCHW in -> contiguous,
+    channels_last in -> channels_last): vs float64 on the normalised input and vs the training route's values."""
+    torch.manual_seed(46)
+    for stride in (1, 2, (2, 1)):
+        conv = torch.nn.Conv2d(16, 12, 1, stride)
+        mean, std = torch.randn(16), torch.rand(16) + 0.5
+        layer = LMKANConv2d.from_conv(conv, 8, input_mean=mean, input_std=std)
+        with torch.no_grad():
+            layer.table.add_(0.1 * torch.randn(layer.table.shape))  # not exact any more: a real lookup
+        x = mean.view(1, -1, 1, 1) + std.view(1, -1, 1, 1) * 2 * torch.randn(2, 16, 9, 7)
+        normalised = x * layer.input_scale.view(1, -1, 1, 1) + layer.input_shift.view(1, -1, 1, 1)
+        plain = LMKANConv2d(16, 12, 1, stride)
+        with torch.no_grad():
+            plain.table.copy_(layer.table), plain.bias.copy_(layer.bias)
+        truth = reference_conv(plain, normalised)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            xm = x.contiguous(memory_format=memory_format)
+            with torch.no_grad():
+                y = layer(xm)
+            assert y.is_contiguous(memory_format=memory_format) and y.shape == conv(xm).shape
+            assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+            trained = layer(xm.clone().requires_grad_(True))  # the unfused route (autograd through x)
+            assert (y - trained.detach()).abs().max().item() <= 1e-5 * truth.abs().max().item()
