@@ -87,10 +87,18 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
 
     methods = [Method("conv fwd", no_grad(lambda: conv(x))), Method("lmkan direct fwd", no_grad(lambda: layer(x))),
                Method("lmkan patch fwd", no_grad(patch_path))]
+    def unfused_layer():
+        """The layer's 1x1 inference steps before Round 9: normalise NCHW, transposing copy to pixel rows (in
+        pointwise_conv2d), the Linear lookup, NCHW copy of its output, bias add, back to channels_last if so."""
+        y = route(True).contiguous() if channels_last else pointwise_conv2d(
+            layer._normalize(x, 1), layer.table, layer.stride).contiguous() + layer.bias.view(1, -1, 1, 1)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
     pointwise = kernel == 1 and groups == 1
     if pointwise:
         methods += [Method("kernel route fwd", no_grad(lambda: route(False))),
-                    Method("linear route fwd", no_grad(lambda: route(True)))]
+                    Method("linear route fwd", no_grad(lambda: route(True))),
+                    Method("unfused layer fwd", no_grad(unfused_layer))]
     if backward:
         methods += [Method("conv fwd+bwd", lambda: torch.autograd.grad(conv(x_req), [x_req, conv.weight], dy)),
                     Method("lmkan fwd+bwd", lambda: torch.autograd.grad(layer(x_req), [x_req, layer.table], dy)),
@@ -163,6 +171,20 @@ def report(rows: list[tuple[tuple, float, dict[str, Method]]], backward: bool) -
     return "\n".join(lines)
 
 
+def report_fusion(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
+    """Markdown table of the 1x1 layers: the layer forward (fused normalisation and output layout) against the
+    unfused steps of before, and both against nn.Conv2d, same rounds."""
+    head = "| layer | batch | conv fwd ms | layer fwd x conv | unfused steps x conv | layer / unfused |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, _, ms in rows:
+        if "unfused layer fwd" in ms:
+            cells = [shape[0], str(shape[1]), f"{ms['conv fwd'].median_ms():.2f}",
+                     _ratio(ms, "lmkan direct fwd", "conv fwd"), _ratio(ms, "unfused layer fwd", "conv fwd"),
+                     _ratio(ms, "lmkan direct fwd", "unfused layer fwd")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -204,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         print(report_kernels(rows))
         return
     print(report(rows, args.backward))
+    if any("unfused layer fwd" in ms for _, _, ms in rows):
+        print(report_fusion(rows))
     if baseline is not None:
         print(f"before: {args.baseline}")
         named = [((s[0], s[1]), mb, ms) for s, mb, ms in rows]
