@@ -110,13 +110,16 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
     return methods, layer.table_bytes() / 2**20
 
 
-def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> tuple[list[Method], float]:
+def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend,
+                   channels_last: bool = False) -> tuple[list[Method], float]:
     """The bare native calls of one shape (padded input, no layer around them: no normalisation, bias or
     dispatch): forward and backward (both gradients) of this build and of the baseline build; and the table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     layer = LMKANConv2d.from_conv(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups), grids)
     x = nn.functional.pad(torch.randn(batch, c_in, size, size, generator=gen), layer._pads())
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     table = layer.table.detach()
     geometry = (list(layer.kernel_size), list(layer.stride), list(layer.dilation))
     current = dispatch.backend_for(x, table)
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in shapes:
         if args.kernel:
-            methods, mb = kernel_methods(shape, args.grids, baseline)
+            methods, mb = kernel_methods(shape, args.grids, baseline, args.channels_last)
         else:
             methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
             methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
