@@ -451,3 +451,22 @@ def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(nativ
             assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
             trained = layer(xm.clone().requires_grad_(True))  # the unfused route (autograd through x)
             assert (y - trained.detach()).abs().max().item() <= 1e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_depthwise_channels_last_groups_per_vector_same_bits(native, isa):
+    """Channels-last input with one channel per group takes 8 groups per vector (here 19 groups: two vectors and 3
+    groups by pixels), NCHW 8 pixels per vector: per output the same arithmetic, so both layouts give the same bits
+    (far inputs and a float16 table included), and the float64 reference agrees."""
+    with isa_path(native, isa):
+        torch.manual_seed(47)
+        for dtype in (None, torch.float16):
+            layer = LMKANConv2d(19, 19, 3, padding=1, groups=19, init_scale=2.0, table_dtype=dtype)
+            x = 2 * torch.randn(2, 19, 11, 10)
+            x = torch.where(torch.rand(x.shape) < 0.2, 40 * (2 * torch.rand(x.shape) - 1), x)
+            with torch.no_grad():
+                y_nchw = layer(x)
+                y_last = layer(x.contiguous(memory_format=torch.channels_last))
+            assert torch.equal(y_nchw, y_last.contiguous())
+            truth = reference_conv(layer, x)
+            assert (y_last.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()

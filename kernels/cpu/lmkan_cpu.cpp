@@ -123,6 +123,9 @@ struct Isa {
     void (*depthwise_backward[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t,
                                   float, const void*, const float*, int64_t, float*, float*, const Dims&,
                                   const float*);
+    // depthwise forward with 8 groups per vector (channels-last input, one channel per group), per dtype
+    void (*depthwise_groups[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
+                                const void*, int64_t, float*, int64_t, const Dims&);
 };
 
 namespace generic {
