@@ -126,6 +126,10 @@ struct Isa {
     // depthwise forward with 8 groups per vector (channels-last input, one channel per group), per dtype
     void (*depthwise_groups[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
                                 const void*, int64_t, float*, int64_t, const Dims&);
+    // its backward (lmkan_cpu_kernels_depthwise_backward.inc), per dtype
+    void (*depthwise_groups_backward[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*,
+                                         int32_t, float, const void*, int64_t, const float*, int64_t, float*, float*,
+                                         const Dims&, const float*);
 };
 
 namespace generic {
