@@ -53,13 +53,18 @@ def takes_linear_route(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[
 
 def normalized_pixels(x: torch.Tensor, stride: tuple[int, int], shift: torch.Tensor,
                       scale: torch.Tensor) -> torch.Tensor:
-    """x[:, :, ::sh, ::sw] * scale + shift per channel in one pass, written in channels_last memory, whose pixel
-    rows the Linear route then views for free (inference: an out= write has no autograd). Subsampling first
-    normalises only the pixels a strided 1x1 convolution reads (a quarter at stride 2)."""
+    """x[:, :, ::sh, ::sw] * scale + shift per channel in channels_last memory, whose pixel rows the Linear route
+    then views for free: one transposing copy, then the affine map in place on the copy (still in cache; 0.7-0.8x
+    the time of one addcmul from the strided view into channels_last memory); a channels_last input in one pass.
+    Inference only (in place, no autograd). Subsampling first normalises only the pixels a strided 1x1 convolution
+    reads (a quarter at stride 2)."""
     if tuple(stride) != (1, 1):
         x = x[:, :, ::stride[0], ::stride[1]]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=out)
+    shift, scale = shift.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)
+    if x.is_contiguous(memory_format=torch.channels_last):  # already rows: one pass, in the same layout
+        return torch.addcmul(shift, x, scale)
+    out = x.contiguous(memory_format=torch.channels_last)
+    return torch.addcmul(shift, out, scale, out=out)
 
 
 def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
