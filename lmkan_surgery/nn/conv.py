@@ -81,7 +81,7 @@ class LMKANConv2d(LMKANLayer):
         if self.input_norm == "batchnorm":
             x = self._normalize(x, 1)
         pads, stride = self._pads(), self.stride
-        if self._pixel_rows(x, pads):  # 1x1 inference: subsample, normalise and transpose in one pass
+        if self._pixel_rows(x, pads):  # 1x1 inference: subsample, transpose, normalise the copy in cache
             x, stride = normalized_pixels(x, stride, self.input_shift, self.input_scale), (1, 1)
         else:
             if any(pads):
@@ -95,9 +95,8 @@ class LMKANConv2d(LMKANLayer):
         if out_h < 1 or out_w < 1:
             raise ShapeError(f"input {tuple(x.shape[2:])} (after padding) is smaller than the kernel {self.kernel_size}")
         y = direct_conv2d(x, self.table, self.kernel_size, stride, self.dilation)  # inference, no patches
-        if y is None and torch.compiler.is_exporting():  # one chunk: a loop over the batch would specialise a
-            # dynamic batch size
-            y = self._forward_chunk(x, out_h, out_w)
+        if y is None and torch.compiler.is_exporting():
+            y = self._forward_chunk(x, out_h, out_w)  # one chunk: a batch loop would specialise a dynamic batch size
         elif y is None:
             per_image = self.in_channels * kh * kw * out_h * out_w
             step = max(1, PATCH_CHUNK_ELEMENTS // max(1, per_image))
