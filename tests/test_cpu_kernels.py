@@ -139,6 +139,43 @@ def test_grad_x_over_cell_differences_gives_the_table_row_bits(native, isa, dtyp
     assert torch.equal(gx_diff[:511], gx_rows)
 
 
+# grad_x over the cell-sorted records (a sort block of >= 4 samples per cell, cell differences too large for L2 or
+# too few samples for them): one block with a masked last vector; two blocks (2048 + 452) at 200 outputs; two
+# blocks (4096 + 104) at G = 23 with 9 outputs (one vector and a 1-column tail).
+RUNS_SHAPES = [(400, 5, 8, 45), (2500, 2, 16, 200), (4200, 2, 23, 9)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("shape", RUNS_SHAPES)
+def test_grad_x_over_sorted_runs_matches_reference(native, shape, isa):
+    """grad_x alone and with the table gradient (both share the sort) against float64, inputs up to 1e3 and 1e20
+    away (near and far records) and NaN rows (NaN exactly where the reference has it); a float16 table gives the
+    float32 table's bits, and 1 and 2 threads agree bitwise."""
+    threads = torch.get_num_threads()
+    for far in (1e3, 1e20):
+        x, table, grad_out = _inputs(shape, seed=sum(shape), far=far)
+        x[3, 1] = float("nan")
+        half = table.to(torch.float16)
+        with isa_path(native, isa):
+            gx_alone, _ = native.backward(grad_out, x, table, True, False)
+            gx, _ = native.backward(grad_out, x, table, True, True)
+            gx_half, _ = native.backward(grad_out, x, half, True, False)
+            gx_half32, _ = native.backward(grad_out, x, half.float(), True, False)
+            torch.set_num_threads(1)
+            gx_one, _ = native.backward(grad_out, x, table, True, False)
+            torch.set_num_threads(2)
+            gx_two, _ = native.backward(grad_out, x, table, True, False)
+            torch.set_num_threads(threads)
+        assert torch.equal(gx_alone.nan_to_num(), gx.nan_to_num())
+        assert torch.equal(gx_one.nan_to_num(), gx_two.nan_to_num())
+        assert torch.equal(gx_half.nan_to_num(), gx_half32.nan_to_num())
+        gx32 = backward_reference(grad_out, x, table, True, False)[0]
+        gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
+        assert torch.equal(torch.isnan(gx), torch.isnan(gx64)) and torch.isnan(gx[3]).any()
+        keep = ~torch.isnan(gx64)
+        _assert_as_accurate(gx[keep], gx32[keep], gx64[keep])
+
+
 def _separable_table(pairs, grids, n_out, gen):
     """T = A[i] + B[j] with entries on a 2^-12 lattice: no cross term (as exact init builds), exactly representable."""
     step = 2.0**-12
