@@ -44,7 +44,7 @@ constexpr size_t kHugeHintBytes = size_t{4} << 20;
 // An uninitialised float32 tensor that a kernel writes whole. From kHugeHintBytes on, the 2 MB-aligned part of its
 // fresh memory is marked MADV_HUGEPAGE first (Linux, THP in "madvise" mode), so its first touch costs one page fault
 // per 2 MB instead of one per 4 KB: the 144 MB table gradient of a 512 x 512 layer at G = 16 took about 37k faults
-// per backward, a third of its table-gradient time. Only a hint: where the kernel refuses, nothing changes.
+// per backward, a third of its table-gradient time. Only a hint: where Linux declines it, nothing changes.
 torch::Tensor fresh_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
     auto out = torch::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
