@@ -129,14 +129,52 @@ def test_counted_cells_equal_the_exp_cells_at_every_node(native, tmp_path):
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_grad_x_over_cell_differences_gives_the_table_row_bits(native, isa, dtype):
-    """At G = 8 grad_x runs over per-call cell differences from 512 samples on (8 G^2) and over the table rows below;
-    each sample's gradient depends on that sample alone, so the first 511 samples get the same bits either way."""
+    """At G = 8 grad_x runs over per-call cell differences from 512 samples on (8 G^2) and over the table rows below
+    324 samples (4 (G+1)^2; between them over the cell-sorted records); each sample's gradient depends on that
+    sample alone, so the first 323 samples get the same bits either way."""
     x, table, grad_out = _inputs((512, 5, 8, 45), seed=31)
     table = table.to(dtype)
     with isa_path(native, isa):
         gx_diff, _ = native.backward(grad_out, x, table, True, False)
-        gx_rows, _ = native.backward(grad_out[:511].contiguous(), x[:511].contiguous(), table, True, False)
-    assert torch.equal(gx_diff[:511], gx_rows)
+        gx_rows, _ = native.backward(grad_out[:323].contiguous(), x[:323].contiguous(), table, True, False)
+    assert torch.equal(gx_diff[:323], gx_rows)
+
+
+# grad_x over the cell-sorted records (a sort block of >= 4 samples per cell, cell differences too large for L2 or
+# too few samples for them): one block with a masked last vector; two blocks (2048 + 452) at 200 outputs; two
+# blocks (4096 + 104) at G = 23 with 9 outputs (one vector and a 1-column tail).
+RUNS_SHAPES = [(400, 5, 8, 45), (2500, 2, 16, 200), (4200, 2, 23, 9)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("shape", RUNS_SHAPES)
+def test_grad_x_over_sorted_runs_matches_reference(native, shape, isa):
+    """grad_x alone and with the table gradient (both share the sort) against float64, inputs up to 1e3 and 1e20
+    away (near and far records) and NaN rows (NaN exactly where the reference has it); a float16 table gives the
+    float32 table's bits, and 1 and 2 threads agree bitwise."""
+    threads = torch.get_num_threads()
+    for far in (1e3, 1e20):
+        x, table, grad_out = _inputs(shape, seed=sum(shape), far=far)
+        x[3, 1] = float("nan")
+        half = table.to(torch.float16)
+        with isa_path(native, isa):
+            gx_alone, _ = native.backward(grad_out, x, table, True, False)
+            gx, _ = native.backward(grad_out, x, table, True, True)
+            gx_half, _ = native.backward(grad_out, x, half, True, False)
+            gx_half32, _ = native.backward(grad_out, x, half.float(), True, False)
+            torch.set_num_threads(1)
+            gx_one, _ = native.backward(grad_out, x, table, True, False)
+            torch.set_num_threads(2)
+            gx_two, _ = native.backward(grad_out, x, table, True, False)
+            torch.set_num_threads(threads)
+        assert torch.equal(gx_alone.nan_to_num(), gx.nan_to_num())
+        assert torch.equal(gx_one.nan_to_num(), gx_two.nan_to_num())
+        assert torch.equal(gx_half.nan_to_num(), gx_half32.nan_to_num())
+        gx32 = backward_reference(grad_out, x, table, True, False)[0]
+        gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
+        assert torch.equal(torch.isnan(gx), torch.isnan(gx64)) and torch.isnan(gx[3]).any()
+        keep = ~torch.isnan(gx64)
+        _assert_as_accurate(gx[keep], gx32[keep], gx64[keep])
 
 
 def _separable_table(pairs, grids, n_out, gen):
