@@ -30,6 +30,7 @@ from ..errors import KernelBuildError
 from . import cache
 
 KERNELS_DIR = Path(__file__).resolve().parent
+HEADER_SUFFIXES = (".h", ".inc", ".cuh")  # files the sources include
 CACHE_ENV = "LMKAN_CACHE_DIR"
 DISABLE_ENV = "LMKAN_DISABLE_NATIVE"
 LOCK_TIMEOUT_S = 1800
@@ -42,12 +43,18 @@ class ExtensionSpec:
 
     name: str
     sources: tuple[str, ...]
-    depends: tuple[str, ...] = ()  # headers and included files: hashed, not compiled on their own
     cflags: tuple[str, ...] = ()
     ldflags: tuple[str, ...] = ()
     cuda_cflags: tuple[str, ...] = ()
     include_dirs: tuple[str, ...] = ()
     preflight: Callable[[], None] | None = field(default=None, compare=False)  # raises KernelBuildError
+
+    @property
+    def depends(self) -> tuple[str, ...]:
+        """Every header and included file in the include dirs (hashed, not compiled on their own): read from disk so
+        that a new .inc file can never be missing from the build hash (a stale cached binary)."""
+        return tuple(sorted(f"{folder}/{path.name}" for folder in self.include_dirs
+                            for path in (KERNELS_DIR / folder).iterdir() if path.suffix in HEADER_SUFFIXES))
 
 
 def _require_cxx() -> None:
@@ -115,12 +122,6 @@ SPECS: dict[str, ExtensionSpec] = {
     "cpu": ExtensionSpec(
         name="lmkan_cpu",
         sources=("cpu/torch_binding.cpp", "cpu/lmkan_cpu.cpp"),
-        depends=("cpu/lmkan_cpu.h", "cpu/lmkan_cpu_half.h", "cpu/lmkan_cpu_kernels.inc", "cpu/lmkan_cpu_forward.inc",
-                 "cpu/lmkan_cpu_backward.inc", "cpu/lmkan_cpu_conv.inc", "cpu/lmkan_cpu_conv_backward.inc",
-                 "cpu/lmkan_cpu_runs.inc", "cpu/lmkan_cpu_kernels_runs.inc", "cpu/lmkan_cpu_kernels_depthwise.inc",
-                 "cpu/lmkan_cpu_kernels_lanes.inc", "cpu/lmkan_cpu_lanes.inc", "cpu/lmkan_cpu_kernels_cells.inc",
-                 "cpu/lmkan_cpu_place.h", "cpu/lmkan_cpu_gram.h",
-                 "cpu/lmkan_cpu_kernels_depthwise_backward.inc"),
         cflags=("-O3", "-fopenmp"),
         ldflags=("-fopenmp",),
         include_dirs=("cpu",),
@@ -130,7 +131,6 @@ SPECS: dict[str, ExtensionSpec] = {
     "cuda": ExtensionSpec(
         name="lmkan_cuda",
         sources=("cuda/torch_binding.cpp", "cuda/lmkan_cuda.cu"),
-        depends=("cuda/lmkan_cuda.cuh", "cuda/lmkan_device.cuh"),
         cflags=("-O3",),
         cuda_cflags=("-O3", *_cuda_arch_flags()),
         include_dirs=("cuda",),

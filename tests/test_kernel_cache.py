@@ -127,3 +127,26 @@ def test_onnxruntime_library_cache_is_verified_too(tmp_path, monkeypatch):
     lib.write_bytes(b"garbage")
     with pytest.warns(UserWarning), pytest.raises(CustomOpLibraryError, match=f"delete the folder {out_dir}"):
         library._verified_build(out_dir, tmp_path, False, "c++")
+
+
+@pytest.mark.parametrize("kind", sorted(build.SPECS))
+def test_build_hash_covers_every_included_file(kind: str) -> None:
+    """Every file a kernel source includes (#include "...", transitively) is hashed: a change to a forgotten .inc
+    once left a stale cached binary in use."""
+    import re
+
+    spec = build.SPECS[kind]
+    hashed = set(spec.sources) | set(spec.depends)
+    pending, seen = list(hashed), set()
+    while pending:
+        rel = pending.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        text = (build.KERNELS_DIR / rel).read_text()
+        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.MULTILINE):
+            folder = Path(rel).parent
+            included = (folder / name).as_posix()
+            if (build.KERNELS_DIR / included).exists():
+                assert included in hashed, f"{rel} includes {included}, which the {kind} build hash leaves out"
+                pending.append(included)

@@ -41,12 +41,11 @@ void check_table(const torch::Tensor& x, const torch::Tensor& table) {
 // Outputs from this size on are marked for transparent huge pages before the kernel's first write.
 constexpr size_t kHugeHintBytes = size_t{4} << 20;
 
-// An uninitialised float32 tensor that a kernel writes whole. From kHugeHintBytes on, the 2 MB-aligned part of its
-// fresh memory is marked MADV_HUGEPAGE first (Linux, THP in "madvise" mode), so its first touch costs one page fault
+// `out` (fresh, uninitialised memory that a kernel writes whole) with, from kHugeHintBytes on, the 2 MB-aligned part
+// of its memory marked MADV_HUGEPAGE first (Linux, THP in "madvise" mode), so its first touch costs one page fault
 // per 2 MB instead of one per 4 KB: the 144 MB table gradient of a 512 x 512 layer at G = 16 took about 37k faults
 // per backward, a third of its table-gradient time. Only a hint: where Linux declines it, nothing changes.
-torch::Tensor fresh_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
-    auto out = torch::empty(sizes, options);
+torch::Tensor on_huge_pages(torch::Tensor out) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const size_t bytes = out.nbytes(), huge = size_t{2} << 20;
     if (bytes >= kHugeHintBytes) {
@@ -56,6 +55,11 @@ torch::Tensor fresh_output(at::IntArrayRef sizes, const torch::TensorOptions& op
     }
 #endif
     return out;
+}
+
+// An uninitialised float32 tensor that a kernel writes whole (see on_huge_pages).
+torch::Tensor fresh_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
+    return on_huge_pages(torch::empty(sizes, options));
 }
 
 void check_rc(int rc) { TORCH_CHECK(rc == LMKAN_CPU_OK, "lmkan cpu kernel failed: ", lmkan_cpu_error_string(rc)); }
@@ -123,7 +127,7 @@ torch::Tensor conv2d_forward(torch::Tensor x, torch::Tensor table, std::vector<i
     const lmkan_conv_geometry g = conv_geometry(x, table, kernel, step, dilation);
     const int64_t out_h = (g.height - g.dilation_h * (g.kernel_h - 1) - 1) / g.step_h + 1;
     const int64_t out_w = (g.width - g.dilation_w * (g.kernel_w - 1) - 1) / g.step_w + 1;
-    auto y = torch::empty({g.batch, out_h, out_w, g.out_channels}, x.options());
+    auto y = fresh_output({g.batch, out_h, out_w, g.out_channels}, x.options());
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -143,8 +147,8 @@ std::tuple<torch::Tensor, torch::Tensor> conv2d_backward(torch::Tensor grad_y, t
     TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.batch && grad_y.size(1) == g.out_channels,
                 "grad_y must be [N, out, OH, OW]");
     grad_y = grad_y.permute({0, 2, 3, 1}).contiguous();
-    auto grad_x = need_x ? torch::empty_like(x) : x.new_empty({0});
-    auto grad_table = need_table ? torch::empty(table.sizes(), x.options()) : x.new_empty({0});
+    auto grad_x = need_x ? on_huge_pages(torch::empty_like(x)) : x.new_empty({0});
+    auto grad_table = need_table ? fresh_output(table.sizes(), x.options()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
