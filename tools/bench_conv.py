@@ -55,6 +55,12 @@ QUICK_SHAPES = [("3x3 14x14x32", 2, 32, 32, 3, 1, 1, 14), ("depthwise 3x3 14x14x
                 ("1x1/2 14x14 32->48", 2, 32, 48, 1, 2, 1, 14)]
 
 
+def with_batches(shapes: list[tuple], batches: list[int]) -> list[tuple]:
+    """Each distinct layer of `shapes` once per batch size in `batches` (its own batch sizes dropped)."""
+    layers = list(dict.fromkeys((s[0],) + s[2:] for s in shapes))
+    return [(layer[0], batch) + layer[1:] for layer in layers for batch in batches]
+
+
 def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool) -> tuple[list[Method], float]:
     """The timed callables of one shape and the lmKAN table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--backward", action="store_true", help="also time forward+backward (direct and patch)")
     parser.add_argument("--only", help="comma-separated substrings of layer labels to run")
+    parser.add_argument("--batch", help="comma-separated batch sizes replacing each layer's own (e.g. 32: the "
+                                        "converted resnet18's timed batch)")
     parser.add_argument("--pointwise", action="store_true", help="the 1x1 layers of resnet18 and mobilenet_v2 instead")
     parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and nn.Conv2d weights)")
     parser.add_argument("--baseline", help="another build's extension .so to time beside this one")
@@ -185,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     shapes = QUICK_SHAPES if args.quick else POINTWISE_SHAPES if args.pointwise else SHAPES
     if args.only:
         shapes = [s for s in shapes if any(k in s[0] for k in args.only.split(","))]
+    if args.batch:
+        shapes = with_batches(shapes, [int(b) for b in args.batch.split(",")])
     warmup, rounds = (1, 2) if args.quick else (args.warmup, args.rounds)
     baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
