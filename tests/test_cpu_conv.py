@@ -374,3 +374,34 @@ def test_many_groups_backward_one_group_per_thread(native):
         rx, rt = _reference_grads(layer, x, dy)
         assert (runs[1][0].double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
         assert (runs[1][1].double() - rt).abs().max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_cell_sorted_records_built_from_the_located_input(native, isa, monkeypatch):
+    """The cell-sorted forward builds its sorted records straight from the located input per (pixel block, run of
+    32 pairs): 41 pairs per group (two runs, an odd patch with its zero partner), stride (2, 1), dilation (1, 2),
+    2 groups of 65 outputs, 780 pixels (two sample blocks), 10% of the inputs far outside the grid; against float64,
+    1 and 2 threads and both layouts bitwise equal."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    with isa_path(native, isa):
+        torch.manual_seed(13)
+        layer = LMKANConv2d(18, 130, 3, stride=(2, 1), padding=1, dilation=(1, 2), groups=2, num_grids=5,
+                            init_scale=2.0)
+        with torch.no_grad():
+            layer.bias.normal_()
+        x = torch.randn(3, 18, 26, 22)
+        x = torch.where(torch.rand(x.shape) < 0.1, 50 * (2 * torch.rand(x.shape) - 1), x)
+        truth = reference_conv(layer, x)
+        threads = torch.get_num_threads()
+        outs = []
+        try:
+            with torch.no_grad():
+                for count, memory_format in ((1, torch.contiguous_format), (2, torch.contiguous_format),
+                                             (2, torch.channels_last)):
+                    torch.set_num_threads(count)
+                    outs.append(layer(x.contiguous(memory_format=memory_format)))
+        finally:
+            torch.set_num_threads(threads)
+        assert outs[0].shape == (3, 130, 13, 20)
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+        assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
