@@ -108,9 +108,11 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
     return methods, layer.table_bytes() / 2**20
 
 
-def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> tuple[list[Method], float]:
+def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend,
+                   backward: bool = True) -> tuple[list[Method], float]:
     """The bare native calls of one shape (padded input, no layer around them: no normalisation, bias or
-    dispatch): forward and backward (both gradients) of this build and of the baseline build; and the table's MB."""
+    dispatch): forward and (unless backward is False) backward, both gradients, of this build and of the baseline
+    build; and the table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     layer = LMKANConv2d.from_conv(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups), grids)
@@ -121,8 +123,10 @@ def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend) -> tupl
     dy = torch.randn(current.conv2d_forward(x, table, *geometry).shape, generator=gen)
     methods = []
     for tag, backend in (("", current), ("baseline ", baseline)):
-        methods += [Method(f"{tag}kernel fwd", lambda b=backend: b.conv2d_forward(x, table, *geometry)),
-                    Method(f"{tag}kernel bwd", lambda b=backend: b.conv2d_backward(dy, x, table, *geometry, True, True))]
+        methods.append(Method(f"{tag}kernel fwd", lambda b=backend: b.conv2d_forward(x, table, *geometry)))
+        if backward:
+            methods.append(Method(f"{tag}kernel bwd",
+                                  lambda b=backend: b.conv2d_backward(dy, x, table, *geometry, True, True)))
     return methods, layer.table_bytes() / 2**20
 
 
@@ -134,6 +138,9 @@ def report_kernels(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
     for shape, mb, ms in rows:
         cells = [shape[0], str(shape[1]), f"{mb:.1f}"]
         for step in ("fwd", "bwd"):
+            if f"kernel {step}" not in ms:
+                cells += ["-", "-", "-"]
+                continue
             old, new = ms[f"baseline kernel {step}"].median_ms(), ms[f"kernel {step}"].median_ms()
             cells += [f"{old:.2f}", f"{new:.2f}", f"{new / old:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 2 rounds")
     parser.add_argument("--kernel", action="store_true",
                         help="time only the bare native forward and backward, before (--baseline) and after")
+    parser.add_argument("--forward-only", action="store_true", help="with --kernel: the forward alone")
     args = parser.parse_args(argv)
     if args.kernel and not args.baseline:
         parser.error("--kernel compares two builds: give --baseline PATH")
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in shapes:
         if args.kernel:
-            methods, mb = kernel_methods(shape, args.grids, baseline)
+            methods, mb = kernel_methods(shape, args.grids, baseline, not args.forward_only)
         else:
             methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
             methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
