@@ -55,6 +55,12 @@ QUICK_SHAPES = [("3x3 14x14x32", 2, 32, 32, 3, 1, 1, 14), ("depthwise 3x3 14x14x
                 ("1x1/2 14x14 32->48", 2, 32, 48, 1, 2, 1, 14)]
 
 
+def with_batches(shapes: list[tuple], batches: list[int]) -> list[tuple]:
+    """Each distinct layer of `shapes` once per batch size in `batches` (its own batch sizes dropped)."""
+    layers = list(dict.fromkeys((s[0],) + s[2:] for s in shapes))
+    return [(layer[0], batch) + layer[1:] for layer in layers for batch in batches]
+
+
 def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool) -> tuple[list[Method], float]:
     """The timed callables of one shape and the lmKAN table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
@@ -111,9 +117,10 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
 
 
 def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend,
-                   channels_last: bool = False) -> tuple[list[Method], float]:
+                   channels_last: bool = False, backward: bool = True) -> tuple[list[Method], float]:
     """The bare native calls of one shape (padded input, no layer around them: no normalisation, bias or
-    dispatch): forward and backward (both gradients) of this build and of the baseline build; and the table's MB."""
+    dispatch): forward and (unless backward is False) backward, both gradients, of this build and of the baseline
+    build; and the table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     layer = LMKANConv2d.from_conv(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups), grids)
@@ -126,8 +133,10 @@ def kernel_methods(shape: tuple, grids: int, baseline: dispatch.Backend,
     dy = torch.randn(current.conv2d_forward(x, table, *geometry).shape, generator=gen)
     methods = []
     for tag, backend in (("", current), ("baseline ", baseline)):
-        methods += [Method(f"{tag}kernel fwd", lambda b=backend: b.conv2d_forward(x, table, *geometry)),
-                    Method(f"{tag}kernel bwd", lambda b=backend: b.conv2d_backward(dy, x, table, *geometry, True, True))]
+        methods.append(Method(f"{tag}kernel fwd", lambda b=backend: b.conv2d_forward(x, table, *geometry)))
+        if backward:
+            methods.append(Method(f"{tag}kernel bwd",
+                                  lambda b=backend: b.conv2d_backward(dy, x, table, *geometry, True, True)))
     return methods, layer.table_bytes() / 2**20
 
 
@@ -139,6 +148,9 @@ def report_kernels(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
     for shape, mb, ms in rows:
         cells = [shape[0], str(shape[1]), f"{mb:.1f}"]
         for step in ("fwd", "bwd"):
+            if f"kernel {step}" not in ms:
+                cells += ["-", "-", "-"]
+                continue
             old, new = ms[f"baseline kernel {step}"].median_ms(), ms[f"kernel {step}"].median_ms()
             cells += [f"{old:.2f}", f"{new:.2f}", f"{new / old:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -197,12 +209,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--backward", action="store_true", help="also time forward+backward (direct and patch)")
     parser.add_argument("--only", help="comma-separated substrings of layer labels to run")
+    parser.add_argument("--batch", help="comma-separated batch sizes replacing each layer's own (e.g. 32: the "
+                                        "converted resnet18's timed batch)")
     parser.add_argument("--pointwise", action="store_true", help="the 1x1 layers of resnet18 and mobilenet_v2 instead")
     parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and nn.Conv2d weights)")
     parser.add_argument("--baseline", help="another build's extension .so to time beside this one")
     parser.add_argument("--quick", action="store_true", help="smoke test: small shapes, 1 warm-up, 2 rounds")
     parser.add_argument("--kernel", action="store_true",
                         help="time only the bare native forward and backward, before (--baseline) and after")
+    parser.add_argument("--forward-only", action="store_true", help="with --kernel: the forward alone")
     args = parser.parse_args(argv)
     if args.kernel and not args.baseline:
         parser.error("--kernel compares two builds: give --baseline PATH")
@@ -210,12 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     shapes = QUICK_SHAPES if args.quick else POINTWISE_SHAPES if args.pointwise else SHAPES
     if args.only:
         shapes = [s for s in shapes if any(k in s[0] for k in args.only.split(","))]
+    if args.batch:
+        shapes = with_batches(shapes, [int(b) for b in args.batch.split(",")])
     warmup, rounds = (1, 2) if args.quick else (args.warmup, args.rounds)
     baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
     for shape in shapes:
         if args.kernel:
-            methods, mb = kernel_methods(shape, args.grids, baseline, args.channels_last)
+            methods, mb = kernel_methods(shape, args.grids, baseline, args.channels_last, not args.forward_only)
         else:
             methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
             methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
