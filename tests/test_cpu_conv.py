@@ -10,43 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmkan_surgery.kernels import build
-from lmkan_surgery.errors import KernelBuildError
 from lmkan_surgery.nn import LMKANConv2d
 from lmkan_surgery.ops import dispatch
 from lmkan_surgery.ops.reference import forward_reference
 
+from conv_oracles import forward_at_threads_and_layouts, grads_at_threads, reference_conv, reference_grads
 from isa import isa_path
-
-
-@pytest.fixture(scope="module")
-def native():
-    try:
-        return build.load_native("cpu")
-    except KernelBuildError as err:
-        pytest.skip(str(err))
-
-
-def reference_conv(layer: LMKANConv2d, x: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-    """float64: pad, cut every window with explicit loops over the kernel offsets, look each group's (c, ky, kx)
-    patch up with the float64 reference (odd patches get a zero partner), add the bias."""
-    x = x.double()
-    pads = layer._pads()
-    if any(pads):
-        x = F.pad(x, pads, mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    n, c, h, w = x.shape
-    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-    cols = torch.stack([x[:, :, ky * dh: ky * dh + sh * (oh - 1) + 1: sh, kx * dw: kx * dw + sw * (ow - 1) + 1: sw]
-                        for ky in range(kh) for kx in range(kw)], dim=2)  # [n, c, kh*kw, oh, ow]
-    g = layer.groups
-    cols = cols.reshape(n, g, c // g * kh * kw, oh * ow).permute(0, 3, 1, 2)  # [n, L, g, K]
-    if cols.shape[-1] % 2:
-        cols = F.pad(cols, (0, 1))
-    table = layer.table.detach().double() if table is None else table
-    outs = [forward_reference(cols[:, :, i].reshape(-1, cols.shape[-1]), table[i]) for i in range(g)]
-    y = torch.cat(outs, dim=-1).reshape(n, oh, ow, layer.out_channels).permute(0, 3, 1, 2)
-    return y + layer.bias.detach().double().view(1, -1, 1, 1)
 
 
 def _random_layer(rng: random.Random) -> tuple[LMKANConv2d, tuple[int, ...]]:
@@ -145,13 +114,6 @@ def test_direct_conv_large_group_table(native, table_dtype):
     assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
 
 
-def _reference_grads(layer: LMKANConv2d, x: torch.Tensor, dy: torch.Tensor):
-    """float64 gradients of sum(dy * conv) for x and the table, by autograd through reference_conv."""
-    x64 = x.detach().double().requires_grad_(True)
-    table64 = layer.table.detach().double().requires_grad_(True)
-    return torch.autograd.grad(reference_conv(layer, x64, table64), [x64, table64], dy.double())
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_direct_conv_gradients_match_float64_reference(native, seed):
     """Eager training takes the kernel's backward: both gradients vs float64 autograd through the naive reference."""
@@ -164,7 +126,7 @@ def test_direct_conv_gradients_match_float64_reference(native, seed):
     y = layer(x)
     dy = torch.randn(y.shape, generator=gen)
     gx, gt = torch.autograd.grad(y, [x, layer.table], dy)
-    rx, rt = _reference_grads(layer, x, dy)
+    rx, rt = reference_grads(layer, x, dy)
     assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
     assert (gt.double() - rt).abs().max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
 
@@ -188,53 +150,6 @@ def test_direct_conv_backward_over_several_image_chunks_and_threads(native):
     assert torch.equal(grads[0][0], sum(g[0] for g in single))  # each image's rows come from its own call only
     table_sum = sum(g[1].double() for g in single)
     assert (grads[0][1].double() - table_sum).abs().max().item() <= 1e-5 * table_sum.abs().max().item()
-
-
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_depthwise_kernel_on_every_path(native, isa):
-    """One output channel per group takes the pixel-vectorised kernel (8 pixels per vector, a tail of 1-7): odd
-    channel count, strides (1, 2), both layouts, 20% of the inputs far outside the grid, a bfloat16 table."""
-    with isa_path(native, isa):
-        torch.manual_seed(7)
-        for dtype in (None, torch.bfloat16):
-            layer = LMKANConv2d(13, 13, 3, stride=(1, 2), padding=1, groups=13, init_scale=2.0, table_dtype=dtype)
-            with torch.no_grad():
-                layer.bias.normal_()
-            x = 3 * torch.randn(2, 13, 9, 19)
-            x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
-            truth = reference_conv(layer, x)
-            for memory_format in (torch.contiguous_format, torch.channels_last):
-                with torch.no_grad():
-                    y = layer(x.contiguous(memory_format=memory_format))
-                assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
-
-
-def test_depthwise_kernel_threads_and_inputs_up_to_1e30(native):
-    """1 and 2 threads agree bitwise (96 channels at 28x28: above the serial cut), and a depthwise layer whose table
-    has a zero cross term (T = A[i] + B[j], as exact conversion builds) stays finite and within float32 rounding of
-    the float64 reference for |x| up to 1e30 (the zero cross term is skipped, never inf * 0)."""
-    torch.manual_seed(8)
-    layer = LMKANConv2d(96, 96, 3, padding=1, groups=96)
-    step = 2.0**-12
-    shape = layer.table.shape  # [groups, P, n, n, 1]
-    a = torch.round(torch.randn(*shape[:3], 1, 1) / step) * step
-    b = torch.round(torch.randn(*shape[:2], 1, shape[3], 1) / step) * step
-    with torch.no_grad():
-        layer.table.copy_(a + b)
-    x = torch.randn(2, 96, 28, 28)
-    x = torch.where(torch.rand(x.shape) < 0.3, 1e30 * (2 * torch.rand(x.shape) - 1), x)
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        with torch.no_grad():
-            for count in (1, 2):
-                torch.set_num_threads(count)
-                outs.append(layer(x))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(outs[0], outs[1]) and torch.isfinite(outs[0]).all()
-    truth = reference_conv(layer, x)
-    assert (outs[0].double() - truth).abs().max().item() <= 1e-5 * truth.abs().max().item()
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -269,7 +184,7 @@ def test_pointwise_conv_takes_the_linear_kernel_and_matches_float64(native, isa,
         y = layer(x)
         dy = torch.randn(y.shape)
         gx, gt = torch.autograd.grad(y, [x, layer.table], dy)
-        rx, rt = _reference_grads(layer, x, dy)
+        rx, rt = reference_grads(layer, x, dy)
         assert (gx.double() - rx).abs().max().item() <= 2e-5 * rx.abs().max().item()
         assert (gt.double() - rt).abs().max().item() <= 2e-5 * rt.abs().max().item()
 
@@ -307,32 +222,10 @@ def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
             x = 3 * torch.randn(2, 6, 20, 20)
             x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
             truth = reference_conv(layer, x)
-            threads = torch.get_num_threads()
-            outs = []
-            try:
-                with torch.no_grad():
-                    for count, memory_format in ((1, torch.contiguous_format), (2, torch.contiguous_format),
-                                                 (2, torch.channels_last)):
-                        torch.set_num_threads(count)
-                        outs.append(layer(x.contiguous(memory_format=memory_format)))
-            finally:
-                torch.set_num_threads(threads)
+            outs = forward_at_threads_and_layouts(layer, x)
             assert torch.equal(outs[0], outs[1])
             for y in outs:
                 assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
-
-
-def _grads_at_threads(layer: LMKANConv2d, x: torch.Tensor, dy: torch.Tensor, counts=(1, 2)) -> list[tuple]:
-    """(grad_x, grad_table) of sum(dy * layer(x)) with each thread count."""
-    threads = torch.get_num_threads()
-    out = []
-    try:
-        for count in counts:
-            torch.set_num_threads(count)
-            out.append(torch.autograd.grad(layer(x), [x, layer.table], dy))
-    finally:
-        torch.set_num_threads(threads)
-    return out
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -352,78 +245,13 @@ def test_sorted_x_gradient_on_every_path(native, isa):
             x = x.contiguous(memory_format=torch.channels_last if seed % 2 else torch.contiguous_format)
             x.requires_grad_(True)
             dy = torch.randn(layer(x).shape)
-            runs = _grads_at_threads(layer, x, dy)
+            runs = grads_at_threads(layer, x, dy)
             assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
-            rx, rt = _reference_grads(layer, x, dy)
+            rx, rt = reference_grads(layer, x, dy)
             gx, gt = runs[0]
             assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
             rounding = torch.finfo(dtype).eps * rt.abs() if dtype else 0.0  # the table gradient comes in its dtype
             assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
-
-
-def test_many_groups_backward_one_group_per_thread(native):
-    """With at least twice as many groups as threads each group's backward runs on one thread (depthwise and a
-    grouped layer with 8 outputs per group): the same bits as on one thread, and the float64 gradients."""
-    torch.manual_seed(23)
-    for layer in (LMKANConv2d(12, 12, 3, padding=1, groups=12, init_scale=2.0),
-                  LMKANConv2d(8, 32, 3, stride=2, padding=1, groups=4, init_scale=2.0)):
-        x = (2 * torch.randn(3, layer.in_channels, 30, 30)).requires_grad_(True)
-        dy = torch.randn(layer(x).shape)
-        runs = _grads_at_threads(layer, x, dy)
-        assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
-        rx, rt = _reference_grads(layer, x, dy)
-        assert (runs[1][0].double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
-        assert (runs[1][1].double() - rt).abs().max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
-
-
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_depthwise_backward_pixel_vectorised_on_every_path(native, isa):
-    """One output per group and >= 2 groups: the pixel-vectorised backward (no records). NCHW stride 1 (8 consecutive
-    windows: vector loads and x-gradient stores), stride (1, 2) with dilation and channels_last (element by
-    element), 2 input channels per group, odd sizes (a 1-7 pixel tail), 15% of the inputs 12 away, float16 and
-    bfloat16 tables, x-only and table-only gradients: vs float64 autograd through the naive reference, 1 and 2
-    threads bitwise equal."""
-    with isa_path(native, isa):
-        cases = ((10, 10, 1, 1, torch.contiguous_format, None, 5),
-                 (7, 7, (1, 2), 2, torch.channels_last, torch.float16, 8),
-                 (12, 6, 1, (2, 1), torch.contiguous_format, torch.bfloat16, 3))
-        for seed, (c_in, groups, stride, dilation, memory_format, dtype, grids) in enumerate(cases):
-            torch.manual_seed(40 + seed)
-            layer = LMKANConv2d(c_in, groups, 3, stride, padding=1, dilation=dilation, groups=groups,
-                                num_grids=grids, init_scale=2.0, table_dtype=dtype)
-            x = 2 * torch.randn(2, c_in, 13, 11)
-            x = torch.where(torch.rand(x.shape) < 0.15, 12 * (2 * torch.rand(x.shape) - 1), x)
-            x = x.contiguous(memory_format=memory_format).requires_grad_(True)
-            dy = torch.randn(layer(x).shape)
-            runs = _grads_at_threads(layer, x, dy)
-            assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
-            rx, rt = _reference_grads(layer, x, dy)
-            gx, gt = runs[0]
-            assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
-            rounding = torch.finfo(dtype).eps * rt.abs() if dtype else 0.0  # the table gradient comes in its dtype
-            assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
-            (only_x,) = torch.autograd.grad(layer(x), [x], dy)
-            assert torch.equal(only_x, gx)  # the same kernel without the table gradient
-            (only_table,) = torch.autograd.grad(layer(x.detach()), [layer.table], dy)
-            assert torch.equal(only_table, gt)
-
-
-def test_depthwise_backward_batch_0_and_chunks_in_order(native):
-    """Batch 0 gives a zero table gradient; a batch of 3 (pixel blocks across image boundaries) gives the x
-    gradients of 3 one-image calls and their table gradients' sum (to float32 rounding: the blocks differ)."""
-    torch.manual_seed(45)
-    layer = LMKANConv2d(9, 9, 3, padding=1, groups=9, init_scale=2.0)
-    empty = torch.zeros(0, 9, 8, 8, requires_grad=True)
-    (gt0,) = torch.autograd.grad(layer(empty).sum(), [layer.table])
-    assert gt0.shape == layer.table.shape and not gt0.any()
-    x = torch.randn(3, 9, 17, 15, requires_grad=True)
-    dy = torch.randn(3, 9, 17, 15)
-    gx, gt = torch.autograd.grad(layer(x), [x, layer.table], dy)
-    single = [torch.autograd.grad(layer(x[i:i + 1]), [x, layer.table], dy[i:i + 1]) for i in range(3)]
-    own = sum(g[0].double() for g in single)  # each image's x gradient comes from its own pixels only
-    assert (gx.double() - own).abs().max().item() <= 1e-6 * own.abs().max().item()
-    total = sum(g[1].double() for g in single)
-    assert (gt.double() - total).abs().max().item() <= 1e-5 * total.abs().max().item()
 
 
 def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(native):
@@ -454,35 +282,6 @@ def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(nativ
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_depthwise_channels_last_groups_per_vector_same_bits(native, isa):
-    """Channels-last input with one channel per group takes 8 groups per vector (here 19 groups: two vectors and 3
-    groups by pixels), NCHW 8 pixels per vector: per output the same arithmetic, so both layouts give the same
-    forward bits (far inputs and a float16 table included), and the float64 reference agrees; the backward's runs of
-    8 groups: both gradients vs float64, 1 and 2 threads bitwise equal."""
-    with isa_path(native, isa):
-        torch.manual_seed(47)
-        for dtype in (None, torch.float16):
-            layer = LMKANConv2d(19, 19, 3, padding=1, groups=19, init_scale=2.0, table_dtype=dtype)
-            x = 2 * torch.randn(2, 19, 11, 10)
-            x = torch.where(torch.rand(x.shape) < 0.2, 40 * (2 * torch.rand(x.shape) - 1), x)
-            with torch.no_grad():
-                y_nchw = layer(x)
-                y_last = layer(x.contiguous(memory_format=torch.channels_last))
-            assert torch.equal(y_nchw, y_last.contiguous())
-            truth = reference_conv(layer, x)
-            assert (y_last.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
-            x_last = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            dy = torch.randn(y_last.shape)
-            runs = _grads_at_threads(layer, x_last, dy)
-            assert all(torch.equal(a, b) for a, b in zip(*runs))
-            rx, rt = _reference_grads(layer, x_last, dy)
-            gx, gt = runs[0]
-            assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item())
-            rounding = torch.finfo(dtype).eps * rt.abs() if dtype else 0.0  # the table gradient comes in its dtype
-            assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item())
-
-
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_cell_sorted_records_built_from_the_located_input(native, isa, monkeypatch):
     """The cell-sorted forward builds its sorted records straight from the located input per (pixel block, run of
     32 pairs): 41 pairs per group (two runs, an odd patch with its zero partner), stride (2, 1), dilation (1, 2),
@@ -498,16 +297,7 @@ def test_cell_sorted_records_built_from_the_located_input(native, isa, monkeypat
         x = torch.randn(3, 18, 26, 22)
         x = torch.where(torch.rand(x.shape) < 0.1, 50 * (2 * torch.rand(x.shape) - 1), x)
         truth = reference_conv(layer, x)
-        threads = torch.get_num_threads()
-        outs = []
-        try:
-            with torch.no_grad():
-                for count, memory_format in ((1, torch.contiguous_format), (2, torch.contiguous_format),
-                                             (2, torch.channels_last)):
-                    torch.set_num_threads(count)
-                    outs.append(layer(x.contiguous(memory_format=memory_format)))
-        finally:
-            torch.set_num_threads(threads)
+        outs = forward_at_threads_and_layouts(layer, x)
         assert outs[0].shape == (3, 130, 13, 20)
         assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
         assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()

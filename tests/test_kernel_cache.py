@@ -150,3 +150,28 @@ def test_build_hash_covers_every_included_file(kind: str) -> None:
             if (build.KERNELS_DIR / included).exists():
                 assert included in hashed, f"{rel} includes {included}, which the {kind} build hash leaves out"
                 pending.append(included)
+
+
+def test_build_errors_name_the_cause(monkeypatch, tmp_path):
+    with pytest.raises(KernelBuildError, match="no native 'tpu' kernels"):
+        build.load_native("tpu")
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(KernelBuildError, match="no C\\+\\+ compiler"):
+        build.SPECS["cpu"].preflight()
+    monkeypatch.delenv("CXX")
+    (tmp_path / "broken.cpp").write_text("int main( { return 0; }\n")
+    monkeypatch.setattr(build, "KERNELS_DIR", tmp_path)
+    monkeypatch.setitem(build.SPECS, "broken", build.ExtensionSpec(name="lmkan_broken", sources=("broken.cpp",)))
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(KernelBuildError, match="error"):
+        build.load_native("broken")
+
+
+def test_cache_folder_tracks_sources_flags_and_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    first = build.cache_dir("cpu")
+    assert first.parent == tmp_path and first.name.startswith("lmkan_cpu-")
+    spec = build.SPECS["cpu"]
+    changed = build.ExtensionSpec(**{**spec.__dict__, "cflags": spec.cflags + ("-DLMKAN_TEST_FLAG",)})
+    monkeypatch.setitem(build.SPECS, "cpu", changed)
+    assert build.cache_dir("cpu") != first
