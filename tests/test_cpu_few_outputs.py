@@ -8,7 +8,7 @@ import torch
 
 from lmkan_surgery.ops.reference import forward_reference
 from isa import isa_path
-from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, _separable_table, native  # noqa: F401  (native: the module fixture)
+from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, _separable_table
 
 # (B, P, G, N_out): every few-output count, batches not a multiple of 8, G above 16 (the grid read from memory, not
 # registers), N_out = 8 and 9 around the switch, and wide layers with a narrow rest (13, 61: vector tails).
