@@ -210,16 +210,17 @@ def test_pointwise_conv_one_and_two_threads_bitwise_equal(native):
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
     """Group tables over the cell-sorted threshold (lowered to 0 here) with more than 64 outputs and enough pixels
-    per cell take the cell-sorted accumulation: 2 groups of 70 outputs (a tile and a narrow rest), 800 pixels (two
-    sample blocks), both layouts, 20% of the inputs far outside the grid, a float16 table, 1 and 2 threads."""
+    per cell take the cell-sorted accumulation: 2 groups of 70 outputs (a tile and a narrow rest), 400 pixels (one
+    pixel block: at 2 threads its two tiles run as two tasks), 800 (one block, two at 2 threads) and 1200 (two
+    blocks), both layouts, 20% of the inputs far outside the grid, a float16 table, 1 and 2 threads."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     with isa_path(native, isa):
         torch.manual_seed(11)
-        for dtype in (None, torch.float16):
+        for dtype, images in ((None, 1), (torch.float16, 2), (None, 3)):
             layer = LMKANConv2d(6, 140, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
             with torch.no_grad():
                 layer.bias.normal_()
-            x = 3 * torch.randn(2, 6, 20, 20)
+            x = 3 * torch.randn(images, 6, 20, 20)
             x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
             truth = reference_conv(layer, x)
             outs = forward_at_threads_and_layouts(layer, x)
@@ -283,10 +284,10 @@ def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(nativ
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_cell_sorted_records_built_from_the_located_input(native, isa, monkeypatch):
-    """The cell-sorted forward builds its sorted records straight from the located input per (pixel block, run of
-    32 pairs): 41 pairs per group (two runs, an odd patch with its zero partner), stride (2, 1), dilation (1, 2),
-    2 groups of 65 outputs, 780 pixels (two sample blocks), 10% of the inputs far outside the grid; against float64,
-    1 and 2 threads and both layouts bitwise equal."""
+    """The cell-sorted forward sorts each pair's records of a pixel block straight from the located input: 41
+    pairs per group (an odd patch with its zero partner), stride (2, 1), dilation (1, 2), 2 groups of 65 outputs,
+    1300 pixels (two pixel blocks of 650), 10% of the inputs far outside the grid; against float64, 1 and 2 threads
+    and both layouts bitwise equal."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     with isa_path(native, isa):
         torch.manual_seed(13)
@@ -294,11 +295,11 @@ def test_cell_sorted_records_built_from_the_located_input(native, isa, monkeypat
                             init_scale=2.0)
         with torch.no_grad():
             layer.bias.normal_()
-        x = torch.randn(3, 18, 26, 22)
+        x = torch.randn(5, 18, 26, 22)
         x = torch.where(torch.rand(x.shape) < 0.1, 50 * (2 * torch.rand(x.shape) - 1), x)
         truth = reference_conv(layer, x)
         outs = forward_at_threads_and_layouts(layer, x)
-        assert outs[0].shape == (3, 130, 13, 20)
+        assert outs[0].shape == (5, 130, 13, 20)
         assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
         assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
 
