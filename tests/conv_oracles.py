@@ -64,3 +64,17 @@ def forward_at_threads_and_layouts(layer: LMKANConv2d, x: torch.Tensor) -> list[
     finally:
         torch.set_num_threads(threads)
     return outs
+
+
+def check_gradients(layer: LMKANConv2d, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_table) of sum(dy * layer(x)), asserted bitwise equal on 1 and 2 threads and within 2e-5 of the
+    float64 reference (the table gradient within its dtype's rounding on top)."""
+    runs = grads_at_threads(layer, x, dy)
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
+    rx, rt = reference_grads(layer, x, dy)
+    gx, gt = runs[0]
+    assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
+    dtype = layer.table.dtype
+    rounding = torch.finfo(dtype).eps * rt.abs() if dtype != torch.float32 else 0.0  # the gradient comes in its dtype
+    assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+    return gx, gt

@@ -9,7 +9,7 @@ import torch
 
 from lmkan_surgery.nn import LMKANConv2d
 
-from conv_oracles import grads_at_threads, reference_conv, reference_grads
+from conv_oracles import check_gradients, grads_at_threads, reference_conv, reference_grads
 from isa import isa_path
 
 
@@ -94,13 +94,7 @@ def test_depthwise_backward_pixel_vectorised_on_every_path(native, isa):
             x = torch.where(torch.rand(x.shape) < 0.15, 12 * (2 * torch.rand(x.shape) - 1), x)
             x = x.contiguous(memory_format=memory_format).requires_grad_(True)
             dy = torch.randn(layer(x).shape)
-            runs = grads_at_threads(layer, x, dy)
-            assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
-            rx, rt = reference_grads(layer, x, dy)
-            gx, gt = runs[0]
-            assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item()), layer
-            rounding = torch.finfo(dtype).eps * rt.abs() if dtype else 0.0  # the table gradient comes in its dtype
-            assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item()), layer
+            gx, gt = check_gradients(layer, x, dy)
             (only_x,) = torch.autograd.grad(layer(x), [x], dy)
             assert torch.equal(only_x, gx)  # the same kernel without the table gradient
             (only_table,) = torch.autograd.grad(layer(x.detach()), [layer.table], dy)
@@ -145,10 +139,4 @@ def test_depthwise_channels_last_groups_per_vector_same_bits(native, isa):
             assert (y_last.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
             x_last = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
             dy = torch.randn(y_last.shape)
-            runs = grads_at_threads(layer, x_last, dy)
-            assert all(torch.equal(a, b) for a, b in zip(*runs))
-            rx, rt = reference_grads(layer, x_last, dy)
-            gx, gt = runs[0]
-            assert (gx.double() - rx).abs().max().item() <= 2e-5 * max(1.0, rx.abs().max().item())
-            rounding = torch.finfo(dtype).eps * rt.abs() if dtype else 0.0  # the table gradient comes in its dtype
-            assert ((gt.double() - rt).abs() - rounding).max().item() <= 2e-5 * max(1.0, rt.abs().max().item())
+            check_gradients(layer, x_last, dy)
