@@ -209,15 +209,16 @@ def test_pointwise_conv_one_and_two_threads_bitwise_equal(native):
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
-    """Group tables over the cell-sorted threshold (lowered to 0 here) with more than 64 outputs and enough pixels
+    """Group tables over the cell-sorted threshold (lowered to 0 here) with 64 outputs or more and enough pixels
     per cell take the cell-sorted accumulation: 2 groups of 70 outputs (a tile and a narrow rest), 400 pixels (one
     pixel block: at 2 threads its two tiles run as two tasks), 800 (one block, two at 2 threads) and 1200 (two
-    blocks), both layouts, 20% of the inputs far outside the grid, a float16 table, 1 and 2 threads."""
+    blocks); 2 groups of exactly one 64-output tile (resnet18's layer1 shape class), 800 pixels; both layouts, 20%
+    of the inputs far outside the grid, a float16 table, 1 and 2 threads."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     with isa_path(native, isa):
         torch.manual_seed(11)
-        for dtype, images in ((None, 1), (torch.float16, 2), (None, 3)):
-            layer = LMKANConv2d(6, 140, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
+        for dtype, images, outputs in ((None, 1, 140), (torch.float16, 2, 140), (None, 3, 140), (None, 2, 128)):
+            layer = LMKANConv2d(6, outputs, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
             with torch.no_grad():
                 layer.bias.normal_()
             x = 3 * torch.randn(images, 6, 20, 20)
