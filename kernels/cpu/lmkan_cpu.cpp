@@ -86,7 +86,9 @@ struct LaneScratch {
 
 struct Isa {
     const char* name;
-    int64_t sweep;  // widest table-gradient sweep (output columns): 4 corners x sweep / 8 vectors fit the registers
+    // widest sweep (output columns) of the cell-sorted kernels (forward_runs, grad_table): 4 corners x sweep / 8
+    // vectors fit the registers; 64 on AVX-512 (4 corners x 4 zmm)
+    int64_t sweep;
     void (*locate_span)(const float*, int64_t, int64_t, const float*, const float*, int32_t*, float*);
     void (*precompute_fwd)(const float*, FwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
@@ -167,10 +169,11 @@ namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma,f16c")
 #endif
-// The same 8-lane code with AVX-512VL: 32 vector registers, so the table gradient sweeps 32 columns at a time.
+// The same 8-lane code with AVX-512VL: 32 vector registers, and 16-lane zmm vectors (vz) where they pay: the 64-output
+// forward tile and the cell-sorted kernels' 64-column sweeps (4 corners x 4 zmm).
 namespace avx512 {
 #define ISA_NAME "avx512"
-#define ISA_SWEEP 32
+#define ISA_SWEEP 64
 #define ISA_F16C 1
 #include "lmkan_cpu_kernels.inc"
 #undef ISA_F16C
