@@ -96,7 +96,7 @@ def _check(layer: LMKANConv2d, x: torch.Tensor, calls: list) -> None:
 def test_one_call_layer_matches_the_steps_and_float64(native, isa, monkeypatch):
     """The fused path's shapes: 7 pairs -> 11 outputs (a narrow tile), 9 -> 70 (a tile and a narrow rest), 20 -> 3
     (the few-output path); strides 1, 2 and (2, 1); NCHW, channels_last and a cropped (strided) view; batch 0, 1
-    and 3; bias and none; float32, float16 and bfloat16 tables."""
+    and 3 (and one unbatched CHW image); bias and none; float32, float16 and bfloat16 tables."""
     calls = _count_calls(monkeypatch)
     with isa_path(native, isa):
         cases = ((14, 11, 1, 8, None, True, 3), (18, 70, 2, 5, torch.bfloat16, False, 1),
@@ -106,6 +106,9 @@ def test_one_call_layer_matches_the_steps_and_float64(native, isa, monkeypatch):
             x = _inputs(layer, batch, 9, 8, seed)
             for view in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, 1:, :-1]):
                 _check(layer, view, calls)
+            if batch:
+                with torch.no_grad():  # unbatched CHW, as nn.Conv2d takes it
+                    assert torch.equal(layer(x[0]), layer(x[:1])[0])
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
