@@ -251,9 +251,10 @@ def test_sorted_x_gradient_on_every_path(native, isa):
 
 
 def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(native):
-    """A 1x1 layer with affine input normalisation (as from_conv builds) in inference: subsampled, normalised and
-    transposed in one pass, the bias added while writing nn.Conv2d's output layout (NCHW in -> contiguous,
-    channels_last in -> channels_last): vs float64 on the normalised input and vs the training route's values."""
+    """A 1x1 layer with affine input normalisation (as from_conv builds) in inference: normalised, looked up and
+    biased in one native call (tests/test_cpu_pointwise.py has its cases), written in nn.Conv2d's output layout
+    (NCHW in -> contiguous, channels_last in -> channels_last): vs float64 on the normalised input and vs the
+    training route's values."""
     torch.manual_seed(46)
     for stride in (1, 2, (2, 1)):
         conv = torch.nn.Conv2d(16, 12, 1, stride)

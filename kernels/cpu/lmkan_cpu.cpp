@@ -356,6 +356,7 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
 #include "lmkan_cpu_backward.inc"
 #include "lmkan_cpu_conv.inc"
 #include "lmkan_cpu_conv_backward.inc"
+#include "lmkan_cpu_pointwise.inc"
 
 extern "C" const char* lmkan_cpu_isa(void) { return active_isa().name; }
 

@@ -69,6 +69,19 @@ int lmkan_cpu_conv2d_forward(const float* x, const void* table, int table_dtype,
 int lmkan_cpu_conv2d_backward(const float* grad_y, const float* x, const void* table, int table_dtype, float* grad_x,
                               float* grad_table, const lmkan_conv_geometry* geometry, int64_t grids, int num_threads);
 
+/* A 1x1 convolution's input x [batch, 2 pairs, height, width] and output y [batch, n_out, height, width], each by
+ * its element strides (n, c, h, w): NCHW, channels-last or any strided view (e.g. a stride-2 subsample). */
+typedef struct {
+    int64_t batch, height, width, x_stride[4], y_stride[4];
+} lmkan_pointwise_geometry;
+
+/* One-group 1x1 lmKAN convolution with the input's per-channel affine map and the bias folded in:
+ * y[i, o, r, q] = bias[o] + lookup(fma(x[i, c, r, q], scale[c], shift[c]) over c) (bias may be NULL): the values
+ * of lmkan_cpu_forward_typed over the pixels' normalised rows, without the transposed copies. */
+int lmkan_cpu_pointwise_forward(const float* x, const float* scale, const float* shift, const void* table,
+                                int table_dtype, const float* bias, float* y, const lmkan_pointwise_geometry* geometry,
+                                int64_t pairs, int64_t grids, int64_t n_out, int num_threads);
+
 /* Name of the active instruction-set path: "avx512", "avx2" or "generic". */
 const char* lmkan_cpu_isa(void);
 

@@ -237,11 +237,57 @@ void select_isa(const std::string& name) {
 
 }  // namespace
 
+// A float32 CPU vector of n elements, contiguous (or an undefined tensor where `optional` allows).
+torch::Tensor channel_vector(const c10::optional<torch::Tensor>& t, int64_t n, const char* name, bool optional) {
+    if (!t.has_value() || !t->defined()) {
+        TORCH_CHECK(optional, name, " is required");
+        return torch::Tensor();
+    }
+    check_float_cpu(*t, name);
+    TORCH_CHECK(t->numel() == n, name, " must have ", n, " elements");
+    return t->contiguous();
+}
+
+// The one-group 1x1 convolution of x [N, C, H, W] (any strides) at stride `step`, with the affine map x * scale +
+// shift per channel before the lookup (table [P, G+1, G+1, out], C = 2P) and the bias after it; the output in
+// nn.Conv2d's layout for x (channels-last memory for a channels-last input, else contiguous).
+torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Tensor shift, torch::Tensor table,
+                                c10::optional<torch::Tensor> bias, std::vector<int64_t> step) {
+    check_float_cpu(x, "x");
+    TORCH_CHECK(x.dim() == 4 && table.dim() == 4 && table.size(1) == table.size(2) && x.size(1) == 2 * table.size(0) &&
+                    step.size() == 2 && step[0] > 0 && step[1] > 0,
+                "expected x [N, 2P, H, W], table [P, G+1, G+1, out] and a positive 2-element step");
+    const int dt = table_dtype(table);
+    table = table.contiguous();
+    const int64_t n_out = table.size(3);
+    scale = channel_vector(scale, x.size(1), "scale", false);
+    shift = channel_vector(shift, x.size(1), "shift", false);
+    const torch::Tensor b = channel_vector(bias, n_out, "bias", true);
+    const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
+    const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    auto y = on_huge_pages(torch::empty({x.size(0), n_out, x.size(2), x.size(3)}, x.options().memory_format(layout)));
+    const lmkan_pointwise_geometry g{x.size(0), x.size(2), x.size(3), {x.stride(0), x.stride(1), x.stride(2),
+                                     x.stride(3)}, {y.stride(0), y.stride(1), y.stride(2), y.stride(3)}};
+    const int threads = at::get_num_threads();
+    {
+        pybind11::gil_scoped_release no_gil;
+        check_rc(lmkan_cpu_pointwise_forward(x.data_ptr<float>(), scale.data_ptr<float>(), shift.data_ptr<float>(),
+                                             table.data_ptr(), dt, b.defined() ? b.data_ptr<float>() : nullptr,
+                                             y.data_ptr<float>(), &g, table.size(0), table.size(1) - 1, n_out,
+                                             threads));
+    }
+    return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "lmKAN native CPU kernels (C++/OpenMP)";
     m.def("forward", &forward, "y = lookup(x [B, 2P], table [P, G+1, G+1, N_out]); table float32, float16 or bfloat16");
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
+    m.def("pointwise_forward", &pointwise_forward, pybind11::arg("x"), pybind11::arg("scale"), pybind11::arg("shift"),
+          pybind11::arg("table"), pybind11::arg("bias"), pybind11::arg("step"),
+          "1x1 one-group convolution with the affine input map and the bias folded in (inference)");
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
     m.def("bilinear_gram_add", &bilinear_gram_add, "gram += D^T D of bilinear design rows (upper blocks; mirror)");
     m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");

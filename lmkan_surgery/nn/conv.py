@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, ShapeError
-from ..ops.conv import add_bias, direct_conv2d, normalized_pixels, takes_linear_route
+from ..ops.conv import add_bias, direct_conv2d, normalized_pixels, pointwise_inference, takes_linear_route
 from .base import LMKANLayer
 from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, random_table, table_shape
@@ -81,7 +81,10 @@ class LMKANConv2d(LMKANLayer):
         if self.input_norm == "batchnorm":
             x = self._normalize(x, 1)
         pads, stride = self._pads(), self.stride
-        if self._pixel_rows(x, pads):  # 1x1 inference: subsample, transpose, normalise the copy in cache
+        if self._pixel_rows(x, pads):  # 1x1 inference: one native call, else subsample, transpose, normalise
+            y = pointwise_inference(x, self.table, stride, self.input_shift, self.input_scale, self.bias)
+            if y is not None:
+                return y.squeeze(0) if unbatched else y
             x, stride = normalized_pixels(x, stride, self.input_shift, self.input_scale), (1, 1)
         else:
             if any(pads):

@@ -33,6 +33,7 @@ class Backend:
     conv2d_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     place: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # one-pass quantile placement
     gram: Callable[..., None] | None = None  # adds the normal matrix of bilinear design rows (table fitting)
+    pointwise_forward: Callable[..., torch.Tensor] | None = None  # 1x1 inference with normalisation and bias
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -61,7 +62,8 @@ def _native_backend(kind: str) -> Backend | None:
             _native_cache[kind] = Backend(kind, module.forward, _undefined_as_none(module.backward),
                                           getattr(module, "conv2d_forward", None),
                                           getattr(module, "conv2d_backward", None), getattr(module, "place", None),
-                                          getattr(module, "bilinear_gram_add", None))
+                                          getattr(module, "bilinear_gram_add", None),
+                                          getattr(module, "pointwise_forward", None))
     return _native_cache[kind]
 
 
