@@ -319,3 +319,22 @@ def test_avx512_zmm_tile_gives_the_avx2_bits(native):
     assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
     reference = forward_reference(x.double(), table.double())
     assert (outs["avx512"][0].double() - reference).abs().max().item() <= 1e-5 * reference.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_fused_backward_over_pair_chunks_and_pixel_blocks(native, isa):
+    """In training from 8 outputs per group both gradients run fused, per (pixel block, pair), over records sorted
+    in L1: 2 groups of 65 outputs (a full tile and a 1-wide rest) and 68 pairs each (an odd patch; two pair-chunk
+    tasks at G = 3), 1152 pixels (two equal blocks of 576), channels_last, 10% of the inputs far outside the grid;
+    then one image (one block) with a float16 table, stride 2 and an odd channel count. Both gradients vs float64,
+    1 and 2 threads bitwise equal."""
+    with isa_path(native, isa):
+        torch.manual_seed(31)
+        layer = LMKANConv2d(30, 130, 3, padding=1, groups=2, num_grids=3, init_scale=2.0)
+        x = torch.randn(2, 30, 24, 24)
+        x = torch.where(torch.rand(x.shape) < 0.1, 40 * (2 * torch.rand(x.shape) - 1), x)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        check_gradients(layer, x, torch.randn(2, 130, 24, 24))
+        layer = LMKANConv2d(7, 16, 3, stride=2, padding=1, num_grids=5, init_scale=2.0, table_dtype=torch.float16)
+        x = (2 * torch.randn(1, 7, 17, 15)).requires_grad_(True)
+        check_gradients(layer, x, torch.randn(1, 16, 9, 8))

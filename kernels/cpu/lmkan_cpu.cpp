@@ -97,7 +97,8 @@ struct Isa {
     // forward, grad_x and widen per table storage dtype (LMKAN_CPU_FLOAT32, FLOAT16, BFLOAT16)
     void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, const Dims&, bool);
-    void (*grad_table)(const CellRec*, int64_t, const float*, float*, int64_t, int64_t, const Dims&);
+    // table gradient over cell-sorted records: output-gradient rows at a given stride (packed: the sweep's width)
+    void (*grad_table)(const CellRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, const Dims&);
     // table gradient sample by sample, unsorted (grad_table_by_samples in lmkan_cpu_backward.inc)
     void (*grad_table_samples)(const BwdRec*, const float*, float*, int64_t, int64_t, const Dims&);
     void (*grad_x[3])(const BwdRec*, const void*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
@@ -355,6 +356,7 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
 #include "lmkan_cpu_forward.inc"
 #include "lmkan_cpu_backward.inc"
 #include "lmkan_cpu_conv.inc"
+#include "lmkan_cpu_conv_backward_fused.inc"
 #include "lmkan_cpu_conv_backward.inc"
 #include "lmkan_cpu_pointwise.inc"
 
