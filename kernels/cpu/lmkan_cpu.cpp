@@ -87,6 +87,7 @@ struct LaneScratch {
 struct Isa {
     const char* name;
     int64_t sweep;  // widest table-gradient sweep (output columns): 4 corners x sweep / 8 vectors fit the registers
+    int64_t runs_sweep;  // widest sweep of the cell-sorted forward's runs (forward_runs)
     void (*locate_span)(const float*, int64_t, int64_t, const float*, const float*, int32_t*, float*);
     void (*precompute_fwd)(const float*, FwdRec*, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&,
                            const float*, const float*, int32_t*, float*);
