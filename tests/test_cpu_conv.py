@@ -326,8 +326,9 @@ def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
     its pairs' terms in pair order, so AVX-512 and AVX2 (8 lanes, 16-column sweeps, the same operations) give the same
     bits, within float64's tolerance. 140 outputs (two 64-column sweeps, an 8-column one and a narrow rest), 27 pairs
     (three groups of 8 and a tail of 3), 5 pairs (one short group, an odd patch), two groups of 64 outputs (one sweep:
-    one pair per sort); float32, float16 and bfloat16 tables; 15% of the inputs far outside the grid; the lookup's
-    cell-sorted forward (the same runs) on 300 samples."""
+    one pair per sort); 798 pixels (sort keys built 8 pixels per vector, a scalar tail of 6); float32, float16 and
+    bfloat16 tables; 15% of the inputs far outside the grid; the lookup's cell-sorted forward (the same runs) on 300
+    samples."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     torch.manual_seed(17)
     cases = ((6, 140, 1, None), (1, 140, 1, torch.float16), (12, 128, 2, torch.bfloat16))
