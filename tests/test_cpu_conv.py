@@ -338,3 +338,32 @@ def test_fused_backward_over_pair_chunks_and_pixel_blocks(native, isa):
         layer = LMKANConv2d(7, 16, 3, stride=2, padding=1, num_grids=5, init_scale=2.0, table_dtype=torch.float16)
         x = (2 * torch.randn(1, 7, 17, 15)).requires_grad_(True)
         check_gradients(layer, x, torch.randn(1, 16, 9, 8))
+
+
+def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
+    """The cell-sorted forward's runs take 16-lane (zmm) vectors and 64-column sweeps on the AVX-512 path, and the
+    direct convolution sorts 8 pairs at a time, each sweep then taking those pairs in order: every output still adds
+    its pairs' terms in pair order, so AVX-512 and AVX2 (8 lanes, 16-column sweeps, the same operations) give the same
+    bits, within float64's tolerance. 140 outputs (two 64-column sweeps, an 8-column one and a narrow rest), 27 pairs
+    (three groups of 8 and a tail of 3), 5 pairs (one short group, an odd patch), two groups of 64 outputs (one sweep:
+    one pair per sort); 798 pixels (sort keys built 8 pixels per vector, a scalar tail of 6); float32, float16 and
+    bfloat16 tables; 15% of the inputs far outside the grid; the lookup's cell-sorted forward (the same runs) on 300
+    samples."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    torch.manual_seed(17)
+    cases = ((6, 140, 1, None), (1, 140, 1, torch.float16), (12, 128, 2, torch.bfloat16))
+    layers = [LMKANConv2d(c_in, c_out, 3, padding=1, groups=groups, num_grids=5, init_scale=2.0, table_dtype=dtype)
+              for c_in, c_out, groups, dtype in cases]
+    xs = [3 * torch.randn(2, layer.in_channels, 19, 21) for layer in layers]
+    xs = [torch.where(torch.rand(x.shape) < 0.15, 1e3 * (2 * torch.rand(x.shape) - 1), x) for x in xs]
+    samples = torch.where(torch.rand(300, 18) < 0.15, 1e3 * torch.randn(300, 18), 3 * torch.randn(300, 18))
+    table = torch.randn(9, 6, 6, 140)
+    outs = {}
+    for isa in ("avx512", "avx2"):
+        with isa_path(native, isa), torch.no_grad():
+            outs[isa] = [layer(x) for layer, x in zip(layers, xs)] + [native.forward(samples, table)]
+    assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
+    truths = [reference_conv(layer, x) for layer, x in zip(layers, xs)]
+    truths.append(forward_reference(samples.double(), table.double()))
+    for y, truth in zip(outs["avx512"], truths):
+        assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()

@@ -110,6 +110,9 @@ struct Isa {
     void (*widen[3])(const void*, float*, int64_t);
     // forward over cell-sorted records (forward_sorted in lmkan_cpu_forward.inc), per table storage dtype
     void (*forward_runs[3])(const CellRec*, int64_t, const void*, int64_t, float*, int64_t, const Dims&);
+    // sort keys and weights of one pair's records for a block of conv pixels (sorted_pair_cells, lmkan_cpu_conv.inc)
+    void (*pair_keys)(const int32_t*, const float*, const int64_t*, int64_t, int64_t, int64_t, int32_t, float, int64_t,
+                      int64_t, int32_t*, float*);
     // direct convolution with one output channel per group (lmkan_cpu_conv.inc), per table storage dtype
     void (*depthwise[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
                          const void*, float*, int64_t, const Dims&);
