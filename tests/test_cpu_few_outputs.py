@@ -8,7 +8,7 @@ import torch
 
 from lmkan_surgery.ops.reference import forward_reference
 from isa import isa_path
-from test_cpu_kernels import _assert_as_accurate, _check_against_reference, _inputs, _separable_table
+from lookup_checks import assert_as_accurate, check_against_reference, lookup_inputs, separable_table
 
 # (B, P, G, N_out): every few-output count, batches not a multiple of 8, G above 16 (the grid read from memory, not
 # registers), N_out = 8 and 9 around the switch, and wide layers with a narrow rest (13, 61: vector tails).
@@ -20,16 +20,16 @@ SHAPES = [(1, 1, 3, 1), (13, 5, 4, 2), (29, 7, 8, 3), (40, 3, 16, 4), (9, 17, 20
 @pytest.mark.parametrize("shape", SHAPES)
 def test_few_outputs_match_reference(native, shape, isa):
     """Forward, grad_x and grad_table with 20% of the inputs up to 1e3 away (far records: the difference form)."""
-    x, table, grad_out = _inputs(shape, seed=sum(shape))
+    x, table, grad_out = lookup_inputs(shape, seed=sum(shape))
     with isa_path(native, isa):
-        _check_against_reference(native, x, table, grad_out)
+        check_against_reference(native, x, table, grad_out)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_few_outputs_nan_and_inf_rows(native, isa):
     """A NaN input makes its sample's outputs NaN and an infinite one non-finite; the other samples of the same
     8-sample vector stay as accurate as the reference."""
-    x, table, _ = _inputs((16, 9, 8, 3), seed=11)
+    x, table, _ = lookup_inputs((16, 9, 8, 3), seed=11)
     x[5, 17] = float("nan")
     x[9, 0] = float("inf")
     with isa_path(native, isa):
@@ -37,7 +37,7 @@ def test_few_outputs_nan_and_inf_rows(native, isa):
     assert torch.isnan(y[5]).all() and not torch.isfinite(y[9]).any()
     keep = torch.ones(16, dtype=torch.bool)
     keep[[5, 9]] = False
-    _assert_as_accurate(y[keep], forward_reference(x[keep], table), forward_reference(x[keep].double(), table.double()))
+    assert_as_accurate(y[keep], forward_reference(x[keep], table), forward_reference(x[keep].double(), table.double()))
 
 
 def test_few_outputs_exact_linear_table_far_away(native):
@@ -45,7 +45,7 @@ def test_few_outputs_exact_linear_table_far_away(native):
     the lane path too."""
     pairs, grids, n_out = 6, 8, 2
     gen = torch.Generator().manual_seed(4)
-    table = _separable_table(pairs, grids, n_out, gen)
+    table = separable_table(pairs, grids, n_out, gen)
     x = torch.randn(40, 2 * pairs, generator=gen) * torch.logspace(0, 20, 40)[:, None]
     y = native.forward(x, table).double()
     truth = forward_reference(x.double(), table.double())
@@ -58,7 +58,7 @@ def test_few_outputs_exact_linear_table_far_away(native):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("batch", [3, 200])  # read as half lane by lane; widened to float32 first
 def test_few_outputs_half_tables_give_the_float32_bits(native, dtype, batch):
-    x, table, grad_out = _inputs((batch, 7, 8, 3), seed=batch)
+    x, table, grad_out = lookup_inputs((batch, 7, 8, 3), seed=batch)
     half = table.to(dtype)
     same = half.float()
     y, (gx, gt) = native.forward(x, half), native.backward(grad_out, x, half, True, True)
@@ -72,12 +72,12 @@ def test_few_outputs_empty_and_single_sample(native):
     assert native.forward(torch.zeros(0, 6), table).shape == (0, 2)
     grad_x, grad_table = native.backward(torch.zeros(0, 2), torch.zeros(0, 6), table, True, True)
     assert grad_x.shape == (0, 6) and torch.equal(grad_table, torch.zeros_like(table))
-    x, table, grad_out = _inputs((1, 3, 4, 2), seed=2)
-    _check_against_reference(native, x, table, grad_out)
+    x, table, grad_out = lookup_inputs((1, 3, 4, 2), seed=2)
+    check_against_reference(native, x, table, grad_out)
 
 
 def test_few_outputs_only_requested_gradients(native):
-    x, table, grad_out = _inputs((21, 4, 8, 1), seed=8)
+    x, table, grad_out = lookup_inputs((21, 4, 8, 1), seed=8)
     gx_both, gt_both = native.backward(grad_out, x, table, True, True)
     gx, gt = native.backward(grad_out, x, table, True, False)
     assert torch.equal(gx, gx_both) and gt.numel() == 0
@@ -91,7 +91,7 @@ def test_few_outputs_one_and_two_threads_bitwise(native):
     threads = torch.get_num_threads()
     try:
         for shape in [(4100, 40, 8, 1), (1000, 30, 4, 5)]:
-            x, table, grad_out = _inputs(shape, seed=9)
+            x, table, grad_out = lookup_inputs(shape, seed=9)
             runs = []
             for count in (1, 2):
                 torch.set_num_threads(count)

@@ -16,6 +16,7 @@ from lmkan_surgery.kernels import build
 from lmkan_surgery.ops import dispatch, lmkan_lookup
 from lmkan_surgery.ops.reference import backward_reference, forward_reference
 from isa import isa_path
+from lookup_checks import assert_as_accurate, check_against_reference, lookup_inputs, separable_table
 
 # (B, P, G, N_out): odd N_out, one pair, one sample, every tile width and the narrow rest, both forward paths
 # (fused: small tables; streamed: tables over 8 MB with more than one 64-wide output tile).
@@ -33,33 +34,13 @@ SHAPES = [
 ]
 
 
-def _inputs(shape, seed, scale=3.0, far=1e3):
-    """x with a mix of in-grid values and values up to |far|, a random table and an output gradient."""
-    batch, pairs, grids, n_out = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = scale * torch.randn(batch, 2 * pairs, generator=gen)
-    mask = torch.rand(batch, 2 * pairs, generator=gen) < 0.2
-    x = torch.where(mask, far * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1), x)
-    table = torch.randn(pairs, grids + 1, grids + 1, n_out, generator=gen)
-    grad_out = torch.randn(batch, n_out, generator=gen)
-    return x, table, grad_out
-
-
-def _assert_as_accurate(out, ref32, ref64, rel=1e-5):
-    """out is within rel * max|ref64| of the float64 reference, plus twice the float32 reference's own error."""
-    scale = ref64.abs().max().item()
-    own = (ref32.double() - ref64).abs().max().item()
-    err = (out.double() - ref64).abs().max().item()
-    assert err <= rel * scale + 2 * own, f"error {err:.3g} vs scale {scale:.3g} (float32 reference error {own:.3g})"
-
-
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_gradients_match_reference(native, shape, isa):
     """Every instruction-set path this machine supports (the others are skipped)."""
-    x, table, grad_out = _inputs(shape, seed=hash(shape) % 1000)
+    x, table, grad_out = lookup_inputs(shape, seed=hash(shape) % 1000)
     with isa_path(native, isa):
-        _check_against_reference(native, x, table, grad_out)
+        check_against_reference(native, x, table, grad_out)
 
 
 # Runs in a second process with LMKAN_CPU_EXP_CELLS=1: forward and both gradients of the saved cases on every path.
@@ -121,7 +102,7 @@ def test_grad_x_over_cell_differences_gives_the_table_row_bits(native, isa, dtyp
     """At G = 8 grad_x runs over per-call cell differences from 512 samples on (8 G^2) and over the table rows below
     324 samples (4 (G+1)^2; between them over the cell-sorted records); each sample's gradient depends on that
     sample alone, so the first 323 samples get the same bits either way."""
-    x, table, grad_out = _inputs((512, 5, 8, 45), seed=31)
+    x, table, grad_out = lookup_inputs((512, 5, 8, 45), seed=31)
     table = table.to(dtype)
     with isa_path(native, isa):
         gx_diff, _ = native.backward(grad_out, x, table, True, False)
@@ -143,7 +124,7 @@ def test_grad_x_over_sorted_runs_matches_reference(native, shape, isa):
     float32 table's bits, and 1 and 2 threads agree bitwise."""
     threads = torch.get_num_threads()
     for far in (1e3, 1e20):
-        x, table, grad_out = _inputs(shape, seed=sum(shape), far=far)
+        x, table, grad_out = lookup_inputs(shape, seed=sum(shape), far=far)
         x[3, 1] = float("nan")
         half = table.to(torch.float16)
         with isa_path(native, isa):
@@ -163,26 +144,7 @@ def test_grad_x_over_sorted_runs_matches_reference(native, shape, isa):
         gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
         assert torch.equal(torch.isnan(gx), torch.isnan(gx64)) and torch.isnan(gx[3]).any()
         keep = ~torch.isnan(gx64)
-        _assert_as_accurate(gx[keep], gx32[keep], gx64[keep])
-
-
-def _separable_table(pairs, grids, n_out, gen):
-    """T = A[i] + B[j] with entries on a 2^-12 lattice: no cross term (as exact init builds), exactly representable."""
-    step = 2.0**-12
-    a = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    b = torch.round(torch.randn(pairs, grids + 1, n_out, generator=gen) / step) * step
-    return (a[:, :, None, :] + b[:, None, :, :]).contiguous()
-
-
-def _check_against_reference(native, x, table, grad_out):
-    """The native forward, grad_x and grad_table as accurate as the float32 reference is (float64 as the truth)."""
-    y = native.forward(x, table)
-    grad_x, grad_table = native.backward(grad_out, x, table, True, True)
-    _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
-    gx32, gt32 = backward_reference(grad_out, x, table)
-    gx64, gt64 = backward_reference(grad_out.double(), x.double(), table.double())
-    _assert_as_accurate(grad_x, gx32, gx64)
-    _assert_as_accurate(grad_table, gt32, gt64)
+        assert_as_accurate(gx[keep], gx32[keep], gx64[keep])
 
 
 def test_auto_picks_the_best_supported_path(native):
@@ -200,7 +162,7 @@ def test_auto_picks_the_best_supported_path(native):
 
 
 def test_only_requested_gradients(native):
-    x, table, grad_out = _inputs((6, 2, 8, 9), seed=1)
+    x, table, grad_out = lookup_inputs((6, 2, 8, 9), seed=1)
     grad_x, grad_table = native.backward(grad_out, x, table, True, False)
     assert grad_x.shape == x.shape and grad_table.numel() == 0
     grad_x, grad_table = native.backward(grad_out, x, table, False, True)
@@ -218,7 +180,7 @@ def test_special_inputs(native):
     assert y.shape == (1, 3)
     nodes = torch.tensor([-1.3862943611198906, 0.0, 0.6931471805599453, 2.0794415416798357])
     x = nodes.repeat(2).reshape(2, 4)
-    _assert_as_accurate(native.forward(x, table), forward_reference(x, table), forward_reference(x.double(), table.double()))
+    assert_as_accurate(native.forward(x, table), forward_reference(x, table), forward_reference(x.double(), table.double()))
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -227,7 +189,7 @@ def test_forward_pair_groups_and_nan_rows(native, isa):
     reference, and a NaN (inf) input makes its sample's outputs NaN (non-finite) without touching the other samples."""
     with isa_path(native, isa):
         for pairs in (7, 8, 9, 16, 17):
-            x, table, _ = _inputs((23, pairs, 8, 24), seed=pairs)
+            x, table, _ = lookup_inputs((23, pairs, 8, 24), seed=pairs)
             x[5, 2 * pairs - 1] = float("nan")
             x[9, 0] = float("inf")
             y = native.forward(x, table)
@@ -235,14 +197,14 @@ def test_forward_pair_groups_and_nan_rows(native, isa):
             keep = torch.ones(23, dtype=torch.bool)
             keep[[5, 9]] = False
             xk = x[keep]
-            _assert_as_accurate(y[keep], forward_reference(xk, table), forward_reference(xk.double(), table.double()))
+            assert_as_accurate(y[keep], forward_reference(xk, table), forward_reference(xk.double(), table.double()))
 
 
 def test_exact_linear_table_survives_extrapolation(native):
     """A table T = A[i] + B[j] with zero cross term stays exact to 1e-5 for |x| up to 1e3 (exact-init layers)."""
     pairs, grids, n_out, batch = 8, 8, 16, 256
     gen = torch.Generator().manual_seed(3)
-    table = _separable_table(pairs, grids, n_out, gen)  # A + B and all differences exact in float32
+    table = separable_table(pairs, grids, n_out, gen)  # A + B and all differences exact in float32
     cross = table[:, 1:, 1:] - table[:, 1:, :-1] - table[:, :-1, 1:] + table[:, :-1, :-1]
     assert torch.count_nonzero(cross) == 0
     x = 1e3 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1)
@@ -265,7 +227,7 @@ def test_half_tables_give_the_float32_kernels_bits(native, shape, dtype, isa):
     """A float16/bfloat16 table is converted exactly and accumulated in float32: the forward is bitwise that of the
     float32 kernel on the same values, grad_x as accurate as float32 (the compiler may contract the scalar tail of
     its dot products differently per table type), and the table gradient the float32 one rounded once."""
-    x, table, grad_out = _inputs(shape, seed=sum(shape))
+    x, table, grad_out = lookup_inputs(shape, seed=sum(shape))
     half = table.to(dtype)
     same = half.float()
     with isa_path(native, isa):
@@ -273,8 +235,8 @@ def test_half_tables_give_the_float32_kernels_bits(native, shape, dtype, isa):
         y32, (_, gt32) = native.forward(x, same), native.backward(grad_out, x, same, True, True)
     assert torch.equal(y, y32)
     assert gt.dtype == dtype and torch.equal(gt, gt32.to(dtype))
-    _assert_as_accurate(y, forward_reference(x, same), forward_reference(x.double(), same.double()))
-    _assert_as_accurate(gx, backward_reference(grad_out, x, same, True, False)[0],
+    assert_as_accurate(y, forward_reference(x, same), forward_reference(x.double(), same.double()))
+    assert_as_accurate(gx, backward_reference(grad_out, x, same, True, False)[0],
                         backward_reference(grad_out.double(), x.double(), same.double(), True, False)[0])
 
 
@@ -297,7 +259,7 @@ def test_one_and_two_threads_are_bitwise_equal(native):
     results = []
     # above the kernels' serial cut (2^17 evaluations: smaller calls run on one thread whatever is asked)
     for shape in [(400, 8, 8, 130), (40, 64, 26, 72), (4000, 3, 3, 20)]:
-        x, table, grad_out = _inputs(shape, seed=7)
+        x, table, grad_out = lookup_inputs(shape, seed=7)
         table = table.to(torch.bfloat16) if shape[0] == 400 else table  # a half table (widened in parallel)
         per_count = []
         for count in (1, 2):
@@ -308,118 +270,6 @@ def test_one_and_two_threads_are_bitwise_equal(native):
     for one, two in results:
         for a, b in zip(one, two):
             assert torch.equal(a, b)
-
-
-LARGE_TABLE_ENV = "LMKAN_CPU_LARGE_TABLE_BYTES"  # tables above it take the large-table forwards
-# With the threshold at 0 (and N_out > 64): cell-sorted forward where a block has >= 4 samples per cell on average
-# (one block; three blocks of 512, 512, 76 samples; a 130-wide layer with a narrow last sweep), pair ranges below
-# that (4 ranges of one pair; 16 ranges of 2-3 pairs).
-LARGE_PATH_SHAPES = [(300, 5, 3, 77), (1100, 3, 3, 100), (700, 4, 5, 130), (20, 4, 8, 72), (25, 37, 4, 70)]
-
-
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("shape", LARGE_PATH_SHAPES)
-def test_large_table_forwards_match_reference(native, shape, isa, monkeypatch):
-    """The forwards for tables larger than L2 (threshold lowered so that small shapes take them), inputs up to 1e3."""
-    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
-    x, table, _ = _inputs(shape, seed=sum(shape))
-    with isa_path(native, isa):
-        y = native.forward(x, table)
-    _assert_as_accurate(y, forward_reference(x, table), forward_reference(x.double(), table.double()))
-
-
-@pytest.mark.parametrize("shape", [(300, 5, 3, 77), (700, 4, 5, 130)])
-def test_streamed_forward_with_the_cell_sorted_forward_off(native, shape, monkeypatch):
-    """LMKAN_CPU_SORTED_FORWARD=0 (the benchmarks' "before" switch) gives the streamed forward on these shapes."""
-    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
-    monkeypatch.setenv("LMKAN_CPU_SORTED_FORWARD", "0")
-    x, table, _ = _inputs(shape, seed=sum(shape))
-    _assert_as_accurate(native.forward(x, table), forward_reference(x, table),
-                        forward_reference(x.double(), table.double()))
-
-
-@pytest.mark.parametrize("threshold", ["0", ""])  # the large-table forwards, then the default (fused) path
-def test_far_inputs_stay_finite_on_every_forward_path(native, threshold, monkeypatch):
-    """|x| up to 1e30 on an exact table (zero cross term): t1 t2 overflows to inf, and inf x 0 must not become NaN;
-    the output keeps float32 accuracy. Batches of 400 (cell-sorted) and 20 (streamed) samples."""
-    monkeypatch.setenv(LARGE_TABLE_ENV, threshold)
-    pairs, grids, n_out = 4, 3, 70
-    gen = torch.Generator().manual_seed(13)
-    table = _separable_table(pairs, grids, n_out, gen)
-    for batch in (400, 20):
-        x = 2 * torch.rand(batch, 2 * pairs, generator=gen) - 1
-        x = torch.where(torch.rand(batch, 2 * pairs, generator=gen) < 0.3, 1e30 * x, 3 * x)
-        y = native.forward(x, table).double()
-        truth = forward_reference(x.double(), table.double())
-        assert torch.isfinite(y).all()
-        assert ((y - truth).abs() <= 1e-5 * truth.abs().max()).all()
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_tables_on_the_large_table_forwards(native, dtype, monkeypatch):
-    """A half table read as it is (not widened: threshold 0) on the cell-sorted and streamed forwards gives the float32
-    table's bits, and 1 and 2 threads agree bitwise on the cell-sorted forward (above the 2^17-evaluation serial cut)."""
-    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
-    threads = torch.get_num_threads()
-    try:
-        for shape in [(2000, 5, 3, 77), (20, 4, 8, 72)]:
-            x, table, _ = _inputs(shape, seed=shape[0])
-            half = table.to(dtype)
-            torch.set_num_threads(1)
-            one = native.forward(x, half)
-            torch.set_num_threads(2)
-            two = native.forward(x, half)
-            assert torch.equal(one, two) and torch.equal(two, native.forward(x, half.float()))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_large_table_forwards_one_and_two_threads_bitwise(native, monkeypatch):
-    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
-    threads = torch.get_num_threads()
-    try:
-        for shape in [(4000, 3, 3, 130), (30, 40, 8, 136)]:  # cell-sorted (8 blocks), streamed
-            x, table, _ = _inputs(shape, seed=5)
-            per_count = []
-            for count in (1, 2):
-                torch.set_num_threads(count)
-                per_count.append(native.forward(x, table))
-            assert torch.equal(*per_count)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _bits(t):
-    return t.view(torch.int32)  # NaN lanes compare too
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cell_sorted_kernels_give_the_same_bits_on_every_sweep_width(native, dtype, monkeypatch):
-    """The cell-sorted forward and table gradient sweep 64 output columns in zmm vectors with prefetched rows on the
-    AVX-512 path and 16 columns in ymm on the AVX2 path: lane by lane the same operations, so the same bits. G = 26
-    (729 cells; forward blocks of 8192 and 808 samples, gradient blocks of 4096, 4096 and 808), 77 outputs (a 64-wide
-    sweep, an 8-wide one and a narrow rest), 10% of the inputs up to 1e3 and 3% up to 1e30 away (far pairs, inf and
-    NaN outputs); a float16 table read as it is gives the bits of its float32 values."""
-    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
-    batch, pairs, grids, n_out = 9000, 2, 26, 77
-    gen = torch.Generator().manual_seed(26)
-    x = 3 * torch.randn(batch, 2 * pairs, generator=gen)
-    pick = torch.rand(batch, 2 * pairs, generator=gen)
-    x = torch.where(pick < 0.1, 1e3 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1), x)
-    x = torch.where(pick > 0.97, 1e30 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1), x)
-    table = torch.randn(pairs, grids + 1, grids + 1, n_out, generator=gen).to(dtype)
-    grad_out = torch.randn(batch, n_out, generator=gen)
-    out = {}
-    for isa in ("avx512", "avx2"):
-        with isa_path(native, isa):
-            out[isa] = (native.forward(x, table), native.backward(grad_out, x, table, False, True)[1])
-    for wide, narrow in zip(out["avx512"], out["avx2"]):
-        assert torch.equal(_bits(wide.float()), _bits(narrow.float()))
-    y = out["avx512"][0]
-    assert torch.equal(_bits(y), _bits(native.forward(x, table.float())))
-    near = (x.abs() < 1e3).all(dim=1)  # samples with every pair near the grid: finite, within float32's accuracy
-    _assert_as_accurate(y[near], forward_reference(x[near], table.float()),
-                        forward_reference(x[near].double(), table.double()))
 
 
 def test_public_op_with_leading_dims_and_noncontiguous_input(native, monkeypatch):
@@ -434,16 +284,16 @@ def test_public_op_with_leading_dims_and_noncontiguous_input(native, monkeypatch
     assert y.shape == (3, 5, 7)
     grads = torch.autograd.grad(y, [x_req, t_req], torch.ones_like(y))
     flat = x.reshape(-1, 6)
-    _assert_as_accurate(y.reshape(-1, 7), forward_reference(flat, table), forward_reference(flat.double(), table.double()))
+    assert_as_accurate(y.reshape(-1, 7), forward_reference(flat, table), forward_reference(flat.double(), table.double()))
     gx32, gt32 = backward_reference(torch.ones(15, 7), flat, table)
     gx64, gt64 = backward_reference(torch.ones(15, 7, dtype=torch.float64), flat.double(), table.double())
-    _assert_as_accurate(grads[0].reshape(-1, 6), gx32, gx64)
-    _assert_as_accurate(grads[1], gt32, gt64)
+    assert_as_accurate(grads[0].reshape(-1, 6), gx32, gx64)
+    assert_as_accurate(grads[1], gt32, gt64)
 
 
 def test_default_dispatch_uses_native(native, monkeypatch):
     monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
-    x, table, _ = _inputs((4, 2, 8, 3), seed=2)
+    x, table, _ = lookup_inputs((4, 2, 8, 3), seed=2)
     assert dispatch.backend_for(x, table).name == "cpu"
     assert dispatch.backend_for(x.double(), table.double()).name == "reference"
 
@@ -454,7 +304,7 @@ def test_disabled_build_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(dispatch, "_native_cache", {})
     with pytest.raises(KernelBuildError, match=build.DISABLE_ENV):
         build.load_native("cpu")
-    x, table, _ = _inputs((8, 3, 8, 5), seed=4)
+    x, table, _ = lookup_inputs((8, 3, 8, 5), seed=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         y1 = lmkan_lookup(x, table)
