@@ -121,3 +121,40 @@ def test_cell_sorted_kernels_give_the_same_bits_on_every_sweep_width(native, dty
     near = (x.abs() < 1e3).all(dim=1)  # samples with every pair near the grid: finite, within float32's accuracy
     assert_as_accurate(y[near], forward_reference(x[near], table.float()),
                         forward_reference(x[near].double(), table.double()))
+
+
+# The cell-sorted forward's team shapes (threshold 0): blocks of 512 samples (9, the last of 3), pair groups of 8 + 3
+# (two alternating shared buffers), tiles 64, 64, 64, 8 (unequal shares on 2 and 3 threads); then blocks of 4096 + 4
+# samples, 11 tiles of a 600-wide layer (spans of 4 tiles per thread: 3 spans on 1 thread, 2 on 2, 1 on 3).
+TEAM_SHAPES = [(4099, 11, 3, 200), (4100, 2, 16, 600)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("shape", TEAM_SHAPES)
+def test_cell_sorted_forward_shares_sorts_and_tiles_between_threads(native, shape, isa, monkeypatch):
+    """The threads sort each pair group between them into shared buffers and run their own tiles: 1, 2 and 3 threads
+    give the same bits, those of the cell-sorted convolution of the same inputs as 1x1 pixels (the same summation
+    order), within the float64 tolerance; inputs up to 1e3 and 2% up to 1e30 (far pairs), a float16 table read as it
+    is gives its float32 values' bits."""
+    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
+    x, table, _ = lookup_inputs(shape, seed=shape[0])
+    far = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.02
+    x = torch.where(far, 1e30 * torch.sign(x), x)
+    threads = torch.get_num_threads()
+    try:
+        with isa_path(native, isa):
+            per_count = []
+            for count in (1, 2, 3):
+                torch.set_num_threads(count)
+                per_count.append(native.forward(x, table))
+            conv = native.conv2d_forward(x[:, :, None, None], table[None], [1, 1], [1, 1], [1, 1])
+            half = native.forward(x, table.half())
+            as_float = native.forward(x, table.half().float())
+    finally:
+        torch.set_num_threads(threads)
+    y = per_count[0]
+    for other in per_count[1:] + [conv.reshape(y.shape)]:
+        assert torch.equal(_bits(y), _bits(other))
+    assert torch.equal(_bits(half), _bits(as_float))
+    near = (x.abs() < 1e3).all(dim=1)
+    assert_as_accurate(y[near], forward_reference(x[near], table), forward_reference(x[near].double(), table.double()))

@@ -108,7 +108,7 @@ struct Isa {
     void (*grad_x_diff)(const BwdRec*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                         const Dims&, const float*);
     void (*widen[3])(const void*, float*, int64_t);
-    // forward over cell-sorted records (forward_sorted in lmkan_cpu_forward.inc), per table storage dtype
+    // forward over cell-sorted records (forward_sorted in lmkan_cpu_forward_sorted.inc), per table storage dtype
     void (*forward_runs[3])(const CellRec*, int64_t, const void*, int64_t, float*, int64_t, const Dims&);
     // sort keys and weights of one pair's records for a block of conv pixels (sorted_pair_cells, lmkan_cpu_conv.inc)
     void (*pair_keys)(const int32_t*, const float*, const int64_t*, int64_t, int64_t, int64_t, int32_t, float, int64_t,
@@ -359,6 +359,7 @@ R* batch_records(const float* x, const Dims& d, const Grid& grid, int64_t chunk,
 #include "lmkan_cpu_forward.inc"
 #include "lmkan_cpu_backward.inc"
 #include "lmkan_cpu_conv.inc"
+#include "lmkan_cpu_forward_sorted.inc"
 #include "lmkan_cpu_conv_backward_fused.inc"
 #include "lmkan_cpu_conv_backward.inc"
 #include "lmkan_cpu_pointwise.inc"
