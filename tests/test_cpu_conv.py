@@ -279,6 +279,30 @@ def test_pointwise_inference_fuses_normalisation_and_bias_into_the_layouts(nativ
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_batch_one_takes_the_cell_sorted_path_from_two_pixels_per_cell(native, isa, monkeypatch):
+    """The direct convolution's cell-sorted forward runs from 2 pixels per cell on average (the lookup's threshold
+    is 4): one 14x14 image at G = 8 (196 pixels over 81 cells, resnet18's layer3 at batch 1) gives the bits of the
+    same image inside a batch of 3 (588 pixels: cell-sorted either way; its outputs add their pairs in order from
+    zero whatever the block), where the streamed path (pair ranges) summed differently. 140 outputs (two tiles and
+    a narrow rest), 45 pairs (an odd patch), 15% of the inputs far outside the grid, float32 and float16 tables,
+    1 and 2 threads and both layouts; against float64."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    with isa_path(native, isa):
+        torch.manual_seed(17)
+        for dtype in (None, torch.float16):
+            layer = LMKANConv2d(10, 140, 3, padding=1, num_grids=8, init_scale=2.0, table_dtype=dtype).eval()
+            x = 2 * torch.randn(3, 10, 14, 14)
+            x = torch.where(torch.rand(x.shape) < 0.15, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+            with torch.no_grad():
+                batch = layer(x)
+            outs = forward_at_threads_and_layouts(layer, x[1:2])
+            truth = reference_conv(layer, x[1:2])
+            for y in outs:
+                assert torch.equal(y, batch[1:2])
+                assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_cell_sorted_records_built_from_the_located_input(native, isa, monkeypatch):
     """The cell-sorted forward sorts each pair's records of a pixel block straight from the located input: 41
     pairs per group (an odd patch with its zero partner), stride (2, 1), dilation (1, 2), 2 groups of 65 outputs,

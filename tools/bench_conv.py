@@ -10,7 +10,9 @@ added): the general direct-convolution kernel and the Linear lookup over pixels 
 normalisation or dispatch around them): the before/after of a kernel change with the least noise.
 ``--channels-last`` gives every method channels_last input (and nn.Conv2d channels_last weights); ``--baseline PATH``
 times the layer again with another build's extension file (before/after a kernel change, same rounds).
-Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default). Example (docs/benchmarks.md)::
+Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default) given their N(0, 1) inputs' statistics, so
+the inputs spread over the grid's cells as a calibrated student's do (a data-free conversion would put every input in
+the edge cells). Example (docs/benchmarks.md)::
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench_conv.py --threads 2
 """
@@ -66,7 +68,7 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups)
-    layer = LMKANConv2d.from_conv(conv, grids)
+    layer = LMKANConv2d.from_conv(conv, grids, input_mean=torch.zeros(c_in), input_std=torch.ones(c_in))
     x = torch.randn(batch, c_in, size, size, generator=gen)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last)
