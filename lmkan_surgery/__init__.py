@@ -19,7 +19,7 @@ from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord, ShrinkGroupRecord
 from .api import lmkanify
 from .passes.fit import FitResult, fit_tables
-from .plan import Budget, PlanResult, plan
+from .planning import Budget, PlanResult, plan
 from .serialization import load, save
 
 __version__ = "0.1.0"

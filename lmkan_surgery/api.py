@@ -107,8 +107,8 @@ def lmkanify(model: nn.Module, config: LMKANConfig | None = None, example_inputs
 
 def _planned(model: nn.Module, config: LMKANConfig, example_inputs: Any,
              batches: list[Any]) -> tuple[nn.Module, ConversionReport]:
-    """mode='budget': the planner's model and a report row per planned hidden space (lmkan_surgery.plan)."""
-    from .plan import Budget, plan
+    """mode='budget': the planner's model and a report row per planned hidden space (lmkan_surgery.planning)."""
+    from .planning import Budget, plan
 
     result = plan(model, batches, Budget(config.budget_macs, config.budget_bytes, config.budget_latency), example_inputs, config=config)
     report = ConversionReport(mode="budget", validated="validated", validation=dict(result.heldout))

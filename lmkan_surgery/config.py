@@ -55,7 +55,7 @@ class LMKANConfig:
       (passes/fit.py) and keeps them where the held-out block error beats the Linear refit; "linear" only refits.
     - table_dtype: storage dtype of the tables: None (the model's dtype), "float16" or "bfloat16" (half the table
       bytes; float32 arithmetic; the exact init is then exact only to the half dtype's precision).
-    - budget_macs / budget_bytes / budget_latency (mode="budget"): the planner (lmkan_surgery.plan) narrows hidden
+    - budget_macs / budget_bytes / budget_latency (mode="budget"): the planner (lmkan_surgery.planning) narrows hidden
       widths as plain layers or with lmKAN consumers, whichever damages the held-out block outputs least, until the
       model costs at most these fractions of the original's formula MACs / bytes / CPU latency at batch 256
       (None: no limit on that cost).
@@ -128,7 +128,7 @@ class LMKANConfig:
         if self.table_dtype not in TABLE_DTYPE_NAMES:
             raise ConfigError(f"LMKANConfig.table_dtype must be one of {TABLE_DTYPE_NAMES}, got {self.table_dtype!r}")
         if self.mode == "budget":
-            from .plan.budget import Budget  # checks the limits (ConfigError)
+            from .planning.budget import Budget  # checks the limits (ConfigError)
 
             Budget(self.budget_macs, self.budget_bytes, self.budget_latency)
         if not 0.0 <= self.holdout_fraction < 1.0:

@@ -28,7 +28,7 @@ from torch import nn
 from .api import lmkanify
 from .config import LMKANConfig
 from .data import load_fashion_mnist
-from .plan import Budget
+from .planning import Budget
 from .datasources import DataSpec, import_factory, load_source, parse_data
 from .convert_arms import run_arms
 from .distill import DistillConfig, distill

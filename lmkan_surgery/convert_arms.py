@@ -1,5 +1,5 @@
 """The command line's budget mode: plan the model to the budget, build the prune-only and int8 arms of the same
-budget, distill the trainable arms alike, and print them side by side (lmkan_surgery.plan.compare_arms)."""
+budget, distill the trainable arms alike, and print them side by side (lmkan_surgery.planning.compare_arms)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from .config import LMKANConfig
 from .distill import DistillConfig, distill, evaluate
-from .plan import ArmsTable, Budget, PlanResult, compare_arms, int8_dynamic, planned_arms
+from .planning import ArmsTable, Budget, PlanResult, compare_arms, int8_dynamic, planned_arms
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 

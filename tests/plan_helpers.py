@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery import LMKANLinear
-from lmkan_surgery.plan.planner import plan as plan_model
+from lmkan_surgery.planning.planner import plan as plan_model
 
 
 def batches(n: int = 4, rows: int = 96, d_in: int = 8, seed: int = 1) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lmkan_surgery import ConfigError, LMKANLinear
-from lmkan_surgery.plan import Budget, compare_arms, int8_dynamic
+from lmkan_surgery.planning import Budget, compare_arms, int8_dynamic
 
 from plan_helpers import batches, hand_macs, plan
 
@@ -100,7 +100,7 @@ def test_int8_arm_matches_the_original_and_counts_int8_bytes():
     with torch.no_grad():
         assert rel_error(quantized(x), teacher(x)) < 0.03
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    from lmkan_surgery.plan import model_bytes, model_macs
+    from lmkan_surgery.planning import model_bytes, model_macs
 
     linears = [m for m in teacher.modules() if isinstance(m, nn.Linear)]
     assert model_bytes(quantized) == sum(m.in_features * m.out_features + 4 * m.out_features for m in linears)
@@ -148,7 +148,7 @@ def test_lmkanify_budget_mode_dispatches_to_the_planner_and_saves(tmp_path):
 
 
 def test_latency_budget_uses_the_cached_per_shape_table(tmp_path, monkeypatch):
-    from lmkan_surgery.plan import latency_cache
+    from lmkan_surgery.planning import latency_cache
 
     monkeypatch.setattr(latency_cache, "cache_path", lambda: tmp_path / "plan_latency.json")
     teacher, data = mlp(nn.SiLU, width=128), batches()

@@ -5,18 +5,17 @@ as counted by hand from the layer shapes, inconsistent combinations are refused,
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 from torch import nn
 
 from lmkan_surgery import LMKANLinear
-from lmkan_surgery.plan import Budget
-from lmkan_surgery.plan.block import TAIL_SCALES, TAIL_SHARE, beyond_the_data, fit_blocks, original_block
+from lmkan_surgery.planning import Budget
+from lmkan_surgery.planning.block import TAIL_SCALES, TAIL_SHARE, beyond_the_data, fit_blocks, original_block
 from lmkan_surgery.passes.shrink import HiddenSpace
-from lmkan_surgery.plan.cost_model import CostModel, consistent
-from lmkan_surgery.plan.options import Option
+from lmkan_surgery.planning.cost_model import CostModel, consistent
+from lmkan_surgery.planning.options import Option
 
 from plan_helpers import batches, hand_macs, plan
 
@@ -178,7 +177,7 @@ class _Space:
 
 def _spaces(d_in: int, width: int, out: int) -> list:
     """The two spaces of d_in -> width -> width -> out Linear layers, priced like describe_space does."""
-    from lmkan_surgery.plan.options import SpaceOptions
+    from lmkan_surgery.planning.options import SpaceOptions
 
     shapes = {"l0": (d_in, width), "l1": (width, width), "l2": (width, out)}
 
@@ -220,7 +219,7 @@ def test_macs_and_latency_limits_together_terminate_and_hold(tmp_path, monkeypat
     """Two limits at once (a move may lower one cost and raise the other): the choice ends and meets both. The
     per-shape times are a fixed model (1 us a call + 1 ns a multiply-add, lmKAN 2 per pair input and output, plus
     its placement), not this machine's: measured ones make the reachable floor depend on the load."""
-    from lmkan_surgery.plan import latency_cache
+    from lmkan_surgery.planning import latency_cache
 
     def modelled_seconds(self, kind, n_in, n_out, rows, num_grids=0, placement="none"):
         per_row = n_in * n_out * (2 if kind == "lmkan" else 1) + (4 * n_in if placement == "quantile" else 0)
@@ -237,7 +236,7 @@ def test_macs_and_latency_limits_together_terminate_and_hold(tmp_path, monkeypat
 def test_lmkan_plan_falls_back_to_its_pruning_plan_unless_clearly_better(monkeypatch):
     """The whole-model check: the lmKAN plan is kept only when its held-out error is PLAN_MARGIN x its own pruning
     plan's or less; otherwise the planner returns exactly the pruning-only plan and says why."""
-    planner = importlib.import_module("lmkan_surgery.plan.planner")  # the package's `plan` name is the function
+    from lmkan_surgery.planning import planner
     teacher, data = pairwise_teacher(), batches(rows=256)
     budget = Budget(macs=0.15)
     kept = plan(teacher, data, budget)

@@ -9,9 +9,9 @@ import itertools
 
 import pytest
 
-from lmkan_surgery.plan import choose as choose_mod
-from lmkan_surgery.plan.cost_model import CostModel, consistent
-from lmkan_surgery.plan.options import Option, SpaceOptions
+from lmkan_surgery.planning import choose as choose_mod
+from lmkan_surgery.planning.cost_model import CostModel, consistent
+from lmkan_surgery.planning.options import Option, SpaceOptions
 from lmkan_surgery.passes.shrink import HiddenSpace
 
 

@@ -4,20 +4,16 @@ input, allowed only together with exactly that upstream narrowing, and built as 
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import nn
 
 from lmkan_surgery import LMKANLinear
-from lmkan_surgery.plan import Budget, model_macs
-from lmkan_surgery.plan.options import kept_counts
+from lmkan_surgery.planning import Budget, block, model_macs, planner
+from lmkan_surgery.planning import options as options_module
+from lmkan_surgery.planning.options import kept_counts
 
 from plan_helpers import plan
 
-planner = importlib.import_module("lmkan_surgery.plan.planner")  # the package's `plan` name is the function
-block = importlib.import_module("lmkan_surgery.plan.block")
-options_module = importlib.import_module("lmkan_surgery.plan.options")
 SMALL_LIMIT = 2_500  # a block-fit limit small enough for this test's head to need the upstream narrowing
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from lmkan_surgery.passes.probe import run_probe
 from lmkan_surgery.passes.shrink import find_hidden_spaces, narrow_modules
 from lmkan_surgery.passes.trace import trace_model
-from lmkan_surgery.plan import Budget, model_macs
+from lmkan_surgery.planning import Budget, model_macs
 
 from plan_helpers import plan
 

@@ -81,11 +81,11 @@ def test_conv_widths_shrink_through_pooling_but_features_do_not():
     """conv -> BN -> ReLU -> MaxPool -> conv is a hidden space (2-D pooling keeps channel c as channel c); a 2-D pool
     over a Linear's features mixes them, so Linear -> pool -> Linear is not one."""
     from lmkan_surgery import ConfigError
-    from lmkan_surgery.plan import Budget
+    from lmkan_surgery.planning import Budget
     from lmkan_surgery.passes.probe import run_probe
     from lmkan_surgery.passes.shrink import find_hidden_spaces
     from lmkan_surgery.passes.trace import trace_model
-    from lmkan_surgery.plan.planner import plan
+    from lmkan_surgery.planning.planner import plan
 
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),

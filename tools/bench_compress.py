@@ -35,7 +35,7 @@ from common import cache_dir  # noqa: E402
 from lmkan_surgery import ConfigError  # noqa: E402
 from lmkan_surgery.data import load_fashion_mnist  # noqa: E402
 from lmkan_surgery.distill import DistillConfig, TrainConfig, distill, evaluate, train_lmkan  # noqa: E402
-from lmkan_surgery.plan import Budget, compare_arms, int8_dynamic, plan  # noqa: E402
+from lmkan_surgery.planning import Budget, compare_arms, int8_dynamic, plan  # noqa: E402
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
