@@ -396,9 +396,9 @@ def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_pair_ranges_read_chunks_of_any_byte_length(native, isa):
     """Batch 1 on an 8.7 MB float16 group table (59 pairs: an odd patch; 101 outputs: a tile and a narrow rest; G =
-    26) runs the streamed path by pair ranges, which reads each chunk's rows (147,258 bytes a pair: no whole number
-    of 64-byte lines) before the forward: 25 pixels, a fifth of the inputs far outside the grid; the bits of the
-    same table as float32, 1 and 2 threads and both layouts, and float64's tolerance."""
+    26) runs the streamed path by pair ranges, which reads the rows its records use (202 bytes each: no whole
+    number of 64-byte lines) before the forward: 25 pixels, a fifth of the inputs far outside the grid; the bits of
+    the same table as float32, 1 and 2 threads and both layouts, and float64's tolerance."""
     with isa_path(native, isa):
         torch.manual_seed(23)
         layer = LMKANConv2d(13, 101, 3, padding=1, num_grids=26, init_scale=2.0, table_dtype=torch.float16).eval()
