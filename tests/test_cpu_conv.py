@@ -391,3 +391,27 @@ def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
     truths.append(forward_reference(samples.double(), table.double()))
     for y, truth in zip(outs["avx512"], truths):
         assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_pair_ranges_read_chunks_of_any_byte_length(native, isa):
+    """Batch 1 on an 8.7 MB float16 group table (59 pairs: an odd patch; 101 outputs: a tile and a narrow rest; G =
+    26) runs the streamed path by pair ranges, which reads the rows its records use (202 bytes each: no whole
+    number of 64-byte lines) before the forward: 25 pixels, a fifth of the inputs far outside the grid; the bits of
+    the same table as float32, 1 and 2 threads and both layouts, and float64's tolerance."""
+    with isa_path(native, isa):
+        torch.manual_seed(23)
+        layer = LMKANConv2d(13, 101, 3, padding=1, num_grids=26, init_scale=2.0, table_dtype=torch.float16).eval()
+        assert layer.table.numel() * layer.table.element_size() > 8 * 2**20  # over the fused path's 8 MB
+        wide = LMKANConv2d(13, 101, 3, padding=1, num_grids=26).eval()
+        with torch.no_grad():
+            wide.table.copy_(layer.table.float())
+            wide.bias.copy_(layer.bias)
+        x = 2 * torch.randn(1, 13, 5, 5)
+        x = torch.where(torch.rand(x.shape) < 0.2, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+        outs = forward_at_threads_and_layouts(layer, x)
+        with torch.no_grad():
+            assert torch.equal(wide(x), outs[0])
+        assert all(torch.equal(y, outs[0]) for y in outs[1:])
+        truth = reference_conv(layer, x)
+        assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
