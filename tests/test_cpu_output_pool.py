@@ -4,6 +4,10 @@ several backward calls, retain_graph, hooks that keep gradients alive, the Linea
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 from torch import nn
 
@@ -93,3 +97,21 @@ def test_linear_grad_accumulates_over_backward_calls_with_recycled_blocks(native
     table64 = table.detach().double().requires_grad_(True)
     ref = torch.autograd.grad(forward_reference(x.double(), table64), table64, sum(dy.double() for dy in dys))[0]
     assert _close(table.grad, ref)
+
+
+def test_pool_cap_zero_keeps_no_block(native):
+    """LMKAN_CPU_OUTPUT_POOL_MB=0 (read at the first pooled output of a process): freed outputs are freed at once."""
+    script = ("import torch\n"
+              "from lmkan_surgery.kernels import build\n"
+              "m = build.load_native('cpu')\n"
+              "y = m.forward(torch.randn(1024, 16), torch.randn(8, 9, 9, 1024))\n"
+              "assert y.nbytes >= 4 << 20\n"
+              "del y\n"
+              "print(m.output_pool_bytes())\n")
+    env = dict(os.environ, LMKAN_CPU_OUTPUT_POOL_MB="0")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "0"
+    y = native.forward(torch.randn(1024, 16), torch.randn(8, 9, 9, 1024))
+    del y
+    assert native.output_pool_bytes() >= 1024 * 1024 * 4  # this process keeps it (default cap)
+    native.release_output_pool()
