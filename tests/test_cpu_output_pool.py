@@ -34,7 +34,8 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 def test_freed_table_gradient_block_is_taken_again(native):
     """The bare backward's table gradient, once freed, is kept (output_pool_bytes) and the next call writes into
-    the same block, whole: the second call's bits equal the first's although the block held other values."""
+    the same block, whole: the second call's bits equal the first's although the block held other values; the
+    storage stays resizable."""
     layer = _conv_layer()
     x = nn.functional.pad(torch.randn(1, 64, 6, 6), layer._pads())
     table, geometry = layer.table.detach(), ([3, 3], [1, 1], [1, 1])
@@ -47,6 +48,8 @@ def test_freed_table_gradient_block_is_taken_again(native):
     _, second = native.conv2d_backward(dy, x, table, *geometry, True, True)
     assert second.data_ptr() == pointer
     assert torch.equal(second, expected)
+    second.resize_(second.numel() + 1)  # resizable as torch.empty's storage (a copy into a new block)
+    assert torch.equal(second[:-1], expected.flatten())
     del second
     native.release_output_pool()
     assert native.output_pool_bytes() == 0

@@ -40,14 +40,12 @@ std::vector<int64_t> row_major_strides(at::IntArrayRef sizes) {
     return {strides.begin(), strides.end()};
 }
 
-// An uninitialised float32 tensor that a kernel writes whole, contiguous (or with the given dense strides); large
-// ones reuse the blocks of freed outputs (torch_output_pool.h).
-torch::Tensor fresh_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
-    return lmkan_pool::pooled_empty(sizes, row_major_strides(sizes), options);
-}
+// An uninitialised float32 CPU tensor that a kernel writes whole, contiguous (or with the given strides); large ones
+// reuse the blocks of freed outputs (torch_output_pool.h).
+torch::Tensor fresh_output(at::IntArrayRef sizes) { return lmkan_pool::pooled_empty(sizes, row_major_strides(sizes)); }
 
-torch::Tensor fresh_output(at::IntArrayRef sizes, at::IntArrayRef strides, const torch::TensorOptions& options) {
-    return lmkan_pool::pooled_empty(sizes, strides, options);
+torch::Tensor fresh_output(at::IntArrayRef sizes, at::IntArrayRef strides) {
+    return lmkan_pool::pooled_empty(sizes, strides);
 }
 
 void check_rc(int rc) { TORCH_CHECK(rc == LMKAN_CPU_OK, "lmkan cpu kernel failed: ", lmkan_cpu_error_string(rc)); }
@@ -56,7 +54,7 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table) {
     check_table(x, table);
     x = x.contiguous();
     table = table.contiguous();
-    auto y = fresh_output({x.size(0), table.size(3)}, x.options());
+    auto y = fresh_output({x.size(0), table.size(3)});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -76,9 +74,9 @@ std::tuple<torch::Tensor, torch::Tensor> backward(torch::Tensor grad_out, torch:
     x = x.contiguous();
     table = table.contiguous();
     grad_out = grad_out.contiguous();
-    auto grad_x = need_x ? fresh_output(x.sizes(), x.options()) : x.new_empty({0});
+    auto grad_x = need_x ? fresh_output(x.sizes()) : x.new_empty({0});
     // float32 accumulation whatever the table's storage dtype; rounded to it once at the end
-    auto grad_table = need_table ? fresh_output(table.sizes(), x.options()) : x.new_empty({0});
+    auto grad_table = need_table ? fresh_output(table.sizes()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -115,7 +113,7 @@ torch::Tensor conv2d_forward(torch::Tensor x, torch::Tensor table, std::vector<i
     const lmkan_conv_geometry g = conv_geometry(x, table, kernel, step, dilation);
     const int64_t out_h = (g.height - g.dilation_h * (g.kernel_h - 1) - 1) / g.step_h + 1;
     const int64_t out_w = (g.width - g.dilation_w * (g.kernel_w - 1) - 1) / g.step_w + 1;
-    auto y = fresh_output({g.batch, out_h, out_w, g.out_channels}, x.options());
+    auto y = fresh_output({g.batch, out_h, out_w, g.out_channels});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -135,8 +133,8 @@ std::tuple<torch::Tensor, torch::Tensor> conv2d_backward(torch::Tensor grad_y, t
     TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.batch && grad_y.size(1) == g.out_channels,
                 "grad_y must be [N, out, OH, OW]");
     grad_y = grad_y.permute({0, 2, 3, 1}).contiguous();
-    auto grad_x = need_x ? fresh_output(x.sizes(), x.strides(), x.options()) : x.new_empty({0});
-    auto grad_table = need_table ? fresh_output(table.sizes(), x.options()) : x.new_empty({0});
+    auto grad_x = need_x ? fresh_output(x.sizes(), x.strides()) : x.new_empty({0});
+    auto grad_table = need_table ? fresh_output(table.sizes()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -254,8 +252,7 @@ torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Ten
     const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
     x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
     const std::vector<int64_t> sizes{x.size(0), n_out, x.size(2), x.size(3)};
-    auto y = fresh_output(sizes, channels_last ? c10::get_channels_last_strides_2d(sizes) : row_major_strides(sizes),
-                          x.options());
+    auto y = fresh_output(sizes, channels_last ? c10::get_channels_last_strides_2d(sizes) : row_major_strides(sizes));
     const lmkan_pointwise_geometry g{x.size(0), x.size(2), x.size(3), {x.stride(0), x.stride(1), x.stride(2),
                                      x.stride(3)}, {y.stride(0), y.stride(1), y.stride(2), y.stride(3)}};
     const int threads = at::get_num_threads();

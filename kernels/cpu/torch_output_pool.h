@@ -6,6 +6,8 @@
 // forward+backward samples at batch 1 (Round 13, perf, 1 thread). Torch-only (the ONNX library does not include it).
 #pragma once
 
+#include <ATen/EmptyTensor.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/extension.h>
 
 #include <cstdlib>
@@ -105,18 +107,40 @@ inline Pool& pool() {
     return *the_pool;
 }
 
-// An uninitialised float32 tensor of `sizes` and (dense) `strides`: from the pool from kPooledBytes on, its block
-// going back to the pool when torch frees it; below that, torch's own.
-inline torch::Tensor pooled_empty(at::IntArrayRef sizes, at::IntArrayRef strides, const torch::TensorOptions& options) {
-    int64_t elements = 1;
-    for (const int64_t s : sizes) elements *= s;
-    const size_t bytes = static_cast<size_t>(elements) * sizeof(float);
-    if (bytes < kPooledBytes) return torch::empty_strided(sizes, strides, options.dtype(torch::kFloat32));
-    const size_t block_bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* block = pool().take(block_bytes);
-    if (!block) throw std::bad_alloc();
-    return torch::from_blob(block, sizes, strides, [block_bytes](void* p) { pool().give(p, block_bytes); },
-                            options.dtype(torch::kFloat32));
+// A pool block in use: what its deleter gives back.
+struct Block {
+    void* data;
+    size_t bytes;
+};
+
+inline void give_back(void* context) {
+    const Block* block = static_cast<Block*>(context);
+    pool().give(block->data, block->bytes);
+    delete block;
+}
+
+// Torch's allocator for the binding's outputs: from kPooledBytes on a pool block (kHugePage multiples), below that
+// torch's CPU allocator. An allocator rather than a blob keeps the storage resizable as torch::empty's.
+class PoolAllocator final : public c10::Allocator {
+public:
+    c10::DataPtr allocate(size_t n) override {
+        if (n < kPooledBytes) return c10::GetCPUAllocator()->allocate(n);
+        const size_t bytes = (n + kHugePage - 1) / kHugePage * kHugePage;
+        void* data = pool().take(bytes);
+        if (!data) throw std::bad_alloc();
+        return {data, new Block{data, bytes}, &give_back, c10::Device(c10::DeviceType::CPU)};
+    }
+
+    void copy_data(void* dest, const void* src, std::size_t count) const override {
+        default_copy_data(dest, src, count);
+    }
+};
+
+// An uninitialised float32 CPU tensor of `sizes` and `strides` on PoolAllocator's memory.
+inline torch::Tensor pooled_empty(at::IntArrayRef sizes, at::IntArrayRef strides) {
+    static PoolAllocator* const allocator = new PoolAllocator();  // never destroyed, as the pool
+    return at::detail::empty_strided_generic(sizes, strides, allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                             at::kFloat);
 }
 
 }  // namespace lmkan_pool
