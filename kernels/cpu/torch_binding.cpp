@@ -6,13 +6,10 @@
 
 #include <cstdint>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "lmkan_cpu.h"
 #include "lmkan_cpu_gram.h"
 #include "lmkan_cpu_place.h"
+#include "torch_output_pool.h"
 
 namespace {
 
@@ -38,28 +35,17 @@ void check_table(const torch::Tensor& x, const torch::Tensor& table) {
                 "expected x [B, 2P] and table [P, G+1, G+1, N_out]");
 }
 
-// Outputs from this size on are marked for transparent huge pages before the kernel's first write.
-constexpr size_t kHugeHintBytes = size_t{4} << 20;
-
-// `out` (fresh, uninitialised memory that a kernel writes whole) with, from kHugeHintBytes on, the 2 MB-aligned part
-// of its memory marked MADV_HUGEPAGE first (Linux, THP in "madvise" mode), so its first touch costs one page fault
-// per 2 MB instead of one per 4 KB: the 144 MB table gradient of a 512 x 512 layer at G = 16 took about 37k faults
-// per backward, a third of its table-gradient time. Only a hint: where Linux declines it, nothing changes.
-torch::Tensor on_huge_pages(torch::Tensor out) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const size_t bytes = out.nbytes(), huge = size_t{2} << 20;
-    if (bytes >= kHugeHintBytes) {
-        const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr()), end = begin + bytes;
-        const uintptr_t lo = (begin + huge - 1) / huge * huge, hi = end / huge * huge;
-        if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-    }
-#endif
-    return out;
+std::vector<int64_t> row_major_strides(at::IntArrayRef sizes) {
+    const auto strides = c10::contiguous_strides(sizes);
+    return {strides.begin(), strides.end()};
 }
 
-// An uninitialised float32 tensor that a kernel writes whole (see on_huge_pages).
-torch::Tensor fresh_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
-    return on_huge_pages(torch::empty(sizes, options));
+// An uninitialised float32 CPU tensor that a kernel writes whole, contiguous (or with the given strides); large ones
+// reuse the blocks of freed outputs (torch_output_pool.h).
+torch::Tensor fresh_output(at::IntArrayRef sizes) { return lmkan_pool::pooled_empty(sizes, row_major_strides(sizes)); }
+
+torch::Tensor fresh_output(at::IntArrayRef sizes, at::IntArrayRef strides) {
+    return lmkan_pool::pooled_empty(sizes, strides);
 }
 
 void check_rc(int rc) { TORCH_CHECK(rc == LMKAN_CPU_OK, "lmkan cpu kernel failed: ", lmkan_cpu_error_string(rc)); }
@@ -68,7 +54,7 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table) {
     check_table(x, table);
     x = x.contiguous();
     table = table.contiguous();
-    auto y = fresh_output({x.size(0), table.size(3)}, x.options());
+    auto y = fresh_output({x.size(0), table.size(3)});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -88,9 +74,9 @@ std::tuple<torch::Tensor, torch::Tensor> backward(torch::Tensor grad_out, torch:
     x = x.contiguous();
     table = table.contiguous();
     grad_out = grad_out.contiguous();
-    auto grad_x = need_x ? fresh_output(x.sizes(), x.options()) : x.new_empty({0});
+    auto grad_x = need_x ? fresh_output(x.sizes()) : x.new_empty({0});
     // float32 accumulation whatever the table's storage dtype; rounded to it once at the end
-    auto grad_table = need_table ? fresh_output(table.sizes(), x.options()) : x.new_empty({0});
+    auto grad_table = need_table ? fresh_output(table.sizes()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -127,7 +113,7 @@ torch::Tensor conv2d_forward(torch::Tensor x, torch::Tensor table, std::vector<i
     const lmkan_conv_geometry g = conv_geometry(x, table, kernel, step, dilation);
     const int64_t out_h = (g.height - g.dilation_h * (g.kernel_h - 1) - 1) / g.step_h + 1;
     const int64_t out_w = (g.width - g.dilation_w * (g.kernel_w - 1) - 1) / g.step_w + 1;
-    auto y = fresh_output({g.batch, out_h, out_w, g.out_channels}, x.options());
+    auto y = fresh_output({g.batch, out_h, out_w, g.out_channels});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -147,8 +133,8 @@ std::tuple<torch::Tensor, torch::Tensor> conv2d_backward(torch::Tensor grad_y, t
     TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.batch && grad_y.size(1) == g.out_channels,
                 "grad_y must be [N, out, OH, OW]");
     grad_y = grad_y.permute({0, 2, 3, 1}).contiguous();
-    auto grad_x = need_x ? on_huge_pages(torch::empty_like(x)) : x.new_empty({0});
-    auto grad_table = need_table ? fresh_output(table.sizes(), x.options()) : x.new_empty({0});
+    auto grad_x = need_x ? fresh_output(x.sizes(), x.strides()) : x.new_empty({0});
+    auto grad_table = need_table ? fresh_output(table.sizes()) : x.new_empty({0});
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
@@ -265,8 +251,8 @@ torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Ten
     const torch::Tensor b = channel_vector(bias, n_out, "bias", true);
     const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
     x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
-    const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    auto y = on_huge_pages(torch::empty({x.size(0), n_out, x.size(2), x.size(3)}, x.options().memory_format(layout)));
+    const std::vector<int64_t> sizes{x.size(0), n_out, x.size(2), x.size(3)};
+    auto y = fresh_output(sizes, channels_last ? c10::get_channels_last_strides_2d(sizes) : row_major_strides(sizes));
     const lmkan_pointwise_geometry g{x.size(0), x.size(2), x.size(3), {x.stride(0), x.stride(1), x.stride(2),
                                      x.stride(3)}, {y.stride(0), y.stride(1), y.stride(2), y.stride(3)}};
     const int threads = at::get_num_threads();
@@ -291,6 +277,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
     m.def("bilinear_gram_add", &bilinear_gram_add, "gram += D^T D of bilinear design rows (upper blocks; mirror)");
     m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");
+    m.def("output_pool_bytes", []() { return lmkan_pool::pool().held(); }, "bytes of freed outputs kept for reuse");
+    m.def("release_output_pool", []() { lmkan_pool::pool().release(); }, "free the kept blocks of freed outputs");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");
 }
