@@ -1,7 +1,8 @@
-"""The Linear x gradient over cell-sorted runs (grad_x_runs: G = 26 at 77-128 outputs or blocks below 8 samples per
-cell): on the AVX-512 path two samples' dot products share one zmm per difference row, and the pair's table rows
-are streamed ahead of the runs where a block has a sample per cell or more. Same bits as the AVX2 path, within the
-float64 tolerance, 1 vs 2 threads bitwise equal, half tables."""
+"""The Linear backward over cell-sorted records. The x gradient over runs (grad_x_runs: G = 26 at 77-128 outputs or
+blocks below 8 samples per cell): on the AVX-512 path two samples' dot products share one zmm per difference row,
+and the pair's table rows are streamed ahead of the runs where a block has a sample per cell or more; same bits as
+the AVX2 path, within the float64 tolerance, 1 vs 2 threads bitwise equal, half tables. The table gradient's slices
+accumulated straight into the gradient (outputs a multiple of 16) or packed and copied out (others)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,34 @@ def test_x_gradient_runs_generic_path_within_tolerance(native):
     gx32 = backward_reference(grad_out, x, table, True, False)[0]
     gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
     assert_as_accurate(per_count[0], gx32, gx64)
+
+
+# (batch, pairs, G, N_out) on the cell-sorted table gradient: 128 and 80 outputs (multiples of 16: tiles 64 + 64 and
+# 64 + 16 accumulated straight into the gradient rows), 77 (tiles 64 + 13: packed slices, copied out); 5 pairs in
+# chunks of 2, 2, 1 on 2 threads.
+TABLE_SHAPES = [(4500, 5, 26, 128), (2000, 5, 12, 80), (2000, 5, 12, 77)]
+
+
+@pytest.mark.parametrize("shape", TABLE_SHAPES)
+def test_table_gradient_straight_or_packed_slices(native, shape):
+    """The table gradient within the float64 tolerance (inputs up to 1e3 away: far pairs' extrapolated weights), 1 vs
+    2 threads bitwise equal, the AVX-512 path's bits those of the AVX2 path; fails when a straight slice is written
+    with the packed row stride or offset."""
+    x, table, grad_out = _inputs(shape, seed=shape[3])
+    x = x.clamp(-1e3, 1e3)
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for isa in ("avx512", "avx2"):
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out[isa, count] = native.backward(grad_out, x, table, False, True)[1]
+    finally:
+        torch.set_num_threads(threads)
+    grad_table = out["avx512", 1]
+    for other in out.values():
+        assert torch.equal(_bits(grad_table), _bits(other))
+    gt32 = backward_reference(grad_out, x, table, False, True)[1]
+    gt64 = backward_reference(grad_out.double(), x.double(), table.double(), False, True)[1]
+    assert_as_accurate(grad_table, gt32, gt64)
