@@ -1,0 +1,116 @@
+"""The Linear backward over cell-sorted records. The x gradient over runs (grad_x_runs: G = 26 at 77-128 outputs or
+blocks below 8 samples per cell): on the AVX-512 path two samples' dot products share one zmm per difference row,
+and the pair's table rows are streamed ahead of the runs where a block has a sample per cell or more; same bits as
+the AVX2 path, within the float64 tolerance, 1 vs 2 threads bitwise equal, half tables. The table gradient's slices
+accumulated straight into the gradient (outputs a multiple of 16) or packed and copied out (others)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmkan_surgery.ops.reference import backward_reference
+from isa import isa_path
+from lookup_checks import assert_as_accurate
+
+# (batch, pairs, G, N_out), each on grad_x_runs (cell blocks of >= 4 samples per cell, no cell differences in L2):
+# blocks of 4096 + 404 samples (the table rows streamed in the first, not in the second: 404 < 729 cells) with 77
+# outputs (a masked 5-column rest); one block of 3000 with 9 outputs (one 8-column step and a 1-column rest); blocks
+# of 4096 + 4096 + 8 with 128 outputs (the benchmark's width).
+RUNS_SHAPES = [(4500, 3, 26, 77), (3000, 2, 26, 9), (8200, 2, 26, 128)]
+
+
+def _bits(t):
+    return t.view(torch.int32)  # NaN lanes compare too
+
+
+def _inputs(shape, seed):
+    """x mostly on the grid (runs of several samples per cell), 10% up to 1e3 and 2% up to 1e30 away (far pairs:
+    zero or non-finite gradients), a random table and output gradient."""
+    batch, pairs, grids, n_out = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = 2 * torch.randn(batch, 2 * pairs, generator=gen)
+    pick = torch.rand(batch, 2 * pairs, generator=gen)
+    x = torch.where(pick < 0.1, 1e3 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1), x)
+    x = torch.where(pick > 0.98, 1e30 * (2 * torch.rand(batch, 2 * pairs, generator=gen) - 1), x)
+    table = torch.randn(pairs, grids + 1, grids + 1, n_out, generator=gen)
+    return x, table, torch.randn(batch, n_out, generator=gen)
+
+
+@pytest.mark.parametrize("shape", RUNS_SHAPES)
+def test_x_gradient_runs_same_bits_on_every_vector_width(native, shape):
+    """The AVX-512 path (two samples per zmm) gives the AVX2 path's bits (lane by lane the same sums), on 1 and 2
+    threads, and the near samples' gradients are within the float64 tolerance; a float16 table gives the bits of its
+    float32 values. Fails when the zmm halves are swapped or the sums are associated another way."""
+    x, table, grad_out = _inputs(shape, seed=shape[0] + shape[3])
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for isa in ("avx512", "avx2"):
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out[isa, count] = native.backward(grad_out, x, table, True, False)[0]
+                half = native.backward(grad_out, x, table.half(), True, False)[0]
+                as_float = native.backward(grad_out, x, table.half().float(), True, False)[0]
+                assert torch.equal(_bits(half), _bits(as_float))
+    finally:
+        torch.set_num_threads(threads)
+    grad_x = out["avx512", 1]
+    for other in out.values():
+        assert torch.equal(_bits(grad_x), _bits(other))
+    near = (x.abs() < 1e3).all(dim=1)
+    gx32 = backward_reference(grad_out[near], x[near], table, True, False)[0]
+    gx64 = backward_reference(grad_out[near].double(), x[near].double(), table.double(), True, False)[0]
+    assert_as_accurate(grad_x[near], gx32, gx64)
+
+
+def test_x_gradient_runs_generic_path_within_tolerance(native):
+    """The generic path (no FMA: other bits) of the same kernel within the float64 tolerance, 1 vs 2 threads equal."""
+    shape = RUNS_SHAPES[0]
+    x, table, grad_out = _inputs(shape, seed=7)
+    x = x.clamp(-1e3, 1e3)
+    threads = torch.get_num_threads()
+    try:
+        with isa_path(native, "generic"):
+            per_count = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                per_count.append(native.backward(grad_out, x, table, True, False)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(_bits(per_count[0]), _bits(per_count[1]))
+    gx32 = backward_reference(grad_out, x, table, True, False)[0]
+    gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
+    assert_as_accurate(per_count[0], gx32, gx64)
+
+
+# (batch, pairs, G, N_out) on the cell-sorted table gradient: 128 and 80 outputs (multiples of 16: tiles 64 + 64 and
+# 64 + 16 accumulated straight into the gradient rows), 77 (tiles 64 + 13: packed slices, copied out); 5 pairs in
+# chunks of 2, 2, 1 on 2 threads.
+TABLE_SHAPES = [(4500, 5, 26, 128), (2000, 5, 12, 80), (2000, 5, 12, 77)]
+
+
+@pytest.mark.parametrize("shape", TABLE_SHAPES)
+def test_table_gradient_straight_or_packed_slices(native, shape):
+    """The table gradient within the float64 tolerance (inputs up to 1e3 away: far pairs' extrapolated weights), 1 vs
+    2 threads bitwise equal, the AVX-512 path's bits those of the AVX2 path; fails when a straight slice is written
+    with the packed row stride or offset."""
+    x, table, grad_out = _inputs(shape, seed=shape[3])
+    x = x.clamp(-1e3, 1e3)
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for isa in ("avx512", "avx2"):
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out[isa, count] = native.backward(grad_out, x, table, False, True)[1]
+    finally:
+        torch.set_num_threads(threads)
+    grad_table = out["avx512", 1]
+    for other in out.values():
+        assert torch.equal(_bits(grad_table), _bits(other))
+    gt32 = backward_reference(grad_out, x, table, False, True)[1]
+    gt64 = backward_reference(grad_out.double(), x.double(), table.double(), False, True)[1]
+    assert_as_accurate(grad_table, gt32, gt64)
