@@ -391,3 +391,23 @@ def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
     truths.append(forward_reference(samples.double(), table.double()))
     for y, truth in zip(outs["avx512"], truths):
         assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_sort_keys_load_adjacent_pixels_as_vectors(native, isa, monkeypatch):
+    """The cell-sorted forward's sort keys load 8 pixels' cells and coordinates with one vector load where their
+    windows are adjacent (stride-1 rows of NCHW input) and element by element elsewhere (a row's end, stride 2,
+    channels_last): the same bits either way. Rows of 21 pixels (vectors inside a row and across two), an odd patch
+    (the zero partner), stride (1, 2), 1 and 3 images, 10% of the inputs far outside the grid: NCHW on 1 and 2
+    threads and channels_last bitwise equal, and within float64's tolerance."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    with isa_path(native, isa):
+        torch.manual_seed(23)
+        for stride, images in (((1, 1), 3), ((1, 1), 1), ((1, 2), 3)):
+            layer = LMKANConv2d(5, 66, 3, stride=stride, padding=1, num_grids=5, init_scale=2.0)
+            x = torch.randn(images, 5, 19, 21)
+            x = torch.where(torch.rand(x.shape) < 0.1, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+            truth = reference_conv(layer, x)
+            outs = forward_at_threads_and_layouts(layer, x)
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (stride, images)
+            assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
