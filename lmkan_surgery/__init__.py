@@ -14,7 +14,7 @@ from .errors import (
     ShapeError,
 )
 from .nn import LMKANConv2d, LMKANLayer, LMKANLinear, hessian_penalty, model_hessian_penalty
-from .ops import lmkan_lookup
+from .ops import lmkan_lookup, release_cpu_output_pool
 from .config import LMKANConfig
 from .conversion_report import ConversionReport, LayerRecord, ShrinkGroupRecord
 from .api import lmkanify
@@ -53,5 +53,6 @@ __all__ = [
     "load",
     "model_hessian_penalty",
     "plan",
+    "release_cpu_output_pool",
     "save",
 ]

@@ -118,3 +118,21 @@ def test_pool_cap_zero_keeps_no_block(native):
     del y
     assert native.output_pool_bytes() >= 1024 * 1024 * 4  # this process keeps it (default cap)
     native.release_output_pool()
+
+
+def test_public_release_frees_the_kept_blocks(native):
+    """lmkan_surgery.release_cpu_output_pool() returns the kept bytes to the system and says how many they were;
+    the next large output maps a new block and is still right."""
+    import lmkan_surgery
+
+    layer = _conv_layer()
+    x = torch.randn(1, 64, 6, 6, requires_grad=True)
+    layer(x).sum().backward()  # the table gradient becomes .grad: nothing freed yet
+    layer(x).sum().backward()  # the second gradient is added to .grad and freed into the pool
+    kept = native.output_pool_bytes()
+    assert kept >= layer.table.numel() * 4
+    assert lmkan_surgery.release_cpu_output_pool() == kept
+    assert native.output_pool_bytes() == 0
+    before = layer.table.grad.clone()
+    layer(x).sum().backward()
+    assert torch.allclose(layer.table.grad, 1.5 * before, rtol=1e-6, atol=1e-6)

@@ -34,6 +34,8 @@ class Backend:
     place: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # one-pass quantile placement
     gram: Callable[..., None] | None = None  # adds the normal matrix of bilinear design rows (table fitting)
     pointwise_forward: Callable[..., torch.Tensor] | None = None  # 1x1 inference with normalisation and bias
+    pool_bytes: Callable[[], int] | None = None  # bytes of freed large outputs kept for reuse (CPU binding)
+    release_pool: Callable[[], None] | None = None  # frees them
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -63,7 +65,9 @@ def _native_backend(kind: str) -> Backend | None:
                                           getattr(module, "conv2d_forward", None),
                                           getattr(module, "conv2d_backward", None), getattr(module, "place", None),
                                           getattr(module, "bilinear_gram_add", None),
-                                          getattr(module, "pointwise_forward", None))
+                                          getattr(module, "pointwise_forward", None),
+                                          getattr(module, "output_pool_bytes", None),
+                                          getattr(module, "release_output_pool", None))
     return _native_cache[kind]
 
 
@@ -128,6 +132,18 @@ def native_place(x: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Ten
         return None
     native = _native_backend("cpu")
     return native.place if native is not None else None
+
+
+def release_cpu_output_pool() -> int:
+    """Frees the freed large outputs (>= 4 MiB) that the CPU kernels keep mapped for reuse, up to
+    ``LMKAN_CPU_OUTPUT_POOL_MB`` (1024 by default; 0 keeps none), and returns how many bytes that was. Call it when a
+    process stops training or running lmKAN layers and needs the memory back; the next large output maps afresh."""
+    native = _native_cache.get("cpu")
+    if native is None or native.release_pool is None:
+        return 0
+    held = native.pool_bytes()
+    native.release_pool()
+    return held
 
 
 def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:
