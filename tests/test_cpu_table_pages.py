@@ -19,6 +19,12 @@ from lmkan_surgery.ops.dispatch import HUGE_PAGE_TABLE_BYTES, huge_page_table
 HUGE_PAGE = 2 << 20
 
 
+@pytest.fixture(autouse=True)
+def _native_backend(monkeypatch):
+    """These tests are about the native binding's placement: a forced reference backend keeps tables where they are."""
+    monkeypatch.delenv("LMKAN_BACKEND", raising=False)
+
+
 def _on_huge_block(t: torch.Tensor) -> bool:
     return t.data_ptr() % HUGE_PAGE == 0
 
