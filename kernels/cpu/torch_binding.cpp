@@ -278,6 +278,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bilinear_gram_add", &bilinear_gram_add, "gram += D^T D of bilinear design rows (upper blocks; mirror)");
     m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");
     m.def("output_pool_bytes", []() { return lmkan_pool::pool().held(); }, "bytes of freed outputs kept for reuse");
+    m.def("huge_page_copy", &lmkan_pool::huge_page_copy, "contiguous copy of a CPU tensor, from 4 MB on 2 MB pages");
     m.def("release_output_pool", []() { lmkan_pool::pool().release(); }, "free the kept blocks of freed outputs");
     m.def("isa", []() { return std::string(lmkan_cpu_isa()); }, "the active instruction-set path");
     m.def("select_isa", &select_isa, "force 'avx512', 'avx2', 'generic' or 'auto'");

@@ -136,11 +136,23 @@ public:
     }
 };
 
-// An uninitialised float32 CPU tensor of `sizes` and `strides` on PoolAllocator's memory.
-inline torch::Tensor pooled_empty(at::IntArrayRef sizes, at::IntArrayRef strides) {
+// An uninitialised CPU tensor of `sizes`, `strides` and `dtype` (float32 for outputs) on PoolAllocator's memory.
+inline torch::Tensor pooled_empty(at::IntArrayRef sizes, at::IntArrayRef strides,
+                                  at::ScalarType dtype = at::kFloat) {
     static PoolAllocator* const allocator = new PoolAllocator();  // never destroyed, as the pool
     return at::detail::empty_strided_generic(sizes, strides, allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                             at::kFloat);
+                                             dtype);
+}
+
+// A contiguous copy of a CPU tensor (any dtype) on PoolAllocator's memory: from kPooledBytes on, 2 MB aligned
+// MADV_HUGEPAGE pages. For the layers' tables, which the kernels stream: on 4 KB pages the 14x14x256 3x3 forward
+// at batch 1 took 12.3 ms against 10.3 on 2 MB pages (Round 13, 1 thread, medians of 15 interleaved calls).
+inline torch::Tensor huge_page_copy(const torch::Tensor& source) {
+    TORCH_CHECK(source.device().is_cpu(), "huge_page_copy needs a CPU tensor");
+    const auto strides = c10::contiguous_strides(source.sizes());
+    auto copy = pooled_empty(source.sizes(), {strides.begin(), strides.end()}, source.scalar_type());
+    copy.copy_(source);
+    return copy;
 }
 
 }  // namespace lmkan_pool

@@ -9,6 +9,7 @@ from torch import nn
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
+from ..ops.dispatch import huge_page_table
 from .hessian import hessian_penalty
 from .metadata import MetadataTensor
 from .placement import identity_knots, place, quantile_knots, with_tails
@@ -147,11 +148,15 @@ class LMKANLayer(nn.Module):
         std = safe_input_std(input_std, features).to(mean)
         return mean, std
 
+    def _set_table(self, table: torch.Tensor) -> None:
+        """Make `table` the table parameter; a large CPU table goes onto 2 MB pages (ops.dispatch.huge_page_table)."""
+        self.table = nn.Parameter(huge_page_table(table))
+
     def _install_exact(self, table: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Materialise a layer built on the meta device with a precomputed table, bias and input statistics."""
         self.to_empty(device=table.device)
         self.set_input_statistics(mean, std)
-        self.table = nn.Parameter(table)
+        self._set_table(table)
         self.bias = nn.Parameter(bias.to(self.bias.dtype))  # the layer's dtype (the table may be half)
 
     def _normalize(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:

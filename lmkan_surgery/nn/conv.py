@@ -48,8 +48,8 @@ class LMKANConv2d(LMKANLayer):
         patch = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         self.patch_features = patch
         shape = (groups, *table_shape(patch, out_channels // groups, self.num_grids))
-        self.table = nn.Parameter(random_table(shape, patch, init_scale, device=device,
-                                               dtype=resolve_table_dtype(table_dtype, dtype)))
+        self._set_table(random_table(shape, patch, init_scale, device=device,
+                                     dtype=resolve_table_dtype(table_dtype, dtype)))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         branch = nn.Conv2d(in_channels, out_channels, self.kernel_size, self.stride, 0, self.dilation, groups,
                            bias=True, **factory) if preconditioning else None  # runs on the already padded input

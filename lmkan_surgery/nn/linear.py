@@ -32,8 +32,8 @@ class LMKANLinear(LMKANLayer):
         self.in_features = in_features
         self.out_features = out_features
         shape = table_shape(in_features, out_features, self.num_grids)
-        self.table = nn.Parameter(random_table(shape, in_features, init_scale, device=device,
-                                               dtype=resolve_table_dtype(table_dtype, dtype)))
+        self._set_table(random_table(shape, in_features, init_scale, device=device,
+                                     dtype=resolve_table_dtype(table_dtype, dtype)))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         branch = nn.Linear(in_features, out_features, bias=True, **factory) if preconditioning else None
         self._init_preconditioning(preconditioning, branch, factory)
@@ -89,7 +89,7 @@ class LMKANLinear(LMKANLayer):
                     device="meta", dtype=weight.dtype, table_dtype=table_dtype)
         layer.to_empty(device=weight.device)
         layer.input_knots.copy_(with_tails(knots.detach().to(torch.float64)))
-        layer.table = nn.Parameter(knot_linear_table(weight, knots, layer.table.dtype))
+        layer._set_table(knot_linear_table(weight, knots, layer.table.dtype))
         bias = linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
         layer.bias = nn.Parameter(bias.clone())
         return layer

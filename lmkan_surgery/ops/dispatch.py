@@ -36,6 +36,7 @@ class Backend:
     pointwise_forward: Callable[..., torch.Tensor] | None = None  # 1x1 inference with normalisation and bias
     pool_bytes: Callable[[], int] | None = None  # bytes of freed large outputs kept for reuse (CPU binding)
     release_pool: Callable[[], None] | None = None  # frees them
+    huge_page_copy: Callable[[torch.Tensor], torch.Tensor] | None = None  # a CPU tensor's copy on 2 MB pages
 
 
 def _reference_backward(grad_out, x, table, need_x, need_table):
@@ -67,7 +68,8 @@ def _native_backend(kind: str) -> Backend | None:
                                           getattr(module, "bilinear_gram_add", None),
                                           getattr(module, "pointwise_forward", None),
                                           getattr(module, "output_pool_bytes", None),
-                                          getattr(module, "release_output_pool", None))
+                                          getattr(module, "release_output_pool", None),
+                                          getattr(module, "huge_page_copy", None))
     return _native_cache[kind]
 
 
@@ -144,6 +146,21 @@ def release_cpu_output_pool() -> int:
     held = native.pool_bytes()
     native.release_pool()
     return held
+
+
+# The binding's kPooledBytes (kernels/cpu/torch_output_pool.h): from this size on its copies sit on 2 MB pages.
+HUGE_PAGE_TABLE_BYTES = 4 << 20
+
+
+def huge_page_table(table: torch.Tensor) -> torch.Tensor:
+    """A large CPU table copied onto 2 MB-aligned MADV_HUGEPAGE pages by the CPU binding, else `table` itself (small,
+    not on the CPU, reference backend forced, no native kernels). The kernels stream the table: on 4 KB pages the
+    14x14x256 3x3 forward at batch 1 took 12.3 ms against 10.3 on 2 MB pages (Round 13, docs/benchmarks.md)."""
+    if (table.device.type != "cpu" or table.numel() * table.element_size() < HUGE_PAGE_TABLE_BYTES
+            or forced_backend() == "reference"):
+        return table
+    native = _native_backend("cpu")
+    return native.huge_page_copy(table) if native is not None and native.huge_page_copy else table
 
 
 def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:
