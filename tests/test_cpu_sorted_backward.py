@@ -119,11 +119,12 @@ def test_table_gradient_straight_or_packed_slices(native, shape):
 @pytest.mark.parametrize("n_out", [77, 9, 128])
 def test_x_gradient_runs_same_bits_at_every_place_in_a_run(native, n_out):
     """A run's first two samples are summed against the cell's corner rows (the difference rows formed in registers),
-    the next ones four and then two at a time against the stored difference rows: each sample's sums keep one order
-    wherever it sits. 1400 distinct samples, each repeated 1-9 times (with its output-gradient row) at random places
-    in a batch of 4200: runs of every length, the copies at every slot; all copies bitwise equal, AVX-512 = AVX2,
-    1 vs 2 threads, within the float64 tolerance. Fails when a slot's sums go to another sample (checked: the third
-    sample of a four-wide step written with the second's sums) or a slot's difference rows are not the cell's."""
+    the next ones eight (AVX-512) or four, then four, then two at a time against the stored difference rows: each
+    sample's sums keep one order wherever it sits. 1400 distinct samples, each repeated 1-9 times (with its
+    output-gradient row) at random places in a batch of 4200: runs of every length, the copies at every slot; all
+    copies bitwise equal, AVX-512 = AVX2, 1 vs 2 threads, within the float64 tolerance. Fails when a slot's sums go
+    to another sample (checked: a four-wide step's second pair written with the first's sums; an eight-wide step's
+    fourth pair with the third's) or a slot's difference rows are not the cell's."""
     x, table, grad_out = _inputs((1400, 2, 26, n_out), seed=n_out)
     x = x.clamp(-1e3, 1e3)
     gen = torch.Generator().manual_seed(3)
