@@ -114,3 +114,39 @@ def test_table_gradient_straight_or_packed_slices(native, shape):
     gt32 = backward_reference(grad_out, x, table, False, True)[1]
     gt64 = backward_reference(grad_out.double(), x.double(), table.double(), False, True)[1]
     assert_as_accurate(grad_table, gt32, gt64)
+
+
+@pytest.mark.parametrize("n_out", [77, 9, 128])
+def test_x_gradient_runs_same_bits_at_every_place_in_a_run(native, n_out):
+    """A run's first two samples are summed against the cell's corner rows (the difference rows formed in registers),
+    the next ones eight (AVX-512) or four, then four, then two at a time against the stored difference rows: each
+    sample's sums keep one order wherever it sits. 1400 distinct samples, each repeated 1-9 times (with its
+    output-gradient row) at random places in a batch of 4200: runs of every length, the copies at every slot; all
+    copies bitwise equal, AVX-512 = AVX2, 1 vs 2 threads, within the float64 tolerance. Fails when a slot's sums go
+    to another sample (checked: a four-wide step's second pair written with the first's sums; an eight-wide step's
+    fourth pair with the third's) or a slot's difference rows are not the cell's."""
+    x, table, grad_out = _inputs((1400, 2, 26, n_out), seed=n_out)
+    x = x.clamp(-1e3, 1e3)
+    gen = torch.Generator().manual_seed(3)
+    copies = torch.repeat_interleave(torch.arange(1400), torch.randint(1, 10, (1400,), generator=gen))
+    copies = copies[torch.randperm(copies.numel(), generator=gen)][:4200]
+    x, grad_out = x[copies], grad_out[copies]
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for isa in ("avx512", "avx2"):
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out[isa, count] = native.backward(grad_out, x, table, True, False)[0]
+    finally:
+        torch.set_num_threads(threads)
+    grad_x = out["avx512", 1]
+    for other in out.values():
+        assert torch.equal(_bits(grad_x), _bits(other))
+    order = torch.argsort(copies, stable=True)
+    same = copies[order][1:] == copies[order][:-1]  # neighbours in the sorted order that are copies of one sample
+    assert torch.equal(_bits(grad_x[order][1:][same]), _bits(grad_x[order][:-1][same]))
+    gx32 = backward_reference(grad_out, x, table, True, False)[0]
+    gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
+    assert_as_accurate(grad_x, gx32, gx64)
