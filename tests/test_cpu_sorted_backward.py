@@ -37,28 +37,36 @@ def _inputs(shape, seed):
     return x, table, torch.randn(batch, n_out, generator=gen)
 
 
+def _one_bits_everywhere(native, grad_out, x, table, need_x, isas=("avx512", "avx2")):
+    """The backward's x gradient (need_x) or table gradient on each ISA path in `isas` at 1 and 2 threads, checked
+    bitwise equal to one another; returns it."""
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for isa in isas:
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out.append(native.backward(grad_out, x, table, need_x, not need_x)[0 if need_x else 1])
+    finally:
+        torch.set_num_threads(threads)
+    for other in out[1:]:
+        assert torch.equal(_bits(out[0]), _bits(other))
+    return out[0]
+
+
 @pytest.mark.parametrize("shape", RUNS_SHAPES)
 def test_x_gradient_runs_same_bits_on_every_vector_width(native, shape):
     """The AVX-512 path (two samples per zmm) gives the AVX2 path's bits (lane by lane the same sums), on 1 and 2
     threads, and the near samples' gradients are within the float64 tolerance; a float16 table gives the bits of its
     float32 values. Fails when the zmm halves are swapped or the sums are associated another way."""
     x, table, grad_out = _inputs(shape, seed=shape[0] + shape[3])
-    threads = torch.get_num_threads()
-    out = {}
-    try:
-        for isa in ("avx512", "avx2"):
-            with isa_path(native, isa):
-                for count in (1, 2):
-                    torch.set_num_threads(count)
-                    out[isa, count] = native.backward(grad_out, x, table, True, False)[0]
-                half = native.backward(grad_out, x, table.half(), True, False)[0]
-                as_float = native.backward(grad_out, x, table.half().float(), True, False)[0]
-                assert torch.equal(_bits(half), _bits(as_float))
-    finally:
-        torch.set_num_threads(threads)
-    grad_x = out["avx512", 1]
-    for other in out.values():
-        assert torch.equal(_bits(grad_x), _bits(other))
+    grad_x = _one_bits_everywhere(native, grad_out, x, table, True)
+    for isa in ("avx512", "avx2"):
+        with isa_path(native, isa):
+            half = native.backward(grad_out, x, table.half(), True, False)[0]
+            as_float = native.backward(grad_out, x, table.half().float(), True, False)[0]
+            assert torch.equal(_bits(half), _bits(as_float))
     near = (x.abs() < 1e3).all(dim=1)
     gx32 = backward_reference(grad_out[near], x[near], table, True, False)[0]
     gx64 = backward_reference(grad_out[near].double(), x[near].double(), table.double(), True, False)[0]
@@ -70,19 +78,10 @@ def test_x_gradient_runs_generic_path_within_tolerance(native):
     shape = RUNS_SHAPES[0]
     x, table, grad_out = _inputs(shape, seed=7)
     x = x.clamp(-1e3, 1e3)
-    threads = torch.get_num_threads()
-    try:
-        with isa_path(native, "generic"):
-            per_count = []
-            for count in (1, 2):
-                torch.set_num_threads(count)
-                per_count.append(native.backward(grad_out, x, table, True, False)[0])
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(_bits(per_count[0]), _bits(per_count[1]))
+    grad_x = _one_bits_everywhere(native, grad_out, x, table, True, isas=("generic",))
     gx32 = backward_reference(grad_out, x, table, True, False)[0]
     gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
-    assert_as_accurate(per_count[0], gx32, gx64)
+    assert_as_accurate(grad_x, gx32, gx64)
 
 
 # (batch, pairs, G, N_out) on the cell-sorted table gradient: 128 and 80 outputs (multiples of 16: tiles 64 + 64 and
@@ -98,19 +97,7 @@ def test_table_gradient_straight_or_packed_slices(native, shape):
     with the packed row stride or offset."""
     x, table, grad_out = _inputs(shape, seed=shape[3])
     x = x.clamp(-1e3, 1e3)
-    threads = torch.get_num_threads()
-    out = {}
-    try:
-        for isa in ("avx512", "avx2"):
-            with isa_path(native, isa):
-                for count in (1, 2):
-                    torch.set_num_threads(count)
-                    out[isa, count] = native.backward(grad_out, x, table, False, True)[1]
-    finally:
-        torch.set_num_threads(threads)
-    grad_table = out["avx512", 1]
-    for other in out.values():
-        assert torch.equal(_bits(grad_table), _bits(other))
+    grad_table = _one_bits_everywhere(native, grad_out, x, table, False)
     gt32 = backward_reference(grad_out, x, table, False, True)[1]
     gt64 = backward_reference(grad_out.double(), x.double(), table.double(), False, True)[1]
     assert_as_accurate(grad_table, gt32, gt64)
@@ -131,19 +118,7 @@ def test_x_gradient_runs_same_bits_at_every_place_in_a_run(native, n_out):
     copies = torch.repeat_interleave(torch.arange(1400), torch.randint(1, 10, (1400,), generator=gen))
     copies = copies[torch.randperm(copies.numel(), generator=gen)][:4200]
     x, grad_out = x[copies], grad_out[copies]
-    threads = torch.get_num_threads()
-    out = {}
-    try:
-        for isa in ("avx512", "avx2"):
-            with isa_path(native, isa):
-                for count in (1, 2):
-                    torch.set_num_threads(count)
-                    out[isa, count] = native.backward(grad_out, x, table, True, False)[0]
-    finally:
-        torch.set_num_threads(threads)
-    grad_x = out["avx512", 1]
-    for other in out.values():
-        assert torch.equal(_bits(grad_x), _bits(other))
+    grad_x = _one_bits_everywhere(native, grad_out, x, table, True)
     order = torch.argsort(copies, stable=True)
     same = copies[order][1:] == copies[order][:-1]  # neighbours in the sorted order that are copies of one sample
     assert torch.equal(_bits(grad_x[order][1:][same]), _bits(grad_x[order][:-1][same]))
