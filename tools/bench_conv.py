@@ -188,6 +188,14 @@ def report(rows: list[tuple[tuple, float, dict[str, Method]]], backward: bool) -
     return "\n".join(lines)
 
 
+def inconsistent_conv_rows(rows: list[tuple[tuple, float, dict[str, Method]]]) -> list[str]:
+    """Rows whose nn.Conv2d forward median exceeds its forward+backward median: impossible but for a transient of
+    the run (a 960->160 row once read 3.4 and 5.8 ms forward against 2.9 ms forward+backward, 1.0 ms on rerun), so
+    every ratio to the conv on such a row is suspect."""
+    return [f"{shape[0]} batch {shape[1]}" for shape, _, ms in rows
+            if "conv fwd+bwd" in ms and ms["conv fwd"].median_ms() > ms["conv fwd+bwd"].median_ms()]
+
+
 def report_fusion(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
     """Markdown table of the 1x1 layers: the layer forward (fused normalisation and output layout) against the
     unfused steps of before, and both against nn.Conv2d, same rounds."""
@@ -248,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         print(report_kernels(rows))
         return
     print(report(rows, args.backward))
+    for row in inconsistent_conv_rows(rows):
+        print(f"warning: {row}: nn.Conv2d's forward timed slower than its forward+backward (a transient of this run); "
+              "its ratios are suspect: rerun that row")
     if any("unfused layer fwd" in ms for _, _, ms in rows):
         print(report_fusion(rows))
     if baseline is not None:
