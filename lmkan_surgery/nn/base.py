@@ -9,7 +9,7 @@ from torch import nn
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
-from ..ops.dispatch import huge_page_table
+from ..ops.dispatch import huge_page_table, table_movable_to_huge_pages
 from .hessian import hessian_penalty
 from .metadata import MetadataTensor
 from .placement import identity_knots, place, quantile_knots, with_tails
@@ -151,6 +151,44 @@ class LMKANLayer(nn.Module):
     def _set_table(self, table: torch.Tensor) -> None:
         """Make `table` the table parameter; a large CPU table goes onto 2 MB pages (ops.dispatch.huge_page_table)."""
         self.table = nn.Parameter(huge_page_table(table))
+
+    # Tables that torch allocates itself land on 4 KB pages; the four hooks below move each onto 2 MB pages as it
+    # arrives (Round 14: 14x14x256 / 7x7x512 3x3 forwards at batch 1 after torch.load took ... of the time on them).
+    # The move swaps the storage under the same Parameter (optimizers hold it) and keeps values, dtype and
+    # requires_grad; it happens only where nothing else holds the storage (ops.dispatch.table_movable_to_huge_pages).
+
+    def _table_to_huge_pages(self, alias: torch.Tensor | None = None, unpickling: bool = False) -> None:
+        """Move the table parameter onto 2 MB pages when table_movable_to_huge_pages allows it (one copy)."""
+        table = self._parameters.get("table")
+        if table is not None and table_movable_to_huge_pages(table, alias, unpickling):
+            table.data = huge_page_table(table.detach())
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        """`layer.table = nn.Parameter(t)` (the half-table widening of distill.master_tables, a user's assignment)."""
+        super().register_parameter(name, param)
+        if name == "table":
+            self._table_to_huge_pages()
+
+    def _apply(self, fn, recurse: bool = True):
+        """.to(dtype / "cpu"), .float(), .half(), .cpu(): a converted table is a new tensor on torch's pages. to_empty
+        from the meta device is left alone (no values yet: _set_table or load_state_dict fills it)."""
+        table = self._parameters.get("table")
+        from_meta = table is not None and table.is_meta
+        super()._apply(fn, recurse)
+        if not from_meta:
+            self._table_to_huge_pages()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        """load_state_dict: assign=True makes the state dict's tensor the table (it then stops sharing the table's
+        storage once moved); an in-place copy into a table on 4 KB pages (after to_empty()) moves it too."""
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._table_to_huge_pages(alias=state_dict.get(prefix + "table"))
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling: copy.deepcopy, pickle, torch.load of a whole model."""
+        super().__setstate__(state)
+        self._table_to_huge_pages(unpickling=True)
 
     def _install_exact(self, table: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Materialise a layer built on the meta device with a precomputed table, bias and input statistics."""

@@ -150,17 +150,65 @@ def release_cpu_output_pool() -> int:
 
 # The binding's kPooledBytes (kernels/cpu/torch_output_pool.h): from this size on its copies sit on 2 MB pages.
 HUGE_PAGE_TABLE_BYTES = 4 << 20
+_HUGE_PAGE = 2 << 20
+
+
+def _wants_huge_pages(table: torch.Tensor) -> bool:
+    """A CPU table of HUGE_PAGE_TABLE_BYTES or more, and the native backend not ruled out by LMKAN_BACKEND."""
+    return (table.device.type == "cpu" and table.numel() * table.element_size() >= HUGE_PAGE_TABLE_BYTES
+            and forced_backend() != "reference")
 
 
 def huge_page_table(table: torch.Tensor) -> torch.Tensor:
     """A large CPU table copied onto 2 MB-aligned MADV_HUGEPAGE pages by the CPU binding, else `table` itself (small,
     not on the CPU, reference backend forced, no native kernels). The kernels stream the table: on 4 KB pages the
     14x14x256 3x3 forward at batch 1 took 12.3 ms against 10.3 on 2 MB pages (Round 13, docs/benchmarks.md)."""
-    if (table.device.type != "cpu" or table.numel() * table.element_size() < HUGE_PAGE_TABLE_BYTES
-            or forced_backend() == "reference"):
+    if not _wants_huge_pages(table):
         return table
     native = _native_backend("cpu")
     return native.huge_page_copy(table) if native is not None and native.huge_page_copy else table
+
+
+def _file_mapped(address: int) -> bool:
+    """Whether `address` lies in a mapping of a file or of shared memory (/proc/self/maps names a path: torch.load's
+    mmap=True, UntypedStorage.from_file, /dev/shm); False where /proc is missing."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                if start <= address < end:
+                    return len(fields) == 6 and fields[5].strip()[:1] == "/"
+    except OSError:
+        pass
+    return False
+
+
+def _storage_holders(table: torch.Tensor) -> int:
+    """How many tensors (and storage handles) hold `table`'s storage, the handle made to ask excluded; a large
+    number where this torch cannot say (nothing is then moved)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return use_count(table.untyped_storage()._cdata) - 1 if use_count is not None else 1 << 30
+
+
+def table_movable_to_huge_pages(table: torch.Tensor, alias: torch.Tensor | None = None, unpickling: bool = False) -> bool:
+    """Whether LMKANLayer may move a table that torch allocated itself (unpickled, deep-copied, converted by .to(),
+    assigned) onto 2 MB pages (huge_page_table) without anyone seeing it: large and on the CPU, not at the start of a
+    2 MB-aligned block already (the binding's copies, torch's THP_MEM_ALLOC_ENABLE), the table alone on its storage
+    (no view into a larger one; no other tensor on it but `alias`, the state-dict tensor load_state_dict(assign=True)
+    assigns; `unpickling`: one more holder, the handle pickle's and torch.load's unpickler keeps on each storage it
+    rebuilt until it returns), and not shared memory or a file mapping (share_memory(), torch.load(mmap=True)),
+    whose sharing is the point."""
+    if not _wants_huge_pages(table) or not table.is_contiguous():
+        return False
+    holders = _storage_holders(table)  # before `storage` below, a handle of its own
+    storage = table.untyped_storage()
+    if storage.data_ptr() % _HUGE_PAGE == 0 or storage.nbytes() != table.numel() * table.element_size():
+        return False
+    aliased = alias is not None and alias.untyped_storage().data_ptr() == storage.data_ptr()
+    if holders > 1 + aliased + unpickling or storage.is_shared():
+        return False
+    return not _file_mapped(storage.data_ptr())
 
 
 def backend_for(x: torch.Tensor, table: torch.Tensor) -> Backend:
