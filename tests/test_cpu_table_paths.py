@@ -173,3 +173,13 @@ def test_small_tables_are_not_moved(native):
     layer = LMKANLinear(16, 16, 8)
     other = copy.deepcopy(layer)
     assert torch.equal(other.table, layer.table) and not _on_huge_block(other.table)
+
+
+def test_fake_tensor_layers_are_left_alone(native):
+    """A layer built under FakeTensorMode (tracing, export) keeps its fake table: no copy into real memory (the
+    binding's copy_ of a FakeTensor raised in Round 13's _set_table)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        layer = _large_linear()
+    assert isinstance(layer.table, FakeTensor) and layer.table.shape == (128, 9, 9, 256)

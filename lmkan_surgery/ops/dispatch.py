@@ -154,9 +154,11 @@ _HUGE_PAGE = 2 << 20
 
 
 def _wants_huge_pages(table: torch.Tensor) -> bool:
-    """A CPU table of HUGE_PAGE_TABLE_BYTES or more, and the native backend not ruled out by LMKAN_BACKEND."""
-    return (table.device.type == "cpu" and table.numel() * table.element_size() >= HUGE_PAGE_TABLE_BYTES
-            and forced_backend() != "reference")
+    """A plain CPU table of HUGE_PAGE_TABLE_BYTES or more (no FakeTensor or other subclass, no dispatch mode: their
+    storage is not memory), and the native backend not ruled out by LMKAN_BACKEND."""
+    return (type(table) in (torch.Tensor, torch.nn.Parameter) and table.device.type == "cpu"
+            and table.numel() * table.element_size() >= HUGE_PAGE_TABLE_BYTES
+            and torch._C._len_torch_dispatch_stack() == 0 and forced_backend() != "reference")
 
 
 def huge_page_table(table: torch.Tensor) -> torch.Tensor:
