@@ -163,8 +163,9 @@ def _wants_huge_pages(table: torch.Tensor) -> bool:
 
 def huge_page_table(table: torch.Tensor) -> torch.Tensor:
     """A large CPU table copied onto 2 MB-aligned MADV_HUGEPAGE pages by the CPU binding, else `table` itself (small,
-    not on the CPU, reference backend forced, no native kernels). The kernels stream the table: on 4 KB pages the
-    14x14x256 3x3 forward at batch 1 took 12.3 ms against 10.3 on 2 MB pages (Round 13, docs/benchmarks.md)."""
+    not on the CPU, a FakeTensor or other subclass, reference backend forced, no native kernels). The kernels stream
+    the table: on 4 KB pages the 14x14x256 3x3 forward at batch 1 took 12.3 ms against 10.3 on 2 MB pages (Round 13,
+    docs/benchmarks.md)."""
     if not _wants_huge_pages(table):
         return table
     native = _native_backend("cpu")
@@ -193,7 +194,8 @@ def _storage_holders(table: torch.Tensor) -> int:
     return use_count(table.untyped_storage()._cdata) - 1 if use_count is not None else 1 << 30
 
 
-def table_movable_to_huge_pages(table: torch.Tensor, alias: torch.Tensor | None = None, unpickling: bool = False) -> bool:
+def table_movable_to_huge_pages(table: torch.Tensor, alias: torch.Tensor | None = None,
+                                unpickling: bool = False) -> bool:
     """Whether LMKANLayer may move a table that torch allocated itself (unpickled, deep-copied, converted by .to(),
     assigned) onto 2 MB pages (huge_page_table) without anyone seeing it: large and on the CPU, not at the start of a
     2 MB-aligned block already (the binding's copies, torch's THP_MEM_ALLOC_ENABLE), the table alone on its storage
