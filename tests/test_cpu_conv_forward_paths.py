@@ -41,8 +41,8 @@ def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
 def test_batch_one_takes_the_cell_sorted_path_from_two_pixels_per_cell(native, isa, monkeypatch):
     """The direct convolution's cell-sorted forward runs from 2 pixels per cell on average (the lookup's threshold
     is 4): one 14x14 image at G = 8 (196 pixels over 81 cells, resnet18's layer3 at batch 1) gives the bits of the
-    same image inside a batch of 3 (588 pixels: cell-sorted either way; its outputs add their pairs in order from
-    zero whatever the block), where the streamed path (pair ranges) summed differently. 140 outputs (two tiles and
+    same image inside a batch of 3 (588 pixels: cell-sorted either way, one block each, so the same two pair ranges
+    each adding its pairs in order from zero), where the streamed path (pair ranges) summed differently. 140 outputs (two tiles and
     a narrow rest), 45 pairs (an odd patch), 15% of the inputs far outside the grid, float32 and float16 tables,
     1 and 2 threads and both layouts; against float64."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
@@ -175,3 +175,30 @@ def test_sort_keys_load_adjacent_pixels_as_vectors(native, isa, monkeypatch):
             outs = forward_at_threads_and_layouts(layer, x)
             assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (stride, images)
             assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+def test_one_block_splits_its_pairs_into_two_ranges(native, monkeypatch):
+    """Where the batch's pixels fit one block of the cell-sorted forward (14x14x256 at batch 1, 7x7x512 at batch 8)
+    its tasks take two fixed ranges of pairs (all tiles each), the second range's partial outputs added after: the
+    split depends on the shape only, so 1 and 2 threads and both layouts give the same bits, and AVX-512 and AVX2 (the
+    same operations per range) too; every path within float64's tolerance. 196 pixels (one block at G = 8); 23
+    pairs (an odd split: 11 + 12, tails of the groups of 8), 140 outputs (two tiles and a narrow rest), 2 groups of
+    64 outputs (a partial per group), a float16 table, 15% of the inputs far outside the grid."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    torch.manual_seed(29)
+    layers = [LMKANConv2d(5, 140, 3, padding=1, num_grids=8, init_scale=2.0).eval(),
+              LMKANConv2d(10, 128, 3, padding=1, groups=2, num_grids=8, init_scale=2.0,
+                          table_dtype=torch.float16).eval()]
+    outs = {}
+    for isa in ("avx512", "avx2", "generic"):
+        with isa_path(native, isa):
+            outs[isa] = []
+            for layer in layers:
+                x = 2 * torch.randn(1, layer.in_channels, 14, 14, generator=torch.Generator().manual_seed(3))
+                x = torch.where(x.abs() > 2.9, 1e3 * x, x)
+                runs = forward_at_threads_and_layouts(layer, x)
+                assert all(torch.equal(y, runs[0]) for y in runs[1:]), (isa, layer)
+                truth = reference_conv(layer, x)
+                assert (runs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item(), isa
+                outs[isa].append(runs[0])
+    assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
