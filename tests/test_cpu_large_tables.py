@@ -14,9 +14,10 @@ from lookup_checks import assert_as_accurate, lookup_inputs, separable_table
 LARGE_TABLE_ENV = "LMKAN_CPU_LARGE_TABLE_BYTES"  # tables above it take the large-table forwards
 # With the threshold at 0 (and N_out > 64): cell-sorted forward where a block has >= 4 samples per cell on average
 # (one block; three blocks of 512, 512, 76 samples; a 130-wide layer with a narrow last sweep), pair ranges below
-# that (4 ranges of one pair; 16 ranges of 2-3 pairs; at batch 3, 14% of a chunk's rows used: only those read ahead).
+# that (4 ranges of one pair; 16 ranges of 2-3 pairs; at batch 3 and 12, 14% and up to 59% of a chunk's rows used:
+# only those prefetched ahead).
 LARGE_PATH_SHAPES = [(300, 5, 3, 77), (1100, 3, 3, 100), (700, 4, 5, 130), (20, 4, 8, 72), (25, 37, 4, 70),
-                     (3, 40, 8, 136)]
+                     (3, 40, 8, 136), (12, 40, 8, 136)]
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
