@@ -22,3 +22,9 @@ def native():
         if "no C++ compiler" in str(err):
             pytest.skip(str(err))
         raise
+
+
+@pytest.fixture
+def native_backend(monkeypatch):
+    """Unset a forced backend (LMKAN_BACKEND) so layers run on the native binding, e.g. for its table placement."""
+    monkeypatch.delenv("LMKAN_BACKEND", raising=False)

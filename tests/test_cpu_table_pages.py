@@ -14,18 +14,10 @@ from torch import nn
 
 from lmkan_surgery.nn import LMKANConv2d, LMKANLinear
 from lmkan_surgery.ops.dispatch import HUGE_PAGE_TABLE_BYTES, huge_page_table
+from huge_pages import on_huge_block
 
-HUGE_PAGE = 2 << 20
-
-
-@pytest.fixture(autouse=True)
-def _native_backend(monkeypatch):
-    """These tests are about the native binding's placement: a forced reference backend keeps tables where they are."""
-    monkeypatch.delenv("LMKAN_BACKEND", raising=False)
-
-
-def _on_huge_block(t: torch.Tensor) -> bool:
-    return t.data_ptr() % HUGE_PAGE == 0
+# the placement needs the native binding: a forced reference backend keeps tables where they are
+pytestmark = pytest.mark.usefixtures("native_backend")
 
 
 def _large_linear(**kwargs) -> LMKANLinear:
@@ -46,7 +38,7 @@ def test_huge_page_copy_keeps_values_dtype_and_shape(native, dtype):
     copy_ = native.huge_page_copy(source)
     assert copy_.dtype == dtype and copy_.shape == source.shape and copy_.is_contiguous()
     assert torch.equal(copy_, source)
-    assert _on_huge_block(copy_)
+    assert on_huge_block(copy_)
 
 
 def test_small_or_non_cpu_tables_stay_where_they_are(native, monkeypatch):
@@ -66,13 +58,13 @@ def test_linear_table_is_on_a_huge_block(native, table_dtype):
     layer = _large_linear(table_dtype=table_dtype)
     expected = {None: torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[table_dtype]
     assert layer.table.dtype == expected and isinstance(layer.table, nn.Parameter) and layer.table.requires_grad
-    assert _on_huge_block(layer.table)
+    assert on_huge_block(layer.table)
 
 
 def test_exact_conversion_on_a_huge_block_is_exact(native):
     """from_conv's table (installed by _install_exact) is on a huge block and the layer still matches nn.Conv2d."""
     layer, conv = _large_conv()
-    assert _on_huge_block(layer.table)
+    assert on_huge_block(layer.table)
     x = torch.randn(2, 64, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), conv(x), rtol=1e-4, atol=1e-4)
@@ -97,4 +89,4 @@ def test_state_dict_round_trip_keeps_values_and_block(native):
     buffer.seek(0)
     fresh, _ = _large_conv()
     fresh.load_state_dict(torch.load(buffer))
-    assert torch.equal(fresh.table, layer.table) and _on_huge_block(fresh.table)
+    assert torch.equal(fresh.table, layer.table) and on_huge_block(fresh.table)

@@ -17,18 +17,10 @@ from torch import nn
 
 from lmkan_surgery.distill.master_tables import float32_master_tables
 from lmkan_surgery.nn import LMKANConv2d, LMKANLinear
+from huge_pages import on_huge_block
 
-HUGE_PAGE = 2 << 20
-
-
-@pytest.fixture(autouse=True)
-def _native_backend(monkeypatch):
-    """The placement needs the native binding: a forced reference backend keeps tables where they are."""
-    monkeypatch.delenv("LMKAN_BACKEND", raising=False)
-
-
-def _on_huge_block(t: torch.Tensor) -> bool:
-    return t.data_ptr() % HUGE_PAGE == 0
+# the placement needs the native binding: a forced reference backend keeps tables where they are
+pytestmark = pytest.mark.usefixtures("native_backend")
 
 
 def _large_linear(**kwargs) -> LMKANLinear:
@@ -47,7 +39,7 @@ def _outputs_and_grads(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 
 def _assert_same_layer(moved: nn.Module, original: nn.Module) -> None:
     """On a 2 MB block, same table bits, dtype and requires_grad, bitwise equal outputs and table gradients."""
-    assert _on_huge_block(moved.table) and isinstance(moved.table, nn.Parameter)
+    assert on_huge_block(moved.table) and isinstance(moved.table, nn.Parameter)
     assert moved.table.dtype == original.table.dtype and moved.table.requires_grad == original.table.requires_grad
     assert torch.equal(moved.table, original.table)
     x = torch.randn(8, moved.in_features, generator=torch.Generator().manual_seed(1))
@@ -75,7 +67,7 @@ def test_deepcopy_keeps_a_tied_table_tied(native):
     first, second = _large_linear(), _large_linear()
     second.table = first.table
     model = copy.deepcopy(nn.Sequential(first, second))
-    assert model[0].table is model[1].table and _on_huge_block(model[0].table)
+    assert model[0].table is model[1].table and on_huge_block(model[0].table)
 
 
 def test_load_state_dict_assign_moves_the_assigned_table(native):
@@ -103,7 +95,7 @@ def test_load_state_dict_into_an_emptied_layer_keeps_the_parameter(native):
     _assert_same_layer(fresh, layer)
     before = fresh.table.detach().clone()
     optimizer.step()
-    assert _on_huge_block(fresh.table) and not torch.equal(fresh.table, before)
+    assert on_huge_block(fresh.table) and not torch.equal(fresh.table, before)
 
 
 def test_project_save_and_load_put_tables_on_huge_pages(native, tmp_path):
@@ -117,10 +109,10 @@ def test_project_save_and_load_put_tables_on_huge_pages(native, tmp_path):
     x = torch.randn(1, 64, 5, 5)
     student, _ = lmkanify(base(), LMKANConfig(mode="exact", num_grids=8, skip_defaults=False),
                           example_inputs=x)
-    assert isinstance(student[0], LMKANConv2d) and _on_huge_block(student[0].table)
+    assert isinstance(student[0], LMKANConv2d) and on_huge_block(student[0].table)
     save(student, tmp_path / "student.pt")
     loaded = load(tmp_path / "student.pt", base)
-    assert _on_huge_block(loaded[0].table) and torch.equal(loaded[0].table, student[0].table)
+    assert on_huge_block(loaded[0].table) and torch.equal(loaded[0].table, student[0].table)
     with torch.no_grad():
         assert torch.equal(loaded(x), student(x))
 
@@ -139,7 +131,7 @@ def test_dtype_conversions_keep_the_parameter(native, convert):
     else:
         layer.to(torch.bfloat16).float()
         want = want.bfloat16().float()
-    assert layer.table is parameter and _on_huge_block(layer.table) and layer.table.requires_grad
+    assert layer.table is parameter and on_huge_block(layer.table) and layer.table.requires_grad
     assert torch.equal(layer.table, want.to(layer.table.dtype)) and layer.table.grad.dtype == layer.table.dtype
 
 
@@ -148,9 +140,9 @@ def test_half_table_widening_of_distillation_moves_both_ways(native):
     layer = _large_linear(table_dtype="float16")
     half = layer.table.detach().clone()
     with float32_master_tables(layer):
-        assert layer.table.dtype == torch.float32 and _on_huge_block(layer.table)
+        assert layer.table.dtype == torch.float32 and on_huge_block(layer.table)
         assert torch.equal(layer.table, half.float())
-    assert layer.table.dtype == torch.float16 and _on_huge_block(layer.table) and torch.equal(layer.table, half)
+    assert layer.table.dtype == torch.float16 and on_huge_block(layer.table) and torch.equal(layer.table, half)
 
 
 def test_shared_held_and_file_mapped_tables_stay(native, tmp_path):
@@ -159,7 +151,7 @@ def test_shared_held_and_file_mapped_tables_stay(native, tmp_path):
     assert layer.table.is_shared()
     kept = torch.randn(128, 9, 9, 256)
     layer.table = nn.Parameter(kept)
-    assert layer.table.data_ptr() == kept.data_ptr() and not _on_huge_block(layer.table)
+    assert layer.table.data_ptr() == kept.data_ptr() and not on_huge_block(layer.table)
     torch.save(_large_linear().state_dict(), tmp_path / "state.pt")
     with torch.device("meta"):
         fresh = LMKANLinear(256, 256, 8)
@@ -172,7 +164,7 @@ def test_small_tables_are_not_moved(native):
     """Below 4 MiB nothing is copied: a deepcopy's table stays torch's."""
     layer = LMKANLinear(16, 16, 8)
     other = copy.deepcopy(layer)
-    assert torch.equal(other.table, layer.table) and not _on_huge_block(other.table)
+    assert torch.equal(other.table, layer.table) and not on_huge_block(other.table)
 
 
 def test_fake_tensor_layers_are_left_alone(native):
