@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from lmkan_surgery.kernels import build
 from lmkan_surgery.ops import dispatch, lmkan_lookup
 from lmkan_surgery.ops.dispatch import BACKEND_ENV
 
@@ -132,8 +133,14 @@ def _no_grad(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def load_baseline(path: str) -> dispatch.Backend:
-    """The CPU backend of another build's extension file (its module name is the file name's stem)."""
+    """The CPU backend of another build's extension file (its module name is the file name's stem).
+
+    Refuses a file whose module name is the build under test's (same sources, same hash): a second extension of
+    that name in the process runs the first one's code, so the A/B would time one build twice."""
     name = os.path.basename(path).split(".")[0]
+    if name == build.load_native("cpu").__name__:
+        raise SystemExit(f"--baseline {path}: its module name {name} is the build under test's (built from the same "
+                         "sources); the process would run one build's code for both. Pass a build of other sources.")
     loader = importlib.machinery.ExtensionFileLoader(name, path)
     spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
