@@ -5,23 +5,14 @@ switched off: bitwise where torch's addcmul is one fused multiply-add, as on the
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from lmkan_surgery.nn import LMKANConv2d
-from lmkan_surgery.ops import dispatch
 
 from conv_oracles import reference_conv
 from isa import isa_path
-
-
-def _addcmul_is_fma() -> bool:
-    """Whether torch's addcmul rounds once (then the one-call layer must give the steps' bits exactly)."""
-    gen = torch.Generator().manual_seed(0)
-    x, s, h = (torch.randn(4096, generator=gen) for _ in range(3))
-    return torch.equal(torch.addcmul(h, x, s), (x.double() * s.double() + h.double()).float())
+from one_call import addcmul_is_fma, by_steps, count_calls
 
 
 def _layer(c_in: int, c_out: int, stride, grids: int, dtype=None, bias: bool = True, seed: int = 0) -> LMKANConv2d:
@@ -48,38 +39,17 @@ def _inputs(layer: LMKANConv2d, batch: int, h: int, w: int, seed: int) -> torch.
     return (x - layer.input_shift.view(1, -1, 1, 1)) / layer.input_scale.view(1, -1, 1, 1)
 
 
-def _count_calls(monkeypatch) -> list:
-    """Counts the native one-call layer's calls (the backend otherwise unchanged)."""
-    backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
-    calls, native = [], backend.pointwise_forward
-    assert native is not None
-    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
-        backend, pointwise_forward=lambda *a: calls.append(1) or native(*a)))
-    return calls
-
-
-def _steps(layer: LMKANConv2d, x: torch.Tensor) -> torch.Tensor:
-    """The layer's step-by-step 1x1 inference (normalised copy, Linear lookup, bias while writing the layout)."""
-    saved = dispatch._native_cache["cpu"]
-    dispatch._native_cache["cpu"] = dataclasses.replace(saved, pointwise_forward=None)
-    try:
-        with torch.no_grad():
-            return layer(x)
-    finally:
-        dispatch._native_cache["cpu"] = saved
-
-
 def _check(layer: LMKANConv2d, x: torch.Tensor, calls: list) -> None:
     """One call, nn.Conv2d's output layout, the steps' values (bits where addcmul is an FMA), float64."""
     calls.clear()
     with torch.no_grad():
         y = layer(x)
     assert calls == [1]
-    steps = _steps(layer, x)
+    steps = by_steps(layer, x)
     layout = torch.channels_last if not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last) else torch.contiguous_format
     assert y.shape == steps.shape and y.is_contiguous(memory_format=layout)
-    if _addcmul_is_fma():
+    if addcmul_is_fma():
         assert torch.equal(y, steps)
     if not y.numel():
         return
@@ -97,7 +67,7 @@ def test_one_call_layer_matches_the_steps_and_float64(native, isa, monkeypatch):
     """The fused path's shapes: 7 pairs -> 11 outputs (a narrow tile), 9 -> 70 (a tile and a narrow rest), 20 -> 3
     (the few-output path); strides 1, 2 and (2, 1); NCHW, channels_last and a cropped (strided) view; batch 0, 1
     and 3 (and one unbatched CHW image); bias and none; float32, float16 and bfloat16 tables."""
-    calls = _count_calls(monkeypatch)
+    calls = count_calls(monkeypatch)
     with isa_path(native, isa):
         cases = ((14, 11, 1, 8, None, True, 3), (18, 70, 2, 5, torch.bfloat16, False, 1),
                  (40, 3, (2, 1), 8, None, True, 2), (14, 11, (1, 2), 6, torch.float16, True, 0))
@@ -115,7 +85,7 @@ def test_one_call_layer_matches_the_steps_and_float64(native, isa, monkeypatch):
 def test_one_call_layer_on_the_sorted_and_streamed_paths(native, isa, monkeypatch):
     """Tables over the (lowered) large-table threshold: the whole batch's rows are gathered around the cell-sorted
     forward (enough pixels per cell at G = 3) and the streamed one (sorting switched off); 72 outputs, both layouts."""
-    calls = _count_calls(monkeypatch)
+    calls = count_calls(monkeypatch)
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     with isa_path(native, isa):
         layer = _layer(10, 72, 1, 3, None, True, 5)
@@ -128,7 +98,7 @@ def test_one_call_layer_on_the_sorted_and_streamed_paths(native, isa, monkeypatc
 
 def test_one_call_layer_one_and_two_threads_bitwise_equal(native, monkeypatch):
     """Above the serial cut (8 x 28 x 28 pixels, 64 pairs, 96 outputs), NCHW and channels_last at stride 1 and 2."""
-    calls = _count_calls(monkeypatch)
+    calls = count_calls(monkeypatch)
     layer = _layer(128, 96, 1, 8, seed=7)
     x = _inputs(layer, 8, 28, 28, 7)
     threads = torch.get_num_threads()
@@ -149,7 +119,7 @@ def test_one_call_layer_one_and_two_threads_bitwise_equal(native, monkeypatch):
 
 def test_autograd_keeps_the_steps(native, monkeypatch):
     """With a gradient to record (through x, the table or the bias) the layer does not take the one call."""
-    calls = _count_calls(monkeypatch)
+    calls = count_calls(monkeypatch)
     layer = _layer(14, 11, 1, 8)
     x = _inputs(layer, 2, 5, 5, 0)
     layer(x.clone().requires_grad_(True)).sum().backward()

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from . import dispatch
-from .lookup import lmkan_lookup
+from .lookup import affine_lookup_inference, lmkan_lookup
 
 
 class _DirectConv2d(torch.autograd.Function):
@@ -82,20 +82,12 @@ def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.me
 
 def pointwise_inference(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int], shift: torch.Tensor,
                         scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """A whole 1x1 one-group inference layer in one native call: x * scale + shift per channel, the Linear lookup
-    over the pixels of x[:, :, ::sh, ::sw] and the bias, read from and written to nn.Conv2d's layouts (NCHW or
-    channels_last) with no transposed copies (normalized_pixels, pointwise_conv2d and add_bias in one pass; the
-    same bits where torch's addcmul is one fused multiply-add). None where it does not apply (no such kernel,
-    autograd to record, a graph being traced, other dtypes): the caller takes those steps instead."""
-    params = (scale, shift) if bias is None else (scale, shift, bias)
-    if not (takes_linear_route(x, table, (1, 1)) and dispatch.direct_call_allowed(x, table)
-            and all(p.dtype == torch.float32 and p.device == x.device for p in params)
-            and not (torch.is_grad_enabled() and any(p.requires_grad for p in params))):
+    """A whole 1x1 one-group inference layer in one native call (affine_lookup_inference): read from and written to
+    nn.Conv2d's layouts (NCHW or channels_last) with no transposed copies (normalized_pixels, pointwise_conv2d and
+    add_bias in one pass). None where it does not apply: the caller takes those steps instead."""
+    if not takes_linear_route(x, table, (1, 1)):
         return None
-    backend = dispatch.backend_for(x, table)
-    if backend.pointwise_forward is None:
-        return None
-    return backend.pointwise_forward(x, scale, shift, table[0], bias, list(stride))
+    return affine_lookup_inference(x, table[0], shift, scale, bias, stride)
 
 
 def pointwise_conv2d(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:

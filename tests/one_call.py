@@ -1,0 +1,38 @@
+"""Test helpers shared by the one-call inference tests (ops.lookup.affine_lookup_inference: the affine input map,
+the lookup and the bias in one native call, from LMKANConv2d 1x1 and LMKANLinear)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from lmkan_surgery.ops import dispatch
+
+
+def addcmul_is_fma() -> bool:
+    """Whether torch's addcmul rounds once (then the one-call layer must give the steps' bits exactly)."""
+    gen = torch.Generator().manual_seed(0)
+    x, s, h = (torch.randn(4096, generator=gen) for _ in range(3))
+    return torch.equal(torch.addcmul(h, x, s), (x.double() * s.double() + h.double()).float())
+
+
+def count_calls(monkeypatch) -> list:
+    """Counts the native one-call layer's calls (the backend otherwise unchanged)."""
+    backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
+    calls, native = [], backend.pointwise_forward
+    assert native is not None
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
+        backend, pointwise_forward=lambda *a: calls.append(1) or native(*a)))
+    return calls
+
+
+def by_steps(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's step-by-step inference (normalisation, lookup, bias as separate ops): the one call switched off."""
+    saved = dispatch._native_cache["cpu"]
+    dispatch._native_cache["cpu"] = dataclasses.replace(saved, pointwise_forward=None)
+    try:
+        with torch.no_grad():
+            return layer(x)
+    finally:
+        dispatch._native_cache["cpu"] = saved
