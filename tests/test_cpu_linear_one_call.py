@@ -83,7 +83,8 @@ def test_one_call_linear_on_the_sorted_and_streamed_paths(native, isa, monkeypat
         x = _inputs(layer, (390,), 5)
         for sorted_forward in ("1", "0"):
             monkeypatch.setenv("LMKAN_CPU_SORTED_FORWARD", sorted_forward)
-            _check(layer, x, calls)
+            for view in (x, x.t().contiguous().t()):  # rows and column-major (feature planes)
+                _check(layer, view, calls)
 
 
 def test_one_call_linear_one_and_two_threads_bitwise_equal(native, monkeypatch):

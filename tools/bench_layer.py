@@ -232,8 +232,9 @@ PER_CALL_SHAPE = (1, 288, 32, 8)  # (B, N_in, N_out, G)
 
 
 def per_call_methods(calls: int) -> list[Method]:
-    """nn.Linear, the bare native kernel, the lookup op and an exact LMKANLinear (affine input normalisation, as
-    lmkanify builds it), each a loop of `calls` forward calls at batch 1 under torch.no_grad()."""
+    """nn.Linear, the bare native kernel, the one native call of an exact layer (affine map, lookup, bias), the lookup
+    op and an exact LMKANLinear (affine input normalisation, as lmkanify builds it; it makes that one call), each a
+    loop of `calls` forward calls at batch 1 under torch.no_grad()."""
     from lmkan_surgery.kernels import build
     from lmkan_surgery.nn import LMKANLinear
 
@@ -245,7 +246,9 @@ def per_call_methods(calls: int) -> list[Method]:
     plain = LMKANLinear(n_in, n_out, grids)
     x = torch.randn(batch, n_in, generator=gen)
     table = layer.table.detach()
-    kernel = build.load_native("cpu").forward
+    native = build.load_native("cpu")
+    kernel = native.forward
+    scale, shift, bias = (t.detach() for t in (layer.input_scale, layer.input_shift, layer.bias))
 
     def loop(fn):
         def run():
@@ -256,6 +259,8 @@ def per_call_methods(calls: int) -> list[Method]:
 
     return [Method("nn.Linear", loop(lambda: linear(x))),
             Method("kernel (native forward)", loop(lambda: kernel(x, table))),
+            Method("kernel (one call: affine map, lookup, bias)",
+                   loop(lambda: native.pointwise_forward(x, scale, shift, table, bias, [1, 1]))),
             Method("lmkan_lookup", loop(lambda: lmkan_lookup(x, table))),
             Method("LMKANLinear (input_norm none)", loop(lambda: plain(x))),
             Method("LMKANLinear (exact, affine norm)", loop(lambda: layer(x)))]

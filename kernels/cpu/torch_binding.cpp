@@ -237,30 +237,35 @@ torch::Tensor channel_vector(const c10::optional<torch::Tensor>& t, int64_t n, c
 // The one-group 1x1 convolution of x [N, C, H, W] (any strides) at stride `step`, with the affine map x * scale +
 // shift per channel before the lookup (table [P, G+1, G+1, out], C = 2P) and the bias after it; the output in
 // nn.Conv2d's layout for x (channels-last memory for a channels-last input, else contiguous). A Linear's x [N, C]
-// is taken as [N, C, 1, 1] and gives y [N, out] (views here: each costs microseconds from Python at batch 1).
+// (step 1) is read as N pixels of 1 x 1 and gives y [N, out]: no views made (each costs a microsecond at batch 1).
 torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Tensor shift, torch::Tensor table,
                                 c10::optional<torch::Tensor> bias, std::vector<int64_t> step) {
     check_float_cpu(x, "x");
-    if (x.dim() == 2) {
-        TORCH_CHECK(step == std::vector<int64_t>({1, 1}), "a [N, C] input takes step (1, 1)");
-        return pointwise_forward(x.unsqueeze(2).unsqueeze(3), scale, shift, table, bias, step)
-            .view({x.size(0), table.size(3)});
-    }
-    TORCH_CHECK(x.dim() == 4 && table.dim() == 4 && table.size(1) == table.size(2) && x.size(1) == 2 * table.size(0) &&
-                    step.size() == 2 && step[0] > 0 && step[1] > 0,
-                "expected x [N, 2P, H, W], table [P, G+1, G+1, out] and a positive 2-element step");
+    const bool rows = x.dim() == 2;
+    TORCH_CHECK((x.dim() == 4 || rows) && table.dim() == 4 && table.size(1) == table.size(2) &&
+                    x.size(1) == 2 * table.size(0) && step.size() == 2 && step[0] > 0 && step[1] > 0 &&
+                    (!rows || (step[0] == 1 && step[1] == 1)),
+                "expected x [N, 2P, H, W] (or [N, 2P] at step 1), table [P, G+1, G+1, out] and a positive 2-element "
+                "step");
     const int dt = table_dtype(table);
     table = table.contiguous();
     const int64_t n_out = table.size(3);
     scale = channel_vector(scale, x.size(1), "scale", false);
     shift = channel_vector(shift, x.size(1), "shift", false);
     const torch::Tensor b = channel_vector(bias, n_out, "bias", true);
-    const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-    x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
-    const std::vector<int64_t> sizes{x.size(0), n_out, x.size(2), x.size(3)};
-    auto y = fresh_output(sizes, channels_last ? c10::get_channels_last_strides_2d(sizes) : row_major_strides(sizes));
-    const lmkan_pointwise_geometry g{x.size(0), x.size(2), x.size(3), {x.stride(0), x.stride(1), x.stride(2),
-                                     x.stride(3)}, {y.stride(0), y.stride(1), y.stride(2), y.stride(3)}};
+    torch::Tensor y;
+    lmkan_pointwise_geometry g{};
+    if (rows) {
+        y = fresh_output({x.size(0), n_out});
+        g = {x.size(0), 1, 1, {x.stride(0), x.stride(1), 0, 0}, {n_out, 1, 0, 0}};
+    } else {
+        const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+        if (step[0] != 1 || step[1] != 1) x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
+        const std::vector<int64_t> sizes{x.size(0), n_out, x.size(2), x.size(3)};
+        y = fresh_output(sizes, channels_last ? c10::get_channels_last_strides_2d(sizes) : row_major_strides(sizes));
+        g = {x.size(0), x.size(2), x.size(3), {x.stride(0), x.stride(1), x.stride(2), x.stride(3)},
+             {y.stride(0), y.stride(1), y.stride(2), y.stride(3)}};
+    }
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
