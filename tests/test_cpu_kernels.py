@@ -111,6 +111,34 @@ def test_grad_x_over_cell_differences_gives_the_table_row_bits(native, isa, dtyp
     assert torch.equal(gx_diff[:323], gx_rows)
 
 
+# (B, P, G, N_out) on the unsorted table gradient (grad_table_by_samples: at most 32 outputs, a table of 1 MB or
+# less): 32 outputs (two zmm steps on the AVX-512 path), 24 (one zmm, one ymm step), 20 (one zmm step, a masked rest
+# of 4) and 16 (one zmm step; 1001 samples in two ranges, 501 and 500).
+BY_SAMPLES_SHAPES = [(700, 3, 8, 32), (700, 3, 8, 24), (300, 2, 4, 20), (1001, 4, 16, 16)]
+
+
+@pytest.mark.parametrize("shape", BY_SAMPLES_SHAPES)
+def test_table_gradient_by_samples_same_bits_on_every_vector_width(native, shape):
+    """The AVX-512 path's 16-column steps (zmm) add each element as the AVX2 path's 8-column ones do: bitwise equal,
+    on 1 and 2 threads, and within the float64 tolerance; fails when a zmm step writes another row or column."""
+    x, table, grad_out = lookup_inputs(shape, seed=shape[3] + 5)
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for isa in ("avx512", "avx2"):
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out.append(native.backward(grad_out, x, table, False, True)[1])
+    finally:
+        torch.set_num_threads(threads)
+    for other in out[1:]:
+        assert torch.equal(out[0], other)
+    gt32 = backward_reference(grad_out, x, table, False, True)[1]
+    gt64 = backward_reference(grad_out.double(), x.double(), table.double(), False, True)[1]
+    assert_as_accurate(out[0], gt32, gt64)
+
+
 # grad_x over the cell-sorted records (a sort block of >= 4 samples per cell, cell differences too large for L2 or
 # too few samples for them): one block with a masked last vector; two blocks (2048 + 452) at 200 outputs; two
 # blocks (4096 + 104) at G = 23 with 9 outputs (one vector and a 1-column tail).
