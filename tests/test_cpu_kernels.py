@@ -99,15 +99,44 @@ def test_counted_cells_equal_the_exp_cells_at_every_node(native, tmp_path):
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_grad_x_over_cell_differences_gives_the_table_row_bits(native, isa, dtype):
-    """At G = 8 grad_x runs over per-call cell differences from 512 samples on (8 G^2) and over the table rows below
-    324 samples (4 (G+1)^2; between them over the cell-sorted records); each sample's gradient depends on that
-    sample alone, so the first 323 samples get the same bits either way."""
-    x, table, grad_out = lookup_inputs((512, 5, 8, 45), seed=31)
+    """At G = 8 with few outputs (29: the table gradient does not sort the records) grad_x runs over per-call cell
+    differences from 512 samples on (8 G^2) and over the table rows below them; each sample's gradient depends on
+    that sample alone, so the first 323 samples get the same bits either way. (With more outputs the table gradient
+    sorts the records and grad_x runs over them from 324 samples on: test_cpu_sorted_backward.)"""
+    x, table, grad_out = lookup_inputs((512, 5, 8, 29), seed=31)
     table = table.to(dtype)
     with isa_path(native, isa):
         gx_diff, _ = native.backward(grad_out, x, table, True, False)
         gx_rows, _ = native.backward(grad_out[:323].contiguous(), x[:323].contiguous(), table, True, False)
     assert torch.equal(gx_diff[:323], gx_rows)
+
+
+# (B, P, G, N_out) on the unsorted table gradient (grad_table_by_samples: at most 32 outputs, a table of 1 MB or
+# less): 32 outputs (two zmm steps on the AVX-512 path), 24 (one zmm, one ymm step), 20 (one zmm step, a masked rest
+# of 4) and 16 (one zmm step; 1001 samples in two ranges, 501 and 500).
+BY_SAMPLES_SHAPES = [(700, 3, 8, 32), (700, 3, 8, 24), (300, 2, 4, 20), (1001, 4, 16, 16)]
+
+
+@pytest.mark.parametrize("shape", BY_SAMPLES_SHAPES)
+def test_table_gradient_by_samples_same_bits_on_every_vector_width(native, shape):
+    """The AVX-512 path's 16-column steps (zmm) add each element as the AVX2 path's 8-column ones do: bitwise equal,
+    on 1 and 2 threads, and within the float64 tolerance; fails when a zmm step writes another row or column."""
+    x, table, grad_out = lookup_inputs(shape, seed=shape[3] + 5)
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for isa in ("avx512", "avx2"):
+            with isa_path(native, isa):
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    out.append(native.backward(grad_out, x, table, False, True)[1])
+    finally:
+        torch.set_num_threads(threads)
+    for other in out[1:]:
+        assert torch.equal(out[0], other)
+    gt32 = backward_reference(grad_out, x, table, False, True)[1]
+    gt64 = backward_reference(grad_out.double(), x.double(), table.double(), False, True)[1]
+    assert_as_accurate(out[0], gt32, gt64)
 
 
 # grad_x over the cell-sorted records (a sort block of >= 4 samples per cell, cell differences too large for L2 or

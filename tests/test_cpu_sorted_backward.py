@@ -1,8 +1,9 @@
 """The Linear backward over cell-sorted records. The x gradient over runs (grad_x_runs: G = 26 at 77-128 outputs or
-blocks below 8 samples per cell): on the AVX-512 path two samples' dot products share one zmm per difference row,
+blocks below 8 samples per cell, G = 8 where the table gradient sorts the records): on the AVX-512 path two samples' dot products share one zmm per difference row,
 and the pair's table rows are streamed ahead of the runs where a block has a sample per cell or more; same bits as
 the AVX2 path, within the float64 tolerance, 1 vs 2 threads bitwise equal, half tables. The table gradient's slices
-accumulated straight into the gradient (outputs a multiple of 16) or packed and copied out (others)."""
+accumulated straight into the gradient (outputs a multiple of 16) or packed and copied out (others), and from
+LMKAN_CPU_LARGE_TABLE_BYTES on packed and streamed out (non-temporal stores) with the same bits."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from lookup_checks import assert_as_accurate
 # blocks of 4096 + 404 samples (the table rows streamed in the first, not in the second: 404 < 729 cells) with 77
 # outputs (a masked 5-column rest); one block of 3000 with 9 outputs (one 8-column step and a 1-column rest); blocks
 # of 4096 + 4096 + 8 with 128 outputs (the benchmark's width).
-RUNS_SHAPES = [(4500, 3, 26, 77), (3000, 2, 26, 9), (8200, 2, 26, 128)]
+# At G = 8 the cell differences fit L2, but the table gradient sorts the records (more than 32 outputs): blocks of
+# 648 samples (4 x 648 + 408) with 96 outputs, and 1000 samples (648 + 352) with 44 (a masked 4-column rest).
+RUNS_SHAPES = [(4500, 3, 26, 77), (3000, 2, 26, 9), (8200, 2, 26, 128), (3000, 3, 8, 96), (1000, 2, 8, 44)]
 
 
 def _bits(t):
@@ -125,3 +128,27 @@ def test_x_gradient_runs_same_bits_at_every_place_in_a_run(native, n_out):
     gx32 = backward_reference(grad_out, x, table, True, False)[0]
     gx64 = backward_reference(grad_out.double(), x.double(), table.double(), True, False)[0]
     assert_as_accurate(grad_x, gx32, gx64)
+
+
+LARGE_TABLE_ENV = "LMKAN_CPU_LARGE_TABLE_BYTES"  # "0": every table gradient whose rows are whole lines streamed
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("shape", TABLE_SHAPES)
+def test_table_gradient_streamed_same_bits_as_in_place(native, shape, isa, monkeypatch):
+    """Threshold 0: the 128- and 80-output gradients (rows of whole lines) are accumulated in the packed slices and
+    streamed out, the 77-output one packed and copied as before; each gives the bits of the default threshold (these
+    gradients are small: straight or packed in place) on 1 and 2 threads, twice in a row (the second call on the
+    first one's slice buffers). Fails when a streamed row goes to another row or column offset, or a slice's rows
+    are not all written."""
+    x, table, grad_out = _inputs(shape, seed=shape[3] + 1)
+    x = x.clamp(-1e3, 1e3)
+    monkeypatch.delenv(LARGE_TABLE_ENV, raising=False)
+    with isa_path(native, isa):
+        in_place = native.backward(grad_out, x, table, False, True)[1]
+    monkeypatch.setenv(LARGE_TABLE_ENV, "0")
+    for _ in range(2):
+        poison = torch.full_like(table, float("nan"))  # freed just before: an unwritten row would likely read NaN
+        del poison
+        streamed = _one_bits_everywhere(native, grad_out, x, table, False, isas=(isa,))
+        assert torch.equal(_bits(streamed), _bits(in_place))
