@@ -97,6 +97,9 @@ struct Isa {
     // forward, grad_x and widen per table storage dtype (LMKAN_CPU_FLOAT32, FLOAT16, BFLOAT16)
     void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, const Dims&, bool);
+    // forward over a packed 32-output slice, a pair chunk in L1-sized parts (forward_fused_packed)
+    void (*forward_carried)(const FwdRec*, int64_t, const float*, float*, float*, uint8_t*, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, int64_t, const Dims&, bool);
     // table gradient over cell-sorted records: output-gradient rows at a given stride (packed: the sweep's width)
     void (*grad_table)(const CellRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, const Dims&);
     // table gradient sample by sample, unsorted (grad_table_by_samples in lmkan_cpu_backward.inc)
@@ -137,6 +140,8 @@ struct Isa {
                                          int32_t, float, const void*, int64_t, const float*, int64_t, float*, float*,
                                          const Dims&, const float*);
 };
+
+constexpr int64_t kCarryWidth = 32;  // outputs per tile of the fused forward's packed path
 
 namespace generic {
 #define ISA_NAME "generic"
