@@ -97,6 +97,9 @@ struct Isa {
     // forward, grad_x and widen per table storage dtype (LMKAN_CPU_FLOAT32, FLOAT16, BFLOAT16)
     void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, const Dims&, bool);
+    // forward over a packed 32-output slice, a pair chunk in L1-sized parts (block_carried, lmkan_cpu_forward.inc)
+    void (*forward_carried)(const FwdRec*, int64_t, const float*, float*, float*, uint8_t*, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, int64_t, const Dims&, bool);
     // table gradient over cell-sorted records: output-gradient rows at a given stride (packed: the sweep's width)
     void (*grad_table)(const CellRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, const Dims&);
     // table gradient sample by sample, unsorted (grad_table_by_samples in lmkan_cpu_backward.inc)
@@ -138,6 +141,8 @@ struct Isa {
                                          const Dims&, const float*);
 };
 
+constexpr int64_t kCarryWidth = 32;  // outputs per tile of the fused forward's packed path
+
 namespace generic {
 #define ISA_NAME "generic"
 #define ISA_SWEEP 16
@@ -173,8 +178,8 @@ namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma,f16c")
 #endif
-// The same 8-lane code with AVX-512VL: 32 vector registers, and 16-lane zmm vectors (vz) where they pay: the 64-output
-// forward tile and the cell-sorted kernels' 64-column sweeps (4 corners x 4 zmm).
+// The same 8-lane code with AVX-512VL: 32 vector registers, and 16-lane zmm vectors (vz) where they pay: the 64-, 32-
+// and 16-output forward tiles and the cell-sorted kernels' 64-column sweeps (4 corners x 4 zmm).
 namespace avx512 {
 #define ISA_NAME "avx512"
 #define ISA_SWEEP 64
