@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from isa import isa_path
-from test_cpu_pointwise import _check, _count_calls, _inputs, _layer
+from one_call import count_calls
+from test_cpu_pointwise import _check, _inputs, _layer
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def test_planar_input_matches_the_rows_route_and_float64(native, isa, monkeypatc
     """Odd shapes at G = 3 (enough pixels per cell to sort): 5 pairs -> 72 outputs (64 + 8), 7 -> 150 (a narrow
     rest), 3 -> 96; strides 1, 2 and (1, 2); NCHW and a cropped view (planar), channels_last (the rows route);
     batch 0, 1 and 3; float32, float16 and bfloat16 tables, bias and none."""
-    calls = _count_calls(monkeypatch)
+    calls = count_calls(monkeypatch)
     with isa_path(native, isa):
         cases = ((10, 72, 1, None, True, 3), (14, 150, 2, torch.float16, False, 1),
                  (6, 96, (1, 2), torch.bfloat16, True, 3), (10, 72, 1, None, True, 0))
@@ -38,7 +39,7 @@ def test_planar_input_matches_the_rows_route_and_float64(native, isa, monkeypatc
 def test_planar_input_one_and_two_threads_bitwise_equal(native, monkeypatch, sorted_path):
     """2 threads give the bits of 1 thread (160 outputs: tiles 64, 64, 32; 150: a narrow rest), on NCHW input at
     stride 1 and 2, at G = 3 and G = 8 (8 x 14 x 14 pixels, 48 pairs)."""
-    calls = _count_calls(monkeypatch)
+    calls = count_calls(monkeypatch)
     threads = torch.get_num_threads()
     try:
         for seed, (c_out, grids) in enumerate(((160, 3), (150, 8))):
