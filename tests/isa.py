@@ -17,3 +17,13 @@ def isa_path(native, isa: str):
         yield
     finally:
         native.select_isa("auto")
+
+
+def on_avx512_and_avx2(native, run):
+    """run() on the AVX-512 path, then on the AVX2 path (skipping the test where this CPU lacks one): both results,
+    for the tests that hold the 16-lane code to the 8-lane code's bits."""
+    results = []
+    for isa in ("avx512", "avx2"):
+        with isa_path(native, isa):
+            results.append(run())
+    return tuple(results)

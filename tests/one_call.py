@@ -27,6 +27,24 @@ def count_calls(monkeypatch) -> list:
     return calls
 
 
+def far_inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Raw inputs of `shape`: 2 N(0, 1), 15% far outside the grid (up to 1e3) and one at 1e20 (element 7)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = 2 * torch.randn(shape, generator=gen)
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.15, 1e3 * (2 * torch.rand(x.shape, generator=gen) - 1), x)
+    if x.numel() > 7:
+        x.view(-1)[7] = 1e20
+    return x
+
+
+def perturbed(layer: torch.nn.Module) -> torch.nn.Module:
+    """A converted layer made non-exact: noise on its table (in the table's dtype) and a random bias."""
+    with torch.no_grad():
+        layer.table.add_((0.1 * torch.randn(layer.table.shape)).to(layer.table.dtype))
+        layer.bias.normal_()
+    return layer
+
+
 def by_steps(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's step-by-step inference (normalisation, lookup, bias as separate ops): the one call switched off."""
     saved = dispatch._native_cache["cpu"]

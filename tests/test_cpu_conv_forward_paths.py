@@ -11,7 +11,7 @@ from lmkan_surgery.nn import LMKANConv2d
 from lmkan_surgery.ops.reference import forward_reference
 
 from conv_oracles import forward_at_threads_and_layouts, reference_conv
-from isa import isa_path
+from isa import isa_path, on_avx512_and_avx2
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -94,14 +94,11 @@ def test_avx512_zmm_tile_gives_the_avx2_bits(native):
     layer = LMKANConv2d(16, 64, 3, padding=1, num_grids=8, init_scale=2.0)
     xc = F.pad(3 * torch.randn(2, 16, 11, 9, generator=gen), layer._pads())
     geometry = (list(layer.kernel_size), list(layer.stride), list(layer.dilation))
-    outs = {}
-    for isa in ("avx512", "avx2"):
-        with isa_path(native, isa):
-            outs[isa] = (native.forward(x, table), native.forward(x, table.bfloat16()),
-                         native.conv2d_forward(xc, layer.table.detach(), *geometry))
-    assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
+    wide, narrow = on_avx512_and_avx2(native, lambda: (native.forward(x, table), native.forward(x, table.bfloat16()),
+                                                       native.conv2d_forward(xc, layer.table.detach(), *geometry)))
+    assert all(torch.equal(a, b) for a, b in zip(wide, narrow))
     reference = forward_reference(x.double(), table.double())
-    assert (outs["avx512"][0].double() - reference).abs().max().item() <= 1e-5 * reference.abs().max().item()
+    assert (wide[0].double() - reference).abs().max().item() <= 1e-5 * reference.abs().max().item()
 
 
 def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
@@ -122,14 +119,13 @@ def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
     xs = [torch.where(torch.rand(x.shape) < 0.15, 1e3 * (2 * torch.rand(x.shape) - 1), x) for x in xs]
     samples = torch.where(torch.rand(300, 18) < 0.15, 1e3 * torch.randn(300, 18), 3 * torch.randn(300, 18))
     table = torch.randn(9, 6, 6, 140)
-    outs = {}
-    for isa in ("avx512", "avx2"):
-        with isa_path(native, isa), torch.no_grad():
-            outs[isa] = [layer(x) for layer, x in zip(layers, xs)] + [native.forward(samples, table)]
-    assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
+    with torch.no_grad():
+        wide, narrow = on_avx512_and_avx2(
+            native, lambda: [layer(x) for layer, x in zip(layers, xs)] + [native.forward(samples, table)])
+    assert all(torch.equal(a, b) for a, b in zip(wide, narrow))
     truths = [reference_conv(layer, x) for layer, x in zip(layers, xs)]
     truths.append(forward_reference(samples.double(), table.double()))
-    for y, truth in zip(outs["avx512"], truths):
+    for y, truth in zip(wide, truths):
         assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
 
 

@@ -13,28 +13,20 @@ import torch
 from lmkan_surgery.nn import LMKANLinear
 
 from isa import isa_path
-from one_call import addcmul_is_fma, by_steps, count_calls
+from one_call import addcmul_is_fma, by_steps, count_calls, far_inputs, perturbed
 
 
 def _layer(n_in: int, n_out: int, grids: int, dtype=None, seed: int = 0) -> LMKANLinear:
     """A converted layer (affine normalisation from input statistics) with a perturbed, non-exact table and bias."""
     torch.manual_seed(seed)
     linear = torch.nn.Linear(n_in, n_out)
-    layer = LMKANLinear.from_linear(linear, grids, input_mean=torch.randn(n_in), input_std=torch.rand(n_in) + 0.5,
-                                    table_dtype=dtype)
-    with torch.no_grad():
-        layer.table.add_((0.1 * torch.randn(layer.table.shape)).to(layer.table.dtype))
-        layer.bias.normal_()
-    return layer
+    return perturbed(LMKANLinear.from_linear(linear, grids, input_mean=torch.randn(n_in),
+                                             input_std=torch.rand(n_in) + 0.5, table_dtype=dtype))
 
 
 def _inputs(layer: LMKANLinear, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Raw inputs around the layer's statistics; 15% far outside the grid (up to 1e3 and one at 1e20)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = 2 * torch.randn(*shape, layer.in_features, generator=gen)
-    x = torch.where(torch.rand(x.shape, generator=gen) < 0.15, 1e3 * (2 * torch.rand(x.shape, generator=gen) - 1), x)
-    if x.numel() > 7:
-        x.view(-1)[7] = 1e20
+    x = far_inputs((*shape, layer.in_features), seed)
     return (x - layer.input_shift) / layer.input_scale
 
 

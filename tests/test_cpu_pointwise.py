@@ -12,18 +12,15 @@ from lmkan_surgery.nn import LMKANConv2d
 
 from conv_oracles import reference_conv
 from isa import isa_path
-from one_call import addcmul_is_fma, by_steps, count_calls
+from one_call import addcmul_is_fma, by_steps, count_calls, far_inputs, perturbed
 
 
 def _layer(c_in: int, c_out: int, stride, grids: int, dtype=None, bias: bool = True, seed: int = 0) -> LMKANConv2d:
     """A converted 1x1 layer (affine normalisation from input statistics) with a perturbed, non-exact table."""
     torch.manual_seed(seed)
     conv = torch.nn.Conv2d(c_in, c_out, 1, stride, bias=bias)
-    layer = LMKANConv2d.from_conv(conv, grids, input_mean=torch.randn(c_in), input_std=torch.rand(c_in) + 0.5,
-                                  table_dtype=dtype)
-    with torch.no_grad():
-        layer.table.add_((0.1 * torch.randn(layer.table.shape)).to(layer.table.dtype))
-        layer.bias.normal_()
+    layer = perturbed(LMKANConv2d.from_conv(conv, grids, input_mean=torch.randn(c_in),
+                                            input_std=torch.rand(c_in) + 0.5, table_dtype=dtype))
     if not bias:
         layer.bias = None
     return layer
@@ -31,11 +28,7 @@ def _layer(c_in: int, c_out: int, stride, grids: int, dtype=None, bias: bool = T
 
 def _inputs(layer: LMKANConv2d, batch: int, h: int, w: int, seed: int) -> torch.Tensor:
     """Raw inputs around the layer's statistics; 15% far outside the grid (up to 1e3 and one at 1e20)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = 2 * torch.randn(batch, layer.in_channels, h, w, generator=gen)
-    x = torch.where(torch.rand(x.shape, generator=gen) < 0.15, 1e3 * (2 * torch.rand(x.shape, generator=gen) - 1), x)
-    if x.numel():
-        x.view(-1)[7] = 1e20
+    x = far_inputs((batch, layer.in_channels, h, w), seed)
     return (x - layer.input_shift.view(1, -1, 1, 1)) / layer.input_scale.view(1, -1, 1, 1)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkan_surgery.nn import LMKANConv2d
-from isa import isa_path
+from isa import isa_path, on_avx512_and_avx2
 from lookup_checks import check_against_reference, lookup_inputs
 
 # (B, P, G, N_out): P around multiples of 16 (a masked last group, one pair, whole groups), every counted G class
@@ -39,11 +39,9 @@ def test_avx512_prepass_gives_the_avx2_bits(native, shape):
     """Forward, grad_x and grad_table on the AVX-512 path equal the AVX2 path's bit for bit (near, far, NaN and
     infinite inputs), and the finite samples match the float64 reference."""
     x, table, grad_out = _inputs(shape, seed=sum(shape))
-    outs = {}
-    for isa in ("avx512", "avx2"):
-        with isa_path(native, isa):
-            outs[isa] = (native.forward(x, table), *native.backward(grad_out, x, table, True, True))
-    for a, b in zip(outs["avx512"], outs["avx2"]):
+    wide, narrow = on_avx512_and_avx2(
+        native, lambda: (native.forward(x, table), *native.backward(grad_out, x, table, True, True)))
+    for a, b in zip(wide, narrow):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
     finite = torch.isfinite(x).all(dim=1)
     with isa_path(native, "avx512"):
@@ -56,8 +54,5 @@ def test_avx512_conv_cells_give_the_avx2_bits(native):
     layer = LMKANConv2d(6, 20, 3, padding=1, num_grids=16, init_scale=2.0)
     xc = F.pad(3 * torch.randn(2, 6, 9, 7, generator=gen), layer._pads())
     geometry = (list(layer.kernel_size), list(layer.stride), list(layer.dilation))
-    outs = {}
-    for isa in ("avx512", "avx2"):
-        with isa_path(native, isa):
-            outs[isa] = native.conv2d_forward(xc, layer.table.detach(), *geometry)
-    assert torch.equal(outs["avx512"], outs["avx2"])
+    wide, narrow = on_avx512_and_avx2(native, lambda: native.conv2d_forward(xc, layer.table.detach(), *geometry))
+    assert torch.equal(wide, narrow)
