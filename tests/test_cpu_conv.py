@@ -152,11 +152,12 @@ def test_direct_conv_backward_over_several_image_chunks_and_threads(native):
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_pointwise_conv_takes_the_linear_kernel_and_matches_float64(native, isa, monkeypatch):
-    """A 1x1 one-group convolution runs as the Linear lookup over pixels (the conv kernel is not called): strides
-    1 and 2, both layouts, batch 0 and 1, 20% of the inputs far outside the grid, a bfloat16 table; gradients too."""
+    """A 1x1 one-group convolution runs as the Linear lookup over pixels (the conv kernel is not called; nor is the
+    one-call kernel, tests/test_cpu_one_call_maps.py): strides 1 and 2, both layouts, batch 0 and 1, 20% of the
+    inputs far outside the grid, a bfloat16 table; gradients too."""
     backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
-    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
-        backend, conv2d_forward=None, conv2d_backward=None))  # the conv kernel would return None -> patch path
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(  # the conv kernel would return None
+        backend, conv2d_forward=None, conv2d_backward=None, pointwise_forward=None))  # -> patch path
     calls = []
     linear = backend.forward
     monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(

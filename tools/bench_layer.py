@@ -233,10 +233,12 @@ PER_CALL_SHAPE = (1, 288, 32, 8)  # (B, N_in, N_out, G)
 
 def per_call_methods(calls: int) -> list[Method]:
     """nn.Linear, the bare native kernel, the one native call of an exact layer (affine map, lookup, bias), the lookup
-    op and an exact LMKANLinear (affine input normalisation, as lmkanify builds it; it makes that one call), each a
-    loop of `calls` forward calls at batch 1 under torch.no_grad()."""
+    op and LMKANLinear with each input map that makes that one call: none, affine (the exact layer lmkanify builds)
+    and quantile placement (the exact layer the planner builds from calibration data), each a loop of `calls` forward
+    calls at batch 1 under torch.no_grad()."""
     from lmkan_surgery.kernels import build
     from lmkan_surgery.nn import LMKANLinear
+    from lmkan_surgery.nn.placement import quantile_knots
 
     batch, n_in, n_out, grids = PER_CALL_SHAPE
     gen = torch.Generator().manual_seed(0)
@@ -245,6 +247,8 @@ def per_call_methods(calls: int) -> list[Method]:
     layer = LMKANLinear.from_linear(linear, grids, mean, std)
     plain = LMKANLinear(n_in, n_out, grids)
     x = torch.randn(batch, n_in, generator=gen)
+    calibration = mean + std * torch.randn(4096, n_in, generator=gen)
+    placed = LMKANLinear.from_linear(linear, grids, input_knots=quantile_knots(calibration, grids))
     table = layer.table.detach()
     native = build.load_native("cpu")
     kernel = native.forward
@@ -263,7 +267,8 @@ def per_call_methods(calls: int) -> list[Method]:
                    loop(lambda: native.pointwise_forward(x, scale, shift, table, bias, [1, 1]))),
             Method("lmkan_lookup", loop(lambda: lmkan_lookup(x, table))),
             Method("LMKANLinear (input_norm none)", loop(lambda: plain(x))),
-            Method("LMKANLinear (exact, affine norm)", loop(lambda: layer(x)))]
+            Method("LMKANLinear (exact, affine norm)", loop(lambda: layer(x))),
+            Method("LMKANLinear (exact, quantile placement)", loop(lambda: placed(x)))]
 
 
 def report_per_call(methods: list[Method], calls: int) -> str:

@@ -5,6 +5,7 @@
 // contiguous features (or, for per-channel planes, over contiguous positions with one feature's scalars).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace lmkan_place {
@@ -24,6 +25,9 @@ inline float rise(float x, float k, float length) {
 #endif
 
 // One clone per ISA (chosen when the library loads): the per-interval passes are plain loops the compiler vectorises.
+// Each step is one explicit fused multiply-add, so the rows and the planes loops (and the clones with FMA units)
+// give the same bits whatever the compiler contracts: a channels-last input placed as rows by the one-call layer
+// equals its NCHW copy placed as planes by the steps.
 LMKAN_PLACE_CLONES static void place_rows(const float* x, const float* start, const float* length, const float* slope, float v0,
                        float* u, float* dudx, int64_t begin, int64_t end, int64_t features, int64_t inner,
                        int64_t intervals) {
@@ -36,7 +40,7 @@ LMKAN_PLACE_CLONES static void place_rows(const float* x, const float* start, co
             if (dr) for (int64_t f = 0; f < features; ++f) dr[f] = 0.0f;
             for (int64_t m = 0; m < intervals; ++m) {
                 const float *k = start + m * features, *len = length + m * features, *s = slope + m * features;
-                for (int64_t f = 0; f < features; ++f) ur[f] += s[f] * rise(xr[f], k[f], len[f]);
+                for (int64_t f = 0; f < features; ++f) ur[f] = std::fma(s[f], rise(xr[f], k[f], len[f]), ur[f]);
                 if (dr)
                     for (int64_t f = 0; f < features; ++f) {
                         const float d = xr[f] - k[f];
@@ -55,7 +59,7 @@ LMKAN_PLACE_CLONES static void place_rows(const float* x, const float* start, co
             if (dp) for (int64_t i = 0; i < inner; ++i) dp[i] = 0.0f;
             for (int64_t m = 0; m < intervals; ++m) {
                 const float k = start[m * features + f], len = length[m * features + f], s = slope[m * features + f];
-                for (int64_t i = 0; i < inner; ++i) up[i] += s * rise(xp[i], k, len);
+                for (int64_t i = 0; i < inner; ++i) up[i] = std::fma(s, rise(xp[i], k, len), up[i]);
                 if (dp)
                     for (int64_t i = 0; i < inner; ++i) {
                         const float d = xp[i] - k;

@@ -4,7 +4,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "lmkan_cpu.h"
 #include "lmkan_cpu_gram.h"
@@ -146,32 +148,24 @@ std::tuple<torch::Tensor, torch::Tensor> conv2d_backward(torch::Tensor grad_y, t
     return {grad_x, grad_table.to(table.scalar_type())};
 }
 
-// (u, du/dx) of the quantile placement of x viewed as [outer, F, inner]: knots [F, K], rises [K - 1] (the map's
-// increase over each knot interval), v0 its value at the first knot; du/dx empty unless need_slope.
-std::tuple<torch::Tensor, torch::Tensor> place(torch::Tensor x, torch::Tensor knots, torch::Tensor rises, double v0,
-                                               int64_t inner, bool need_slope) {
-    check_float_cpu(x, "x");
-    check_float_cpu(knots, "knots");
-    check_float_cpu(rises, "rises");
-    const int64_t features = knots.size(0), knot_count = knots.size(1), intervals = knot_count - 1;
-    TORCH_CHECK(knots.dim() == 2 && knot_count >= 2 && rises.numel() == intervals && inner > 0 &&
-                    x.numel() % (features * inner) == 0,
-                "expected knots [F, K], rises [K - 1] and x holding [outer, F, inner]");
-    x = x.contiguous();
-    knots = knots.contiguous();
-    rises = rises.contiguous();
-    // interval-major copies: start, length and slope of interval m of feature f at [m * F + f]
-    std::vector<float> start(intervals * features), length(intervals * features), slope(intervals * features);
-    const float *pk = knots.data_ptr<float>(), *pr = rises.data_ptr<float>();
-    for (int64_t f = 0; f < features; ++f)
-        for (int64_t m = 0; m < intervals; ++m) {
-            const int64_t at = m * features + f;
-            start[at] = pk[f * knot_count + m];
-            length[at] = pk[f * knot_count + m + 1] - pk[f * knot_count + m];
-            slope[at] = pr[m] / length[at];
-        }
+// The quantile placement's interval tables [3, K - 1, F] (start, length and slope of interval m of feature f at
+// [., m, f]; lmkan_surgery/nn/placement.py makes and caches them per knots tensor), checked for F features.
+const float* interval_tables(const torch::Tensor& intervals, int64_t features) {
+    check_float_cpu(intervals, "intervals");
+    TORCH_CHECK(intervals.dim() == 3 && intervals.size(0) == 3 && intervals.size(1) >= 1 &&
+                    intervals.size(2) == features && intervals.is_contiguous(),
+                "expected contiguous interval tables [3, K - 1, ", features, "], got ", intervals.sizes());
+    return intervals.data_ptr<float>();
+}
+
+// (u, du/dx) of the placement of a dense x read as [outer, F, inner] (memory order), u in x's memory format.
+std::tuple<torch::Tensor, torch::Tensor> place_dense(const torch::Tensor& x, const torch::Tensor& intervals, double v0,
+                                                     int64_t features, int64_t inner, bool need_slope) {
+    const float* tab = interval_tables(intervals, features);
+    const int64_t count = intervals.size(1);
     auto u = torch::empty_like(x);
     auto dudx = need_slope ? torch::empty_like(x) : x.new_empty({0});
+    if (x.numel() == 0) return {u, dudx};
     const int64_t outer = x.numel() / (features * inner);
     const int64_t grain = std::max<int64_t>(1, 32768 / (features * inner));  // small calls stay on this thread
     const float* px = x.data_ptr<float>();
@@ -179,11 +173,22 @@ std::tuple<torch::Tensor, torch::Tensor> place(torch::Tensor x, torch::Tensor kn
     {
         pybind11::gil_scoped_release no_gil;
         at::parallel_for(0, outer, grain, [&](int64_t begin, int64_t end) {
-            lmkan_place::place_rows(px, start.data(), length.data(), slope.data(), static_cast<float>(v0), pu, pd,
-                                    begin, end, features, inner, intervals);
+            lmkan_place::place_rows(px, tab, tab + count * features, tab + 2 * count * features,
+                                    static_cast<float>(v0), pu, pd, begin, end, features, inner, count);
         });
     }
     return {u, dudx};
+}
+
+// (u, du/dx) of the quantile placement of x viewed as [outer, F, inner]: intervals [3, K - 1, F] (interval_tables),
+// v0 the map's value at the first knot; du/dx empty unless need_slope.
+std::tuple<torch::Tensor, torch::Tensor> place(torch::Tensor x, torch::Tensor intervals, double v0, int64_t inner,
+                                               bool need_slope) {
+    check_float_cpu(x, "x");
+    const int64_t features = intervals.dim() == 3 ? intervals.size(2) : 0;
+    TORCH_CHECK(features > 0 && inner > 0 && x.numel() % (features * inner) == 0,
+                "expected intervals [3, K - 1, F] and x holding [outer, F, inner]");
+    return place_dense(x.contiguous(), intervals, v0, features, inner, need_slope);
 }
 
 // Adds D^T D of bilinear design rows (lmkan_cpu_gram.h) to gram [P n^2, P n^2] float64, blocks (p, q >= p) only;
@@ -234,12 +239,24 @@ torch::Tensor channel_vector(const c10::optional<torch::Tensor>& t, int64_t n, c
     return t->contiguous();
 }
 
-// The one-group 1x1 convolution of x [N, C, H, W] (any strides) at stride `step`, with the affine map x * scale +
-// shift per channel before the lookup (table [P, G+1, G+1, out], C = 2P) and the bias after it; the output in
-// nn.Conv2d's layout for x (channels-last memory for a channels-last input, else contiguous). A Linear's x [N, C]
-// (step 1) is read as N pixels of 1 x 1 and gives y [N, out]: no views made (each costs a microsecond at batch 1).
-torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Tensor shift, torch::Tensor table,
-                                c10::optional<torch::Tensor> bias, std::vector<int64_t> step) {
+// x placed by the quantile map (intervals: interval_tables) before a pointwise lookup: dense, channels-last images
+// and [N, C] rows read with the channels innermost, other images as contiguous planes.
+torch::Tensor placed_input(const torch::Tensor& x, bool channels_last, const torch::Tensor& intervals, double v0) {
+    const torch::Tensor dense =
+        x.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    const int64_t inner = x.dim() == 2 || channels_last ? 1 : x.size(2) * x.size(3);
+    return std::get<0>(place_dense(dense, intervals, v0, x.size(1), inner, false));
+}
+
+// The one-group 1x1 convolution of x [N, C, H, W] (any strides) at stride `step`, with the input map before the
+// lookup (table [P, G+1, G+1, out], C = 2P) and the bias after it; the output in nn.Conv2d's layout for x
+// (channels-last memory for a channels-last input, else contiguous). A Linear's x [N, C] (step 1) is read as N pixels
+// of 1 x 1 and gives y [N, out]: no views made (each costs a microsecond at batch 1). The input map is x * scale +
+// shift per channel (affine), the quantile placement of `intervals` (placed_input), or the identity (neither).
+torch::Tensor pointwise_forward(torch::Tensor x, c10::optional<torch::Tensor> scale,
+                                c10::optional<torch::Tensor> shift, torch::Tensor table,
+                                c10::optional<torch::Tensor> bias, std::vector<int64_t> step,
+                                c10::optional<torch::Tensor> intervals, double v0) {
     check_float_cpu(x, "x");
     const bool rows = x.dim() == 2;
     TORCH_CHECK((x.dim() == 4 || rows) && table.dim() == 4 && table.size(1) == table.size(2) &&
@@ -247,11 +264,24 @@ torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Ten
                     (!rows || (step[0] == 1 && step[1] == 1)),
                 "expected x [N, 2P, H, W] (or [N, 2P] at step 1), table [P, G+1, G+1, out] and a positive 2-element "
                 "step");
+    const bool placed = intervals.has_value() && intervals->defined();
+    const bool affine = scale.has_value() && scale->defined();
+    TORCH_CHECK(!(placed && affine), "give the affine map (scale, shift) or the placement (intervals), not both");
     const int dt = table_dtype(table);
     table = table.contiguous();
-    const int64_t n_out = table.size(3);
-    scale = channel_vector(scale, x.size(1), "scale", false);
-    shift = channel_vector(shift, x.size(1), "shift", false);
+    const int64_t n_out = table.size(3), channels = x.size(1);
+    const bool channels_last = !rows && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!rows && (step[0] != 1 || step[1] != 1)) x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
+    if (placed) x = placed_input(x, channels_last, *intervals, v0);
+    std::vector<float> identity;  // scale 1 and shift 0 per channel: fma(u, 1, 0) is u
+    if (!affine) {
+        identity.assign(2 * channels, 0.0f);
+        std::fill_n(identity.begin(), channels, 1.0f);
+    }
+    const torch::Tensor scales = affine ? channel_vector(scale, channels, "scale", false) : torch::Tensor();
+    const torch::Tensor shifts = affine ? channel_vector(shift, channels, "shift", false) : torch::Tensor();
+    const float* scale_of = affine ? scales.data_ptr<float>() : identity.data();
+    const float* shift_of = affine ? shifts.data_ptr<float>() : identity.data() + channels;
     const torch::Tensor b = channel_vector(bias, n_out, "bias", true);
     torch::Tensor y;
     lmkan_pointwise_geometry g{};
@@ -259,8 +289,6 @@ torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Ten
         y = fresh_output({x.size(0), n_out});
         g = {x.size(0), 1, 1, {x.stride(0), x.stride(1), 0, 0}, {n_out, 1, 0, 0}};
     } else {
-        const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-        if (step[0] != 1 || step[1] != 1) x = x.slice(2, 0, x.size(2), step[0]).slice(3, 0, x.size(3), step[1]);
         const std::vector<int64_t> sizes{x.size(0), n_out, x.size(2), x.size(3)};
         y = fresh_output(sizes, channels_last ? c10::get_channels_last_strides_2d(sizes) : row_major_strides(sizes));
         g = {x.size(0), x.size(2), x.size(3), {x.stride(0), x.stride(1), x.stride(2), x.stride(3)},
@@ -269,7 +297,7 @@ torch::Tensor pointwise_forward(torch::Tensor x, torch::Tensor scale, torch::Ten
     const int threads = at::get_num_threads();
     {
         pybind11::gil_scoped_release no_gil;
-        check_rc(lmkan_cpu_pointwise_forward(x.data_ptr<float>(), scale.data_ptr<float>(), shift.data_ptr<float>(),
+        check_rc(lmkan_cpu_pointwise_forward(x.data_ptr<float>(), scale_of, shift_of,
                                              table.data_ptr(), dt, b.defined() ? b.data_ptr<float>() : nullptr,
                                              y.data_ptr<float>(), &g, table.size(0), table.size(1) - 1, n_out,
                                              threads));
@@ -283,8 +311,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
     m.def("pointwise_forward", &pointwise_forward, pybind11::arg("x"), pybind11::arg("scale"), pybind11::arg("shift"),
-          pybind11::arg("table"), pybind11::arg("bias"), pybind11::arg("step"),
-          "1x1 one-group convolution with the affine input map and the bias folded in (inference)");
+          pybind11::arg("table"), pybind11::arg("bias"), pybind11::arg("step"), pybind11::arg("intervals") = pybind11::none(),
+          pybind11::arg("v0") = 0.0,
+          "1x1 one-group convolution with the input map (affine, quantile placement or none) and the bias folded in "
+          "(inference)");
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
     m.def("bilinear_gram_add", &bilinear_gram_add, "gram += D^T D of bilinear design rows (upper blocks; mirror)");
     m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");

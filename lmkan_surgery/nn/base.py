@@ -10,9 +10,10 @@ from ..errors import ConfigError, DTypeError, ShapeError
 from ..grid import check_num_grids
 from ..ops import lmkan_lookup
 from ..ops.dispatch import huge_page_table, table_movable_to_huge_pages
+from ..ops.lookup import InputMap
 from .hessian import hessian_penalty
 from .metadata import MetadataTensor
-from .placement import identity_knots, place, quantile_knots, with_tails
+from .placement import identity_knots, place, placement_intervals, quantile_knots, with_tails
 from .table_storage import half_table_name
 from .tables import branch_table, safe_input_std
 
@@ -210,6 +211,14 @@ class LMKANLayer(nn.Module):
         if self.input_norm == "batchnorm":
             return self.norm(x) if channel_dim == 1 else self.norm(x.reshape(-1, x.shape[-1])).view_as(x)
         return x
+
+    def _input_map(self) -> InputMap | None:
+        """The input map for the one-call inference kernel (ops.lookup.lookup_inference); None for batch norm."""
+        if self.input_norm == "affine":
+            return InputMap(self.input_scale, self.input_shift)
+        if self.input_norm == "quantile":
+            return InputMap(None, None, *placement_intervals(self.input_knots, self.num_grids))
+        return InputMap() if self.input_norm == "none" else None
 
     @staticmethod
     def _check_floating(x: torch.Tensor, name: str) -> None:

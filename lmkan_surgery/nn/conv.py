@@ -10,6 +10,7 @@ from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, ShapeError
 from ..ops.conv import add_bias, direct_conv2d, normalized_pixels, pointwise_inference, takes_linear_route
+from ..ops.lookup import InputMap
 from .base import LMKANLayer
 from .table_storage import resolve_table_dtype
 from .tables import exact_linear_table, random_table, table_shape
@@ -81,10 +82,12 @@ class LMKANConv2d(LMKANLayer):
         if self.input_norm == "batchnorm":
             x = self._normalize(x, 1)
         pads, stride = self._pads(), self.stride
-        if self._pixel_rows(x, pads):  # 1x1 inference: one native call, else subsample, transpose, normalise
-            y = pointwise_inference(x, self.table, stride, self.input_shift, self.input_scale, self.bias)
+        input_map = self._pixel_rows(x, pads)
+        if input_map is not None:  # 1x1 inference: one native call
+            y = pointwise_inference(x, self.table, stride, input_map, self.bias)
             if y is not None:
                 return y.squeeze(0) if unbatched else y
+        if input_map is not None and self.input_norm == "affine":  # else subsample, transpose, normalise in one copy
             x, stride = normalized_pixels(x, stride, self.input_shift, self.input_scale), (1, 1)
         else:
             if any(pads):
@@ -112,12 +115,15 @@ class LMKANConv2d(LMKANLayer):
         y = add_bias(y, self.bias, layout).to(dtype)  # nn.Conv2d: input dtype
         return y.squeeze(0) if unbatched else y
 
-    def _pixel_rows(self, x: torch.Tensor, pads: tuple[int, ...]) -> bool:
-        """Whether this call takes the Linear route over pixel rows with the affine normalisation fused into the
-        transposing copy (normalized_pixels): 1x1, one group, no padding or branch, no autograd through x."""
-        return (self.input_norm == "affine" and self.branch is None and not any(pads)
-                and not (torch.is_grad_enabled() and x.requires_grad)
-                and takes_linear_route(x, self.table, self.kernel_size))
+    def _pixel_rows(self, x: torch.Tensor, pads: tuple[int, ...]) -> InputMap | None:
+        """The input map when this call may take the route over pixel rows (the one-call kernel; for the affine map
+        the transposing copy normalized_pixels otherwise): 1x1, one group, no batch norm, padding or branch, no
+        autograd through x. None otherwise."""
+        if (self.input_norm == "batchnorm" or self.branch is not None or any(pads)
+                or (torch.is_grad_enabled() and x.requires_grad)
+                or not takes_linear_route(x, self.table, self.kernel_size)):
+            return None
+        return self._input_map()
 
     def _patches(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
         """Patches [N, L, groups, K] in (c, ky, kx) order, from a strided view (one copy; F.unfold is slower)."""

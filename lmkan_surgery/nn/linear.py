@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ShapeError
-from ..ops.lookup import affine_lookup_inference
+from ..ops.lookup import lookup_inference
 from .base import LMKANLayer
 from .placement import with_tails
 from .table_storage import resolve_table_dtype
@@ -45,9 +45,10 @@ class LMKANLinear(LMKANLayer):
             raise ShapeError(
                 f"LMKANLinear expects input of shape (*, {self.in_features}), got {tuple(x.shape)}"
             )
-        if self.input_norm == "affine" and self.branch is None and self.in_features % 2 == 0:
+        input_map = self._input_map() if self.branch is None and self.in_features % 2 == 0 else None
+        if input_map is not None:
             rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-            y = affine_lookup_inference(rows, self.table, self.input_shift, self.input_scale, self.bias)
+            y = lookup_inference(rows, self.table, input_map, self.bias)
             if y is not None:  # inference: the whole layer in one native call
                 return y if x.dim() == 2 else y.view(x.shape[:-1] + (self.out_features,))
         u = self._normalize(x, x.dim() - 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 
 import torch
 
@@ -93,32 +94,58 @@ def _map_steps(num_grids: int, dtype: torch.dtype, device: torch.device) -> tupl
     return (values[1:] - values[:-1]).to(dtype), float(values[0])
 
 
+# Interval tables of knots tensors, by id: (a weak reference to the knots, their version, tables, v0).
+_INTERVALS: dict[int, tuple[weakref.ref, int, torch.Tensor, float]] = {}
+
+
+def placement_intervals(knots: torch.Tensor, num_grids: int) -> tuple[torch.Tensor, float]:
+    """The native kernels' form of the maps of knots [F, G+3]: start, length and slope of each knot interval,
+    [3, G+2, F] (interval-major, so a kernel's inner loop runs over contiguous features), and the map's value at the
+    first knot. Kept per knots tensor until it changes (its version counter), so a call at batch 1 makes none."""
+    try:
+        version = knots._version
+    except RuntimeError:  # an inference-mode tensor counts no versions: not cached
+        version = None
+    held = _INTERVALS.get(id(knots))
+    if version is not None and held is not None and held[0]() is knots and held[1] == version:
+        return held[2], held[3]
+    rises, v0 = _map_steps(num_grids, knots.dtype, knots.device)
+    start = knots[:, :-1]
+    length = knots[:, 1:] - start
+    tables = torch.stack([start, length, rises / length]).transpose(1, 2).contiguous()
+    if version is not None:
+        key = id(knots)
+        _INTERVALS[key] = (weakref.ref(knots, lambda _, key=key: _INTERVALS.pop(key, None)), version, tables, v0)
+    return tables, v0
+
+
 class _NativePlace(torch.autograd.Function):
     """The native CPU kernel's placement: one pass over x, du/dx kept for the backward (knots are not trained)."""
 
     @staticmethod
-    def forward(ctx, x, knots, rises, v0, inner, kernel):
-        u, dudx = kernel(x, knots, rises, v0, inner, True)
+    def forward(ctx, x, intervals, v0, inner, kernel):
+        u, dudx = kernel(x, intervals, v0, inner, True)
         ctx.save_for_backward(dudx)
         return u
 
     @staticmethod
     def backward(ctx, grad_u):
         (dudx,) = ctx.saved_tensors
-        return grad_u * dudx, None, None, None, None, None
+        return grad_u * dudx, None, None, None, None
 
 
 def place(x: torch.Tensor, knots: torch.Tensor, num_grids: int, channel_dim: int) -> torch.Tensor:
     """Apply the per-feature maps (knots [F, G+3]) to x along channel_dim: u = v0 + sum_k s_k min(relu(x-x_k), L_k)
     (standard ops: what tracers and exporters see); eager float32 CPU work runs the native kernel's one pass."""
-    rises, v0 = _map_steps(num_grids, x.dtype, knots.device)
     knots = knots.to(x.dtype)
     kernel = None if knots.requires_grad else native_place(x)
     if kernel is not None:
+        intervals, v0 = placement_intervals(knots, num_grids)
         inner = math.prod(x.shape[channel_dim % x.dim() + 1:])
         if torch.is_grad_enabled() and x.requires_grad:
-            return _NativePlace.apply(x, knots, rises, v0, inner, kernel)
-        return kernel(x, knots, rises, v0, inner, False)[0]
+            return _NativePlace.apply(x, intervals, v0, inner, kernel)
+        return kernel(x, intervals, v0, inner, False)[0]
+    rises, v0 = _map_steps(num_grids, x.dtype, knots.device)
     lengths = knots[:, 1:] - knots[:, :-1]  # [F, K-1]
     slopes = rises / lengths
     shape = [1] * (x.dim() + 1)

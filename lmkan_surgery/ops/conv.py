@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from . import dispatch
-from .lookup import affine_lookup_inference, lmkan_lookup
+from .lookup import InputMap, lmkan_lookup, lookup_inference
 
 
 class _DirectConv2d(torch.autograd.Function):
@@ -80,14 +80,14 @@ def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.me
     return torch.add(y, bias.view(1, -1, 1, 1), out=out)
 
 
-def pointwise_inference(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int], shift: torch.Tensor,
-                        scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """A whole 1x1 one-group inference layer in one native call (affine_lookup_inference): read from and written to
+def pointwise_inference(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int], input_map: InputMap,
+                        bias: torch.Tensor | None) -> torch.Tensor | None:
+    """A whole 1x1 one-group inference layer in one native call (lookup_inference): read from and written to
     nn.Conv2d's layouts (NCHW or channels_last) with no transposed copies (normalized_pixels, pointwise_conv2d and
     add_bias in one pass). None where it does not apply: the caller takes those steps instead."""
     if not takes_linear_route(x, table, (1, 1)):
         return None
-    return affine_lookup_inference(x, table[0], shift, scale, bias, stride)
+    return lookup_inference(x, table[0], input_map, bias, stride)
 
 
 def pointwise_conv2d(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:

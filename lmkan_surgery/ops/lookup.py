@@ -7,6 +7,8 @@ fake implementations, so torch.compile, torch.export, fvcore and the ONNX export
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..errors import DeviceError, DTypeError, ShapeError
@@ -135,22 +137,34 @@ def lmkan_lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-def affine_lookup_inference(x: torch.Tensor, table: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                            bias: torch.Tensor | None, stride: tuple[int, int] = (1, 1)) -> torch.Tensor | None:
-    """Inference in one native CPU call: the lookup of x * scale + shift (per feature, x [N, 2P, H, W] with the
-    features on dim 1, any strides, every pixel of x[:, :, ::sh, ::sw] a sample) plus the bias, [N, out, OH, OW] in
-    x's layout; a Linear's x [N, 2P] (stride (1, 1)) gives [N, out]. The same bits as the steps (addcmul, lmkan_lookup, the bias add) where torch's addcmul is one fused
-    multiply-add, without their passes over x and y and their Python layers (the per-call cost at batch 1).
-    None where it does not apply (not float32 on the CPU, autograd to record, a graph being traced, no such
-    kernel): the caller takes the steps instead."""
+class InputMap(NamedTuple):
+    """A layer's input map as the one-call kernel takes it: x * scale + shift per feature (affine), the quantile
+    placement's interval tables [3, K-1, F] and first value v0 (nn.placement.placement_intervals), or neither (the
+    identity, input_norm "none")."""
+
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    intervals: torch.Tensor | None = None
+    v0: float = 0.0
+
+
+def lookup_inference(x: torch.Tensor, table: torch.Tensor, input_map: InputMap, bias: torch.Tensor | None,
+                     stride: tuple[int, int] = (1, 1)) -> torch.Tensor | None:
+    """Inference in one native CPU call: the lookup of input_map(x) (per feature, x [N, 2P, H, W] with the features
+    on dim 1, any strides, every pixel of x[:, :, ::sh, ::sw] a sample) plus the bias, [N, out, OH, OW] in x's
+    layout; a Linear's x [N, 2P] (stride (1, 1)) gives [N, out]. The same bits as the steps (the input map, lmkan_lookup,
+    the bias add; an affine map where torch's addcmul is one fused multiply-add), without their passes over x and y
+    and their Python layers (the per-call cost at batch 1). None where it does not apply (not float32 on the CPU,
+    autograd to record, a graph being traced, no such kernel): the caller takes the steps instead."""
     if not (x.is_cpu and x.dtype == torch.float32 and x.dim() in (2, 4) and table.dim() == 4
             and x.shape[1] == 2 * table.shape[0] and dispatch.direct_call_allowed(x, table)):
         return None
     grad = torch.is_grad_enabled()
-    for p in (scale, shift) if bias is None else (scale, shift, bias):
-        if not p.is_cpu or p.dtype != torch.float32 or (grad and p.requires_grad):
+    for p in (bias, input_map.scale, input_map.shift, input_map.intervals):
+        if p is not None and (not p.is_cpu or p.dtype != torch.float32 or (grad and p.requires_grad)):
             return None
     backend = dispatch.backend_for(x, table)
     if backend.pointwise_forward is None:
         return None
-    return backend.pointwise_forward(x, scale, shift, table, bias, list(stride))
+    return backend.pointwise_forward(x, input_map.scale, input_map.shift, table, bias, list(stride),
+                                     input_map.intervals, input_map.v0)
