@@ -1,4 +1,4 @@
-"""Test helpers shared by the one-call inference tests (ops.lookup.affine_lookup_inference: the affine input map,
+"""Test helpers shared by the one-call inference tests (ops.lookup.lookup_inference: the input map,
 the lookup and the bias in one native call, from LMKANConv2d 1x1 and LMKANLinear)."""
 
 from __future__ import annotations
