@@ -198,3 +198,23 @@ def test_one_block_splits_its_pairs_into_two_ranges(native, monkeypatch):
                 assert (runs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item(), isa
                 outs[isa].append(runs[0])
     assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_pixel_blocks_in_equal_shares_per_thread(native, isa, monkeypatch):
+    """The cell-sorted forward's pixel blocks come in a multiple of the thread count where there are more blocks than
+    threads (fewer, larger blocks: 56x56x64 at batch 8 on 2 threads takes 12, not 13 split 7 / 6): 2500 pixels at G =
+    5 are 3 blocks at 1 thread and 2 at 2 threads, and each output still adds its pairs in order from zero, so 1 and
+    2 threads and both layouts give the same bits. 66 outputs (a tile and a narrow rest), 23 pairs (an odd patch), 10%
+    of the inputs far outside the grid; against float64. The sort keys' weights, stored 4 adjacent per pixel, pass
+    through vector groups and a scalar tail (1250 and 834 pixels per block)."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    with isa_path(native, isa):
+        torch.manual_seed(31)
+        layer = LMKANConv2d(5, 66, 3, padding=1, num_grids=5, init_scale=2.0)
+        x = torch.randn(4, 5, 25, 25)
+        x = torch.where(torch.rand(x.shape) < 0.1, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+        truth = reference_conv(layer, x)
+        outs = forward_at_threads_and_layouts(layer, x)
+        assert all(torch.equal(y, outs[0]) for y in outs[1:])
+        assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
