@@ -19,8 +19,10 @@ from lookup_checks import assert_as_accurate
 # outputs (a masked 5-column rest); one block of 3000 with 9 outputs (one 8-column step and a 1-column rest); blocks
 # of 4096 + 4096 + 8 with 128 outputs (the benchmark's width).
 # At G = 8 the cell differences fit L2, but the table gradient sorts the records (more than 32 outputs): blocks of
-# 648 samples (4 x 648 + 408) with 96 outputs, and 1000 samples (648 + 352) with 44 (a masked 4-column rest).
-RUNS_SHAPES = [(4500, 3, 26, 77), (3000, 2, 26, 9), (8200, 2, 26, 128), (3000, 3, 8, 96), (1000, 2, 8, 44)]
+# 648 samples (4 x 648 + 408) with 96 outputs, and 1000 samples (648 + 352) with 44 (a masked 4-column rest); 11
+# pairs (tasks of 8 + 3 pairs, grad_x written in place) over 1500 samples (648 + 648 + 204) with 40 outputs.
+RUNS_SHAPES = [(4500, 3, 26, 77), (3000, 2, 26, 9), (8200, 2, 26, 128), (3000, 3, 8, 96), (1000, 2, 8, 44),
+               (1500, 11, 8, 40)]
 
 
 def _bits(t):

@@ -120,8 +120,8 @@ struct Isa {
     void (*depthwise[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
                          const void*, float*, int64_t, const Dims&);
     // direct convolution's x gradient over cell-sorted records (lmkan_cpu_kernels_conv.inc), per table storage dtype
-    void (*conv_grad_x[3])(const CellRec*, int64_t, const BwdRec*, int64_t, const void*, const float*, float*,
-                           int64_t, float*, const Dims&, const float*);
+    void (*conv_grad_x[3])(const CellRec*, int64_t, int64_t, const BwdRec*, int64_t, const void*, const float*,
+                           float*, int64_t, int64_t, float*, const Dims&, const float*);
     // few-output path, 8 samples per vector (lmkan_cpu_kernels_lanes.inc), per table storage dtype: forward and
     // the gradients of a sample range and a pair range
     void (*lanes_forward[3])(const float*, const void*, float*, int64_t, int64_t, const Dims&, const float*,
