@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.utils.parametrize
 
 from lmkan_surgery.nn import LMKANConv2d, LMKANLinear
 from lmkan_surgery.nn.placement import placement_intervals
@@ -113,3 +114,25 @@ def test_batchnorm_and_gradients_keep_the_steps(native, monkeypatch):
     leaf = x.clone().requires_grad_(True)
     quantile(leaf).sum().backward()
     assert calls == [] and leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        return 2.0 * value
+
+
+def test_parametrized_map_takes_the_steps(native, monkeypatch):
+    """A parametrized input_scale is no plain buffer: the layer takes the steps, which apply the parametrization."""
+    calls = count_calls(monkeypatch)
+    torch.manual_seed(3)
+    layer = perturbed(LMKANLinear.from_linear(torch.nn.Linear(12, 9), 8, torch.randn(12), torch.rand(12) + 0.5))
+    doubled = copy.deepcopy(layer)
+    with torch.no_grad():
+        doubled.input_scale.mul_(2.0)
+    torch.nn.utils.parametrize.register_parametrization(layer, "input_scale", _Doubled())
+    x = _skewed((4, 12), 1)
+    with torch.no_grad():
+        y = layer(x)
+        assert calls == []
+        expected = doubled(x)
+    assert calls == [1] and torch.allclose(y, expected, rtol=1e-6, atol=1e-6)

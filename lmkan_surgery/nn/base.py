@@ -213,11 +213,15 @@ class LMKANLayer(nn.Module):
         return x
 
     def _input_map(self) -> InputMap | None:
-        """The input map for the one-call inference kernel (ops.lookup.lookup_inference); None for batch norm."""
+        """The input map for the one-call inference kernel (ops.lookup.lookup_inference); None for batch norm and
+        for maps whose buffers are not plain registered tensors (a parametrization: the steps then apply it)."""
+        buffers = self._buffers  # not self.input_scale: nn.Module.__getattr__ costs ~1 us a buffer at batch 1
         if self.input_norm == "affine":
-            return InputMap(self.input_scale, self.input_shift)
+            scale, shift = buffers.get("input_scale"), buffers.get("input_shift")
+            return InputMap(scale, shift) if scale is not None and shift is not None else None
         if self.input_norm == "quantile":
-            return InputMap(None, None, *placement_intervals(self.input_knots, self.num_grids))
+            knots = buffers.get("input_knots")
+            return None if knots is None else InputMap(None, None, *placement_intervals(knots, self.num_grids))
         return InputMap() if self.input_norm == "none" else None
 
     @staticmethod
