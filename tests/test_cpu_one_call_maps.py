@@ -136,3 +136,20 @@ def test_parametrized_map_takes_the_steps(native, monkeypatch):
         assert calls == []
         expected = doubled(x)
     assert calls == [1] and torch.allclose(y, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["table", "bias"])
+def test_parametrized_table_or_bias_is_applied(native, monkeypatch, name):
+    """A parametrized table or bias is no entry of the parameter dict: the layer reads it as an attribute (the
+    parametrization's value), in one call or by the steps alike."""
+    calls = count_calls(monkeypatch)
+    torch.manual_seed(4)
+    layer = perturbed(LMKANLinear.from_linear(torch.nn.Linear(12, 9), 8, torch.randn(12), torch.rand(12) + 0.5))
+    doubled = copy.deepcopy(layer)
+    with torch.no_grad():
+        getattr(doubled, name).mul_(2.0)
+    torch.nn.utils.parametrize.register_parametrization(layer, name, _Doubled())
+    x = _skewed((4, 12), 1)
+    with torch.no_grad():
+        y, expected = layer(x), doubled(x)
+    assert calls == [1, 1] and torch.equal(y, expected)

@@ -224,6 +224,14 @@ class LMKANLayer(nn.Module):
             return None if knots is None else InputMap(None, None, *placement_intervals(knots, self.num_grids))
         return InputMap() if self.input_norm == "none" else None
 
+    def _table_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The table and the bias for the one-call inference kernel, read from the parameter dict where they are
+        registered there (nn.Module.__getattr__ costs ~1 us a parameter at batch 1), else as attributes (a
+        parametrization computes them)."""
+        params = self._parameters
+        table = params["table"] if "table" in params else self.table
+        return table, params["bias"] if "bias" in params else self.bias
+
     @staticmethod
     def _check_floating(x: torch.Tensor, name: str) -> None:
         if not isinstance(x, torch.Tensor):

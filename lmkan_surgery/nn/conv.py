@@ -84,7 +84,8 @@ class LMKANConv2d(LMKANLayer):
         pads, stride = self._pads(), self.stride
         input_map = self._pixel_rows(x, pads)
         if input_map is not None:  # 1x1 inference: one native call
-            y = pointwise_inference(x, self.table, stride, input_map, self.bias)
+            table, bias = self._table_and_bias()
+            y = pointwise_inference(x, table, stride, input_map, bias)
             if y is not None:
                 return y.squeeze(0) if unbatched else y
         if input_map is not None and self.input_norm == "affine":  # else subsample, transpose, normalise in one copy

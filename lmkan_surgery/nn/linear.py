@@ -48,7 +48,8 @@ class LMKANLinear(LMKANLayer):
         input_map = self._input_map() if self.branch is None and self.in_features % 2 == 0 else None
         if input_map is not None:
             rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-            y = lookup_inference(rows, self.table, input_map, self.bias)
+            table, bias = self._table_and_bias()
+            y = lookup_inference(rows, table, input_map, bias)
             if y is not None:  # inference: the whole layer in one native call
                 return y if x.dim() == 2 else y.view(x.shape[:-1] + (self.out_features,))
         u = self._normalize(x, x.dim() - 1)
