@@ -311,8 +311,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("backward", &backward, "(grad_x, grad_table); empty tensors for the gradients not needed");
     m.def("conv2d_forward", &conv2d_forward, "direct lmKAN convolution of a padded NCHW input (no patches)");
     m.def("pointwise_forward", &pointwise_forward, pybind11::arg("x"), pybind11::arg("scale"), pybind11::arg("shift"),
-          pybind11::arg("table"), pybind11::arg("bias"), pybind11::arg("step"), pybind11::arg("intervals") = pybind11::none(),
-          pybind11::arg("v0") = 0.0,
+          pybind11::arg("table"), pybind11::arg("bias"), pybind11::arg("step"),
+          pybind11::arg("intervals") = pybind11::none(), pybind11::arg("v0") = 0.0,
           "1x1 one-group convolution with the input map (affine, quantile placement or none) and the bias folded in "
           "(inference)");
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");

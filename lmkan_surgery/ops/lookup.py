@@ -152,9 +152,9 @@ def lookup_inference(x: torch.Tensor, table: torch.Tensor, input_map: InputMap, 
                      stride: tuple[int, int] = (1, 1)) -> torch.Tensor | None:
     """Inference in one native CPU call: the lookup of input_map(x) (per feature, x [N, 2P, H, W] with the features
     on dim 1, any strides, every pixel of x[:, :, ::sh, ::sw] a sample) plus the bias, [N, out, OH, OW] in x's
-    layout; a Linear's x [N, 2P] (stride (1, 1)) gives [N, out]. The same bits as the steps (the input map, lmkan_lookup,
-    the bias add; an affine map where torch's addcmul is one fused multiply-add), without their passes over x and y
-    and their Python layers (the per-call cost at batch 1). None where it does not apply (not float32 on the CPU,
+    layout; a Linear's x [N, 2P] (stride (1, 1)) gives [N, out]. The same bits as the steps (the input map,
+    lmkan_lookup, the bias add; an affine map where torch's addcmul is one fused multiply-add), without their passes
+    over x and y and their Python layers (the per-call cost at batch 1). None where it does not apply (not float32 on the CPU,
     autograd to record, a graph being traced, no such kernel): the caller takes the steps instead."""
     if not (x.is_cpu and x.dtype == torch.float32 and x.dim() in (2, 4) and table.dim() == 4
             and x.shape[1] == 2 * table.shape[0] and dispatch.direct_call_allowed(x, table)):
