@@ -18,12 +18,19 @@ def addcmul_is_fma() -> bool:
 
 
 def count_calls(monkeypatch) -> list:
-    """Counts the native one-call layer's calls (the backend otherwise unchanged)."""
+    """Counts the native one-call layer's runs: its calls that returned an output, not those where the kernel
+    declined the inputs (None: the layer then takes the steps). The backend is otherwise unchanged."""
     backend = dispatch.backend_for(torch.zeros(1), torch.zeros(1))
     calls, native = [], backend.pointwise_forward
     assert native is not None
-    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(
-        backend, pointwise_forward=lambda *a: calls.append(1) or native(*a)))
+
+    def counted(*args):
+        y = native(*args)
+        if y is not None:
+            calls.append(1)
+        return y
+
+    monkeypatch.setitem(dispatch._native_cache, "cpu", dataclasses.replace(backend, pointwise_forward=counted))
     return calls
 
 

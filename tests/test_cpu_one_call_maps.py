@@ -11,11 +11,14 @@ import pytest
 import torch
 import torch.nn.utils.parametrize
 
+from lmkan_surgery.errors import LMKANError
 from lmkan_surgery.nn import LMKANConv2d, LMKANLinear
 from lmkan_surgery.nn.placement import placement_intervals
+from lmkan_surgery.ops import dispatch
 
 from isa import isa_path
 from one_call import by_steps, count_calls, far_inputs, perturbed
+from oracles import naive_lookup
 
 
 def _skewed(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -153,3 +156,48 @@ def test_parametrized_table_or_bias_is_applied(native, monkeypatch, name):
     with torch.no_grad():
         y, expected = layer(x), doubled(x)
     assert calls == [1, 1] and torch.equal(y, expected)
+
+
+def _one_call_arguments() -> dict:
+    """Valid arguments of the binding's one-call kernel: x [3, 12], an affine map, a [6, 9, 9, 5] table, a bias."""
+    gen = torch.Generator().manual_seed(5)
+    return {"x": torch.randn(3, 12, generator=gen), "scale": torch.rand(12, generator=gen) + 0.5,
+            "shift": torch.randn(12, generator=gen), "table": torch.randn(6, 9, 9, 5, generator=gen),
+            "bias": torch.randn(5, generator=gen), "step": (1, 1)}
+
+
+@pytest.mark.parametrize("defect", ["x float64", "x 3-d", "table float64", "table 5 pairs", "scale float64",
+                                    "bias float64", "x requires grad", "table requires grad", "bias requires grad"])
+def test_kernel_declines_inputs_it_does_not_take(native, defect):
+    """The kernel checks its own inputs (no per-call Python checks): None for a dtype, a shape or, under grad mode, a
+    gradient to record; the same arguments without the defect give the float64 layer's values."""
+    args = _one_call_arguments()
+    x, scale, shift, table, bias = (args[k] for k in ("x", "scale", "shift", "table", "bias"))
+    expected = naive_lookup(x.double() * scale.double() + shift.double(), table.double()) + bias.double()
+    assert torch.allclose(native.pointwise_forward(**args).double(), expected, rtol=1e-5, atol=1e-5)
+    key, change = defect.split(" ", 1)
+    if change == "float64":
+        args[key] = args[key].double()
+    elif change == "3-d":
+        args[key] = args[key].unsqueeze(-1)
+    elif change == "requires grad":
+        args[key] = args[key].clone().requires_grad_(True)
+        with torch.no_grad():
+            assert native.pointwise_forward(**args) is not None  # nothing to record: it runs
+    else:  # 5 pairs against x's 6
+        args[key] = args[key][:5]
+    assert native.pointwise_forward(**args) is None
+
+
+def test_backend_setting_follows_the_environment(native, monkeypatch):
+    """LMKAN_BACKEND read without os.environ.get still follows every change of the environment."""
+    x = torch.zeros(1, 2)
+    monkeypatch.setenv("LMKAN_BACKEND", " Reference ")
+    assert dispatch.forced_backend() == "reference" and dispatch.one_call_kernel(x) is None
+    monkeypatch.setenv("LMKAN_BACKEND", "cpu")
+    assert dispatch.forced_backend() == "cpu" and dispatch.one_call_kernel(x) is not None
+    monkeypatch.delenv("LMKAN_BACKEND")
+    assert dispatch.forced_backend() is None and dispatch.one_call_kernel(x) is not None
+    monkeypatch.setenv("LMKAN_BACKEND", "gpu")
+    with pytest.raises(LMKANError, match="LMKAN_BACKEND='gpu'"):
+        dispatch.forced_backend()

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "lmkan_cpu.h"
@@ -248,19 +249,38 @@ torch::Tensor placed_input(const torch::Tensor& x, bool channels_last, const tor
     return std::get<0>(place_dense(dense, intervals, v0, x.size(1), inner, false));
 }
 
+// Whether the one-call kernel takes these inputs: a float32 CPU x [N, 2P] or [N, 2P, H, W] against a CPU table
+// [P, ...] of a kernel dtype, float32 CPU maps and bias, and no gradient to record. Checked here rather than in
+// Python, where each tensor property read costs 0.2-0.5 us at batch 1.
+bool one_call_applies(const torch::Tensor& x, const torch::Tensor& table,
+                      std::initializer_list<const c10::optional<torch::Tensor>*> others) {
+    const auto float_cpu = [](const torch::Tensor& t) {
+        return t.device().is_cpu() && t.scalar_type() == torch::kFloat32;
+    };
+    const bool grad = at::GradMode::is_enabled();
+    const auto kernel_dtype = table.scalar_type() == torch::kFloat32 || table.scalar_type() == torch::kFloat16 ||
+                              table.scalar_type() == torch::kBFloat16;
+    if (!float_cpu(x) || (x.dim() != 2 && x.dim() != 4) || !table.device().is_cpu() || !kernel_dtype ||
+        table.dim() != 4 || x.size(1) != 2 * table.size(0) || (grad && (x.requires_grad() || table.requires_grad())))
+        return false;
+    return std::all_of(others.begin(), others.end(), [&](const c10::optional<torch::Tensor>* t) {
+        return !t->has_value() || !(*t)->defined() || (float_cpu(**t) && !(grad && (*t)->requires_grad()));
+    });
+}
+
 // The one-group 1x1 convolution of x [N, C, H, W] (any strides) at stride `step`, with the input map before the
 // lookup (table [P, G+1, G+1, out], C = 2P) and the bias after it; the output in nn.Conv2d's layout for x
 // (channels-last memory for a channels-last input, else contiguous). A Linear's x [N, C] (step 1) is read as N pixels
 // of 1 x 1 and gives y [N, out]: no views made (each costs a microsecond at batch 1). The input map is x * scale +
 // shift per channel (affine), the quantile placement of `intervals` (placed_input), or the identity (neither).
-torch::Tensor pointwise_forward(torch::Tensor x, c10::optional<torch::Tensor> scale,
-                                c10::optional<torch::Tensor> shift, torch::Tensor table,
-                                c10::optional<torch::Tensor> bias, std::vector<int64_t> step,
-                                c10::optional<torch::Tensor> intervals, double v0) {
-    check_float_cpu(x, "x");
+// None where one_call_applies does not hold: the caller then takes the steps.
+c10::optional<torch::Tensor> pointwise_forward(torch::Tensor x, c10::optional<torch::Tensor> scale,
+                                               c10::optional<torch::Tensor> shift, torch::Tensor table,
+                                               c10::optional<torch::Tensor> bias, std::vector<int64_t> step,
+                                               c10::optional<torch::Tensor> intervals, double v0) {
+    if (!one_call_applies(x, table, {&scale, &shift, &bias, &intervals})) return c10::nullopt;
     const bool rows = x.dim() == 2;
-    TORCH_CHECK((x.dim() == 4 || rows) && table.dim() == 4 && table.size(1) == table.size(2) &&
-                    x.size(1) == 2 * table.size(0) && step.size() == 2 && step[0] > 0 && step[1] > 0 &&
+    TORCH_CHECK(table.size(1) == table.size(2) && step.size() == 2 && step[0] > 0 && step[1] > 0 &&
                     (!rows || (step[0] == 1 && step[1] == 1)),
                 "expected x [N, 2P, H, W] (or [N, 2P] at step 1), table [P, G+1, G+1, out] and a positive 2-element "
                 "step");
@@ -314,7 +334,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           pybind11::arg("table"), pybind11::arg("bias"), pybind11::arg("step"),
           pybind11::arg("intervals") = pybind11::none(), pybind11::arg("v0") = 0.0,
           "1x1 one-group convolution with the input map (affine, quantile placement or none) and the bias folded in "
-          "(inference)");
+          "(inference); None where these inputs do not suit it (device, dtype, shape, a gradient to record)");
     m.def("conv2d_backward", &conv2d_backward, "(grad_x, grad_table) of conv2d_forward; empty when not needed");
     m.def("bilinear_gram_add", &bilinear_gram_add, "gram += D^T D of bilinear design rows (upper blocks; mirror)");
     m.def("place", &place, "(u, du/dx) of the quantile input placement of x [outer, F, inner]");

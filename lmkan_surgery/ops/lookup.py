@@ -154,17 +154,12 @@ def lookup_inference(x: torch.Tensor, table: torch.Tensor, input_map: InputMap, 
     on dim 1, any strides, every pixel of x[:, :, ::sh, ::sw] a sample) plus the bias, [N, out, OH, OW] in x's
     layout; a Linear's x [N, 2P] (stride (1, 1)) gives [N, out]. The same bits as the steps (the input map,
     lmkan_lookup, the bias add; an affine map where torch's addcmul is one fused multiply-add), without their passes
-    over x and y and their Python layers (the per-call cost at batch 1). None where it does not apply (not float32 on the CPU,
-    autograd to record, a graph being traced, no such kernel): the caller takes the steps instead."""
-    if not (x.is_cpu and x.dtype == torch.float32 and x.dim() in (2, 4) and table.dim() == 4
-            and x.shape[1] == 2 * table.shape[0] and dispatch.direct_call_allowed(x, table)):
+    over x and y and their Python layers (the per-call cost at batch 1). None where it does not apply (not float32 on
+    the CPU, autograd to record, a graph being traced, no such kernel; the kernel checks the tensors itself): the
+    caller takes the steps instead."""
+    if not dispatch.eager_call_allowed(x, table):
         return None
-    grad = torch.is_grad_enabled()
-    for p in (bias, input_map.scale, input_map.shift, input_map.intervals):
-        if p is not None and (not p.is_cpu or p.dtype != torch.float32 or (grad and p.requires_grad)):
-            return None
-    backend = dispatch.backend_for(x, table)
-    if backend.pointwise_forward is None:
+    kernel = dispatch.one_call_kernel(x)
+    if kernel is None:
         return None
-    return backend.pointwise_forward(x, input_map.scale, input_map.shift, table, bias, list(stride),
-                                     input_map.intervals, input_map.v0)
+    return kernel(x, input_map.scale, input_map.shift, table, bias, stride, input_map.intervals, input_map.v0)
