@@ -41,17 +41,18 @@ class LMKANLinear(LMKANLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_floating(x, "LMKANLinear")
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
+        dims = x.dim()  # read once: each tensor property read costs 0.2-0.5 us at batch 1
+        if dims < 1 or x.size(-1) != self.in_features:
             raise ShapeError(
                 f"LMKANLinear expects input of shape (*, {self.in_features}), got {tuple(x.shape)}"
             )
         input_map = self._input_map() if self.branch is None and self.in_features % 2 == 0 else None
         if input_map is not None:
-            rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+            rows = x if dims == 2 else x.reshape(-1, self.in_features)
             table, bias = self._table_and_bias()
             y = lookup_inference(rows, table, input_map, bias)
             if y is not None:  # inference: the whole layer in one native call
-                return y if x.dim() == 2 else y.view(x.shape[:-1] + (self.out_features,))
+                return y if dims == 2 else y.view(x.shape[:-1] + (self.out_features,))
         u = self._normalize(x, x.dim() - 1)
         y = self._lookup(u, self.table)
         if self.branch is not None:
