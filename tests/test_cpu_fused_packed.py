@@ -19,8 +19,9 @@ from test_cpu_half_reads import at_threads
 
 # (batch, pairs, G, outputs): G = 8, 3 pair chunks of 25, 64 of 25 and 14, parts of 3 pairs (the last of each chunk
 # 1 or 2), 3 tiles; G = 4, one chunk of 40 pairs in 4 parts of 10, 2 tiles; G = 4, chunks of 81 and 19 pairs, 1 tile;
-# G = 3, batch just at 12 (G+1)^2 = 192.
-PACKED = ((1000, 64, 8, 96), (400, 40, 4, 64), (700, 100, 4, 32), (192, 9, 3, 64))
+# G = 3, batch just at 12 (G+1)^2 = 192; G = 8 with a 2.65 MB table, over kCarryTableBytes (fused_forward_block: 3
+# blocks of 567 samples at 1 thread, 4 of 425 at 2).
+PACKED = ((1000, 64, 8, 96), (400, 40, 4, 64), (700, 100, 4, 32), (192, 9, 3, 64), (1700, 64, 8, 128))
 
 
 def unpacked_rows(native, x: torch.Tensor, table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -45,20 +46,22 @@ def test_packed_path_gives_the_unpacked_paths_bits(native, isa):
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_packed_path_half_tables_give_the_float32_tables_bits(native, dtype):
     """A half table (widened, then packed) gives the float32 table of its values' bits, 1 and 2 threads."""
-    for seed, (batch, pairs, grids, n_out) in enumerate(PACKED[:2]):
+    for seed, (batch, pairs, grids, n_out) in enumerate(PACKED[:2] + PACKED[-1:]):
         x, table, _ = lookup_inputs((batch, pairs, grids, n_out), seed)
         half = table.to(dtype)
         outs = [at_threads(n, lambda: native.forward(x, half)) for n in (1, 2)]
         assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], native.forward(x, half.float()))
 
 
-def test_packed_path_in_the_pointwise_layer(native):
+@pytest.mark.parametrize("n_out, height, width", ((64, 34, 30), (128, 40, 42)))
+def test_packed_path_in_the_pointwise_layer(native, n_out, height, width):
     """A 1x1 convolution of 128 -> 64 channels at G = 8 over 34 x 30 pixels (1020 >= 972: packed) gives, bitwise, the
-    output of its 6 x 5 crop (30 pixels: unpacked) there; NCHW and channels_last; float64 within 2e-5."""
+    output of its 6 x 5 crop (30 pixels: unpacked) there; NCHW and channels_last; float64 within 2e-5. So does one of
+    128 -> 128 channels over 40 x 42 pixels (a 2.65 MB table, over kCarryTableBytes: blocks of up to 819 pixels)."""
     torch.manual_seed(3)
-    layer = LMKANConv2d(128, 64, 1, num_grids=8, init_scale=2.0)
-    x, _, _ = lookup_inputs((34 * 30, 64, 8, 1), 5)
-    x = x.T.reshape(1, 128, 34, 30).contiguous()
+    layer = LMKANConv2d(128, n_out, 1, num_grids=8, init_scale=2.0)
+    x, _, _ = lookup_inputs((height * width, 64, 8, 1), 5)
+    x = x.T.reshape(1, 128, height, width).contiguous()
     with torch.no_grad():
         for fmt in (torch.contiguous_format, torch.channels_last):
             y = layer(x.contiguous(memory_format=fmt))
