@@ -107,7 +107,7 @@ def test_cell_sorted_runs_give_the_same_bits_on_every_path(native, monkeypatch):
     its pairs' terms in pair order, so AVX-512 and AVX2 (8 lanes, 16-column sweeps, the same operations) give the same
     bits, within float64's tolerance. 140 outputs (two 64-column sweeps, an 8-column one and a narrow rest), 27 pairs
     (three groups of 8 and a tail of 3), 5 pairs (one short group, an odd patch), two groups of 64 outputs (one sweep:
-    one pair per sort); 798 pixels (sort keys built 8 pixels per vector, a scalar tail of 6); float32, float16 and
+    in pixel order on the AVX-512 path, unsorted); 798 pixels (sort keys built 8 pixels per vector, a scalar tail of 6); float32, float16 and
     bfloat16 tables; 15% of the inputs far outside the grid; the lookup's cell-sorted forward (the same runs) on 300
     samples."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
@@ -218,3 +218,26 @@ def test_pixel_blocks_in_equal_shares_per_thread(native, isa, monkeypatch):
         outs = forward_at_threads_and_layouts(layer, x)
         assert all(torch.equal(y, outs[0]) for y in outs[1:])
         assert (outs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+
+def test_one_sweep_groups_run_in_pixel_order(native, monkeypatch):
+    """Groups of one sweep of outputs (64 on the AVX-512 path: resnet18's layer1 class) take the cell-sorted
+    forward's pairs in pixel order, unsorted (pixels_into_tile); the AVX2 path (16-column sweeps) sorts them: the same
+    terms in the same order, so the same bits. 2 groups of 64 outputs, 27 pairs; one image (one pixel block in two
+    pair ranges: the next slice's prefetch stops at each range's end) and 3 images (two blocks); 15% of the inputs
+    far outside the grid (the difference form); float32, float16 and bfloat16 tables; 1 vs 2 threads and both
+    layouts bitwise equal, against float64."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    torch.manual_seed(23)
+    cases = ((1, None), (3, torch.float16), (3, None), (1, torch.bfloat16))
+    layers = [LMKANConv2d(12, 128, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
+              for _, dtype in cases]
+    xs = [3 * torch.randn(images, 12, 20, 20) for images, _ in cases]
+    xs = [torch.where(torch.rand(x.shape) < 0.15, 1e3 * (2 * torch.rand(x.shape) - 1), x) for x in xs]
+    wide, narrow = on_avx512_and_avx2(
+        native, lambda: [forward_at_threads_and_layouts(layer, x) for layer, x in zip(layers, xs)])
+    for pixel_order, runs, layer, x in zip(wide, narrow, layers, xs):
+        assert all(torch.equal(y, runs[0]) for y in pixel_order + runs), layer
+        truth = reference_conv(layer, x)
+        assert (runs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
