@@ -271,3 +271,17 @@ def test_fused_backward_over_pair_chunks_and_pixel_blocks(native, isa):
         layer = LMKANConv2d(7, 16, 3, stride=2, padding=1, num_grids=5, init_scale=2.0, table_dtype=torch.float16)
         x = (2 * torch.randn(1, 7, 17, 15)).requires_grad_(True)
         check_gradients(layer, x, torch.randn(1, 16, 9, 8))
+
+
+def test_fused_backward_contiguous_rows_same_bits_as_strided(native):
+    """The patch gradient of a stride-1 layer on NCHW input is added into grad_x a whole output row at a time
+    (add_row, vectorised); channels_last input takes the strided loop. 2 images of 13x11 (rows of 11: a vector and
+    a rest), 9 channels -> 16 outputs (fused) at G = 5: both gradients vs float64, 1 and 2 threads bitwise equal, and
+    the two layouts' gradients bitwise equal (the same adds in the same order)."""
+    torch.manual_seed(37)
+    layer = LMKANConv2d(9, 16, 3, padding=1, num_grids=5, init_scale=2.0)
+    x = 2 * torch.randn(2, 9, 13, 11)
+    dy = torch.randn(2, 16, 13, 11)
+    rows = check_gradients(layer, x.clone().requires_grad_(True), dy)
+    strided = check_gradients(layer, x.contiguous(memory_format=torch.channels_last).requires_grad_(True), dy)
+    assert torch.equal(rows[0], strided[0]) and torch.equal(rows[1], strided[1])
