@@ -123,7 +123,7 @@ def eager_call_allowed(x: torch.Tensor, table: torch.Tensor) -> bool:
         type(x) is torch.Tensor
         and type(table) in (torch.Tensor, torch.nn.Parameter)
         and (x.is_cpu or x.is_cuda)  # not x.device.type: a device object per call (~1 us at batch 1)
-        and not torch._C._is_tracing()  # torch.jit.is_tracing() without its scripting check: 0.4 us at batch 1
+        and not torch.jit.is_tracing()  # not torch._C._is_tracing(): torch.compile cannot trace that call
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
         and not torch._C._is_torch_function_mode_enabled()
