@@ -19,7 +19,8 @@ inline float rise(float x, float k, float length) {
 // x, u, dudx (dudx may be null) are [outer, features, inner]; start/length/slope [intervals, features];
 // rows [begin, end) of the outer dimension.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define LMKAN_PLACE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// "arch=haswell", not "avx2": an AVX2 clone without FMA made each std::fma below a libm call per element
+#define LMKAN_PLACE_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define LMKAN_PLACE_CLONES
 #endif
