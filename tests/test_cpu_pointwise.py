@@ -89,6 +89,20 @@ def test_one_call_layer_on_the_sorted_and_streamed_paths(native, isa, monkeypatc
                 _check(layer, view, calls)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "generic"])
+def test_one_call_layer_writes_output_planes_by_pixel_runs(native, isa, monkeypatch):
+    """The NCHW output is written channel by channel over runs of consecutive pixels (8 or more), the rest pixel by
+    pixel: one output channel (its planes back to back: runs across images), images of 7 pixels (pixel by pixel),
+    of exactly 8, of 8 x 3 in a batch of 312 pixels (more than one block); with and without bias."""
+    calls = count_calls(monkeypatch)
+    with isa_path(native, isa):
+        cases = ((6, 1, 5, 3, 4, True), (6, 1, 5, 3, 4, False), (10, 19, 1, 7, 3, True), (10, 19, 2, 4, 5, False),
+                 (8, 33, 8, 3, 13, True))
+        for seed, (c_in, c_out, h, w, batch, bias) in enumerate(cases):
+            layer = _layer(c_in, c_out, 1, 4, None, bias, seed)
+            _check(layer, _inputs(layer, batch, h, w, seed), calls)
+
+
 def test_one_call_layer_one_and_two_threads_bitwise_equal(native, monkeypatch):
     """Above the serial cut (8 x 28 x 28 pixels, 64 pairs, 96 outputs), NCHW and channels_last at stride 1 and 2."""
     calls = count_calls(monkeypatch)
