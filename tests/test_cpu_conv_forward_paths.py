@@ -181,7 +181,8 @@ def test_one_block_splits_its_pairs_into_two_ranges(native, monkeypatch):
     split depends on the shape only, so 1 and 2 threads and both layouts give the same bits, and AVX-512 and AVX2 (the
     same operations per range) too; every path within float64's tolerance. 196 pixels (one block at G = 8); 23
     pairs (an odd split: 11 + 12, tails of the groups of 8), 140 outputs (two tiles and a narrow rest), 2 groups of
-    64 outputs (a partial per group), a float16 table, 15% of the inputs far outside the grid."""
+    64 outputs (a partial per group; in pixel order with other bits on the AVX-512 path: float64's tolerance only),
+    a float16 table, 15% of the inputs far outside the grid."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     torch.manual_seed(29)
     layers = [LMKANConv2d(5, 140, 3, padding=1, num_grids=8, init_scale=2.0).eval(),
@@ -199,7 +200,7 @@ def test_one_block_splits_its_pairs_into_two_ranges(native, monkeypatch):
                 truth = reference_conv(layer, x)
                 assert (runs[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item(), isa
                 outs[isa].append(runs[0])
-    assert all(torch.equal(a, b) for a, b in zip(outs["avx512"], outs["avx2"]))
+    assert torch.equal(outs["avx512"][0], outs["avx2"][0])
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
