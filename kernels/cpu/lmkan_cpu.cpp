@@ -116,9 +116,10 @@ struct Isa {
     // sort keys and weights of one pair's records for a block of conv pixels (sorted_pair_cells, lmkan_cpu_conv.inc)
     void (*pair_keys)(const int32_t*, const float*, const int64_t*, int64_t, int64_t, int64_t, int32_t, float, int64_t,
                       int64_t, int32_t*, float*);
-    // forward of one pair's keys and weights (pair_keys) in pixel order, unsorted (lmkan_cpu_conv.inc), per dtype
-    void (*forward_pixels[3])(const int32_t*, const float*, int64_t, const void*, const void*, int64_t, float*,
-                              int64_t, const Dims&);
+    // forward of 1 or 2 consecutive pairs' keys and weights (pair_keys) in pixel order, unsorted
+    // (lmkan_cpu_conv.inc), per dtype
+    void (*forward_pixels[3])(const int32_t*, const float*, int64_t, int64_t, const void*, const void*, int64_t,
+                              int64_t, float*, int64_t, const Dims&);
     // direct convolution with one output channel per group (lmkan_cpu_conv.inc), per table storage dtype
     void (*depthwise[3])(const int32_t*, const float*, const int64_t*, int64_t, const int64_t*, int32_t, float,
                          const void*, float*, int64_t, const Dims&);
