@@ -1,6 +1,6 @@
 """The fused Linear forward's packed path (Round 16): from 12 (G+1)^2 samples on, with outputs in multiples of 32 and
-G <= 8, the table is repacked once per call into tiles of 32 outputs (64 or 128 on AVX-512 where they divide the
-outputs, Round 19) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the samples' sums carried from part to part (forward_carried). It adds the same terms in the same
+G <= 8, the table is repacked once per call into tiles of 32 outputs (64 or 128 on AVX-512, 64 on the other paths,
+where they divide the outputs, Round 19) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the samples' sums carried from part to part (forward_carried). It adds the same terms in the same
 order as the unpacked path, so it gives the bits of the same rows run in batches too small for the packed path; on
 every ISA path, with far inputs in every part, float32 and half tables, 1 and 2 threads, the 1x1 convolution's
 one-call layer too; and it is as accurate as the float32 reference against float64."""
@@ -21,8 +21,9 @@ from test_cpu_half_reads import at_threads
 # 1 or 2), 3 tiles; G = 4, one chunk of 40 pairs in 4 parts of 10, 2 tiles; G = 4, chunks of 81 and 19 pairs, 1 tile;
 # G = 3, batch just at 12 (G+1)^2 = 192; G = 8 with a 2.65 MB table, over kCarryTableBytes (fused_forward_block: 3
 # blocks of 567 samples at 1 thread, 4 of 425 at 2). Tile widths on AVX-512 (carried_tile: the widest of 128, 64, 32
-# dividing the outputs): 96 outputs 3 tiles of 32, 64 one of 64, 128 one of 128, 192 three of 64, 384 three of 128;
-# the last, a 4 MB table read 4.5 times per row, is packed on AVX-512 only (kCarryWideFarRowUses).
+# dividing the outputs; AVX2 and generic: 64 or 32): 96 outputs 3 tiles of 32, 64 one of 64, 128 one of 128, 192
+# three of 64, 384 three of 128; the last, a 4 MB table read 4.5 times per row, is packed only because its tiles are
+# wide (kCarryWideFarRowUses).
 PACKED = ((1000, 64, 8, 96), (400, 40, 4, 64), (700, 100, 4, 32), (192, 9, 3, 64), (1700, 64, 8, 128),
           (1000, 24, 8, 192), (400, 20, 4, 384), (700, 32, 8, 384))
 

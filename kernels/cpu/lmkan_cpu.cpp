@@ -149,7 +149,6 @@ struct Isa {
                                          const Dims&, const float*);
 };
 
-
 namespace generic {
 #define ISA_NAME "generic"
 #define ISA_SWEEP 16
