@@ -1,6 +1,6 @@
 """The fused Linear forward's packed path (Round 16): from 12 (G+1)^2 samples on, with outputs in multiples of 32 and
-G <= 8, the table is repacked once per call into 32-output tiles and each pair chunk is walked in L1-sized parts of
-3 or more pairs, the samples' sums carried from part to part (forward_carried). It adds the same terms in the same
+G <= 8, the table is repacked once per call into tiles of 32 outputs (64 or 128 on AVX-512, 64 on the other paths,
+where they divide the outputs, Round 19) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the samples' sums carried from part to part (forward_carried). It adds the same terms in the same
 order as the unpacked path, so it gives the bits of the same rows run in batches too small for the packed path; on
 every ISA path, with far inputs in every part, float32 and half tables, 1 and 2 threads, the 1x1 convolution's
 one-call layer too; and it is as accurate as the float32 reference against float64."""
@@ -20,8 +20,12 @@ from test_cpu_half_reads import at_threads
 # (batch, pairs, G, outputs): G = 8, 3 pair chunks of 25, 64 of 25 and 14, parts of 3 pairs (the last of each chunk
 # 1 or 2), 3 tiles; G = 4, one chunk of 40 pairs in 4 parts of 10, 2 tiles; G = 4, chunks of 81 and 19 pairs, 1 tile;
 # G = 3, batch just at 12 (G+1)^2 = 192; G = 8 with a 2.65 MB table, over kCarryTableBytes (fused_forward_block: 3
-# blocks of 567 samples at 1 thread, 4 of 425 at 2).
-PACKED = ((1000, 64, 8, 96), (400, 40, 4, 64), (700, 100, 4, 32), (192, 9, 3, 64), (1700, 64, 8, 128))
+# blocks of 567 samples at 1 thread, 4 of 425 at 2). Tile widths on AVX-512 (carried_tile: the widest of 128, 64, 32
+# dividing the outputs; AVX2 and generic: 64 or 32): 96 outputs 3 tiles of 32, 64 one of 64, 128 one of 128, 192
+# three of 64, 384 three of 128; the last, a 4 MB table read 4.5 times per row, is packed only because its tiles are
+# wide (kCarryWideFarRowUses).
+PACKED = ((1000, 64, 8, 96), (400, 40, 4, 64), (700, 100, 4, 32), (192, 9, 3, 64), (1700, 64, 8, 128),
+          (1000, 24, 8, 192), (400, 20, 4, 384), (700, 32, 8, 384))
 
 
 def unpacked_rows(native, x: torch.Tensor, table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -46,7 +50,7 @@ def test_packed_path_gives_the_unpacked_paths_bits(native, isa):
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_packed_path_half_tables_give_the_float32_tables_bits(native, dtype):
     """A half table (widened, then packed) gives the float32 table of its values' bits, 1 and 2 threads."""
-    for seed, (batch, pairs, grids, n_out) in enumerate(PACKED[:2] + PACKED[-1:]):
+    for seed, (batch, pairs, grids, n_out) in enumerate(PACKED[:2] + PACKED[4:]):
         x, table, _ = lookup_inputs((batch, pairs, grids, n_out), seed)
         half = table.to(dtype)
         outs = [at_threads(n, lambda: native.forward(x, half)) for n in (1, 2)]

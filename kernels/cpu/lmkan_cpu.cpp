@@ -84,6 +84,10 @@ struct LaneScratch {
     float* t;
 };
 
+// Outputs per tile of the fused forward's packed path: kCarryWidth (the narrowest; its slice sets the pairs per
+// part), 2 and 4 times that (kCarryTiles widths).
+constexpr int64_t kCarryWidth = 32, kCarryTiles = 3;
+
 struct Isa {
     const char* name;
     // widest sweep (output columns) of the cell-sorted kernels (forward_runs, grad_table): 4 corners x sweep / 8
@@ -97,9 +101,10 @@ struct Isa {
     // forward, grad_x and widen per table storage dtype (LMKAN_CPU_FLOAT32, FLOAT16, BFLOAT16)
     void (*forward[3])(const FwdRec*, int64_t, const void*, int64_t, float*, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, const Dims&, bool);
-    // forward over a packed 32-output slice, a pair chunk in L1-sized parts (block_carried, lmkan_cpu_forward.inc)
-    void (*forward_carried)(const FwdRec*, int64_t, const float*, float*, float*, uint8_t*, int64_t, int64_t, int64_t,
-                            int64_t, int64_t, int64_t, int64_t, const Dims&, bool);
+    // forward over a packed slice of kCarryWidth << k outputs (k = 0, 1, 2; null where the ISA's registers do not
+    // hold that tile's sums), a pair chunk in L1-sized parts (block_carried, lmkan_cpu_forward.inc)
+    void (*forward_carried[kCarryTiles])(const FwdRec*, int64_t, const float*, float*, float*, uint8_t*, int64_t,
+                                         int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const Dims&, bool);
     // table gradient over cell-sorted records: output-gradient rows at a given stride (packed: the sweep's width)
     void (*grad_table)(const CellRec*, int64_t, const float*, int64_t, float*, int64_t, int64_t, const Dims&);
     // table gradient sample by sample, unsorted (grad_table_by_samples in lmkan_cpu_backward.inc)
@@ -144,8 +149,6 @@ struct Isa {
                                          int32_t, float, const void*, int64_t, const float*, int64_t, float*, float*,
                                          const Dims&, const float*);
 };
-
-constexpr int64_t kCarryWidth = 32;  // outputs per tile of the fused forward's packed path
 
 namespace generic {
 #define ISA_NAME "generic"
