@@ -42,9 +42,9 @@ def test_batch_one_takes_the_cell_sorted_path_from_two_pixels_per_cell(native, i
     """The direct convolution's cell-sorted forward runs from 2 pixels per cell on average (the lookup's threshold
     is 4): one 14x14 image at G = 8 (196 pixels over 81 cells, resnet18's layer3 at batch 1) gives the bits of the
     same image inside a batch of 3 (588 pixels: cell-sorted either way, one block each, so the same two pair ranges
-    each adding its pairs in order from zero), where the streamed path (pair ranges) summed differently. 140 outputs (two tiles and
-    a narrow rest), 45 pairs (an odd patch), 15% of the inputs far outside the grid, float32 and float16 tables,
-    1 and 2 threads and both layouts; against float64."""
+    each adding its pairs in order from zero), where the streamed path (pair ranges) summed differently. 140
+    outputs (two tiles and a narrow rest), 45 pairs (an odd patch), 15% of the inputs far outside the grid, float32
+    and float16 tables, 1 and 2 threads and both layouts; against float64."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     with isa_path(native, isa):
         torch.manual_seed(17)
