@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# -P: the checkout's root stays off sys.path, so its kernels/ folder (installed as lmkan_surgery.kernels) cannot
+# shadow Hugging Face's `kernels` package, which transformers >= 5.25 imports
 test: $(STAMP)
-	$(PY) -m pytest -q -ra tests
+	$(PY) -P -m pytest -q -ra tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
