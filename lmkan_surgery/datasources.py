@@ -115,14 +115,21 @@ def _stack(dataset, limit: int) -> Pair:
 
 def import_factory(target: str) -> Callable[..., Any]:
     """The callable named by `package.module:name`, resolved from the working directory like `python -m`;
-    ConfigError (the import error's text) when it cannot be imported."""
+    ConfigError (the import error's text) when it cannot be imported. The working directory is on sys.path only
+    during the import: left there, a checkout's folders would shadow installed packages of the same name for the
+    rest of the process (its kernels/ shadowed Hugging Face's `kernels`, which transformers >= 5.25 imports)."""
     module_name, _, name = target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
         raise ConfigError(str(err)) from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def load_factory(target: str, limit: int) -> tuple[Pair, Pair]:

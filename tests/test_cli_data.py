@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from lmkan_surgery.convert import main
+from lmkan_surgery.datasources import import_factory
+from lmkan_surgery.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the test_cli:tiny_cnn model factory
 BASE = ["--model", "test_cli:tiny_cnn", "--quick"]
@@ -83,3 +85,17 @@ def test_module_factory_data(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(BASE + ["--num-classes", "3", "--data", "module:userdata:make", "--out", str(tmp_path / "o")]) == 0
     assert arms_printed(capsys.readouterr().out)
+
+
+def test_module_factory_import_leaves_sys_path_as_it_was(tmp_path, monkeypatch):
+    """The working directory is on sys.path only while the factory's module imports (found or not), so a checkout's
+    folders (kernels/) do not shadow installed packages for the rest of the process."""
+    (tmp_path / "userfactory.py").write_text("def make():\n    return 7\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    assert import_factory("userfactory:make")() == 7
+    assert sys.path == before
+    with pytest.raises(ConfigError, match="no_such_module"):
+        import_factory("no_such_module:make")
+    assert sys.path == before
