@@ -139,9 +139,10 @@ class LMKANConv2d(LMKANLayer):
         n = x.shape[0]
         patches = self._patches(x, out_h, out_w)
         if self.groups == 1:
-            y = self._lookup(patches[:, :, 0], self.table[0])
-        else:
-            y = torch.cat([self._lookup(patches[:, :, g], self.table[g]) for g in range(self.groups)], dim=-1)
+            y = self._lookup(patches.squeeze(2), self.table.squeeze(0))
+        else:  # unbind, not [g]: each select's backward would zero-fill a gradient the size of all the groups'
+            pieces = zip(patches.unbind(2), self.table.unbind(0))
+            y = torch.cat([self._lookup(p, table) for p, table in pieces], dim=-1)
         return y.view(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()  # [N, out, oh, ow]
 
     def _branch_matrix(self) -> torch.Tensor:

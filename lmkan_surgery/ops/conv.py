@@ -96,7 +96,8 @@ def pointwise_conv2d(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, in
     if tuple(stride) != (1, 1):
         x = x[:, :, ::stride[0], ::stride[1]]
     n, c, h, w = x.shape
-    y = lmkan_lookup(x.permute(0, 2, 3, 1).reshape(n * h * w, c), table[0])
+    y = lmkan_lookup(x.permute(0, 2, 3, 1).reshape(n * h * w, c), table.squeeze(0))  # a view: table[0]'s backward
+    # would zero-fill a whole table-sized gradient and copy into it (a quarter of a 960->160 training step)
     return y.view(n, h, w, table.shape[-1]).permute(0, 3, 1, 2)
 
 
