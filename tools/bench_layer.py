@@ -108,10 +108,14 @@ def build_methods(
             return linear(x)
 
     methods = [Method("linear fwd", linear_fwd), Method("linear fwd+bwd", linear_fb)]
-    for backend in ("reference", native) if with_reference else (native,):
-        methods += [Method(f"{backend} fwd", lookup_fwd(backend)), Method(f"{backend} fwd+bwd", lookup_fb(backend))]
-    for half in HALF_TABLES[device.type]:  # the inference path with a half-precision table (fp32 arithmetic)
+    if with_reference:
+        methods += [Method("reference fwd", lookup_fwd("reference")),
+                    Method("reference fwd+bwd", lookup_fb("reference"))]
+    methods.append(Method(f"{native} fwd", lookup_fwd(native)))
+    for half in HALF_TABLES[device.type]:  # the inference path with a half-precision table (fp32 arithmetic), timed
+        # right after the float32 table's forward so that each round's ratio of the two is taken minutes apart at most
         methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
+    methods.append(Method(f"{native} fwd+bwd", lookup_fb(native)))
     if device.type == "cpu":  # the streamed forward where the cell-sorted one would run (the previous large-table path)
         methods.append(Method(f"{native} streamed fwd", with_env(SORTED_OFF, lookup_fwd(native))))
     if device.type == "cpu":
@@ -310,18 +314,28 @@ def report(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]
     return "\n".join(lines)
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios numerator[r] / denominator[r]: two methods timed back to
+    back in each round share that round's machine speed, which a ratio of the two medians does not cancel."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator))
+    return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else (float("nan"),) * 3
+
+
 def report_half(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
-    """The half-precision-table forwards against nn.Linear and the float32-table forward of the same run."""
+    """The half-precision-table forwards against nn.Linear and the float32-table forward of the same run; the ratio to
+    float32 as the median (range) of per-round ratios, by wall clock and by process CPU time."""
     halves = HALF_TABLES[native]
     head = "| shape (B, N_in, N_out, G) | float32 table MB | " + " | ".join(
-        f"{h} fwd ms | {h} x linear | {h} / float32 table" for h in halves) + " |"
+        f"{h} fwd ms | {h} x linear | {h} / float32 table, wall (range) | CPU time" for h in halves) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for shape, mb, ms in rows:
-        lin, f32 = ms["linear fwd"].median_ms(), ms[f"{native} fwd"].median_ms()
+        lin, f32 = ms["linear fwd"].median_ms(), ms[f"{native} fwd"]
         cells = [str(shape), f"{mb:.1f}"]
         for h in halves:
-            t = ms[f"{native} {h} fwd"].median_ms()
-            cells += [_fmt(t), _fmt(t / lin), f"{t / f32:.2f}"]
+            half = ms[f"{native} {h} fwd"]
+            wall, low, high = paired_ratio(half.wall, f32.wall)
+            cells += [_fmt(half.median_ms()), _fmt(half.median_ms() / lin), f"{wall:.2f} ({low:.2f}-{high:.2f})",
+                      f"{paired_ratio(half.cpu, f32.cpu)[0]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
