@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, ShapeError
-from ..ops.conv import add_bias, direct_conv2d, normalized_pixels, pointwise_inference, takes_linear_route
+from ..ops.conv import (add_bias, affine_padded, channels_last_only, direct_conv2d, normalized_pixels,
+                        pointwise_inference, takes_linear_route)
 from ..ops.lookup import InputMap
 from .base import LMKANLayer
 from .table_storage import resolve_table_dtype
@@ -78,7 +79,7 @@ class LMKANConv2d(LMKANLayer):
             raise ShapeError(f"LMKANConv2d expects NCHW (or unbatched CHW) input with C={self.in_channels}, "
                              f"got {tuple(x.shape)}")
         dtype = x.dtype
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = channels_last_only(x)
         if self.input_norm == "batchnorm":
             x = self._normalize(x, 1)
         pads, stride = self._pads(), self.stride
@@ -88,7 +89,11 @@ class LMKANConv2d(LMKANLayer):
             y = pointwise_inference(x, table, stride, input_map, bias)
             if y is not None:
                 return y.squeeze(0) if unbatched else y
-        if input_map is not None and self.input_norm == "affine":  # else subsample, transpose, normalise in one copy
+        padded = (affine_padded(x, self.input_shift, self.input_scale, pads)
+                  if self.input_norm == "affine" and self.padding_mode == "zeros" and any(pads) else None)
+        if padded is not None:  # zero padding and the affine map in one pass each way
+            x = padded
+        elif input_map is not None and self.input_norm == "affine":  # subsample, transpose, normalise in one copy
             x, stride = normalized_pixels(x, stride, self.input_shift, self.input_scale), (1, 1)
         else:
             if any(pads):

@@ -67,17 +67,85 @@ def normalized_pixels(x: torch.Tensor, stride: tuple[int, int], shift: torch.Ten
     return torch.addcmul(shift, out, scale, out=out)
 
 
-def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
-    """y + bias per channel, in `memory_format`: one pass into a fresh tensor where autograd allows (the direct
-    kernels' channels-last output is transposed on the way), otherwise (and when traced, compiled or exported:
-    their graphs keep plain ops) the sum and then the layout."""
-    if bias is None:
-        return y.contiguous(memory_format=memory_format)
-    graph = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-    if graph or (torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad)):
-        return (y + bias.view(1, -1, 1, 1)).contiguous(memory_format=memory_format)
+class _AffinePadded(torch.autograd.Function):
+    """x * scale + shift per channel of x zero-padded by `pads` in x's own space (so the border holds shift), written
+    in one pass; backward one pass over the inner window. F.pad then the affine map took a fill, a copy and a pass
+    forward and a copy and a pass backward."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, pads):
+        left, right, top, bottom = pads
+        n, c, h, w = x.shape
+        layout = torch.channels_last if channels_last_only(x) else torch.contiguous_format
+        out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
+                          memory_format=layout)
+        shift4, scale4 = shift.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)
+        for border in (out[:, :, :top], out[:, :, top + h:], out[:, :, top:top + h, :left],
+                       out[:, :, top:top + h, left + w:]):
+            border.copy_(shift4.expand(border.shape))
+        torch.addcmul(shift4, x, scale4, out=out[:, :, top:top + h, left:left + w])
+        ctx.save_for_backward(x if ctx.needs_input_grad[2] else None, scale)
+        ctx.pads = pads
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale = ctx.saved_tensors
+        left, right, top, bottom = ctx.pads
+        inner = grad[:, :, top:grad.shape[2] - bottom, left:grad.shape[3] - right]
+        need_x, need_shift, need_scale = ctx.needs_input_grad[:3]
+        grad_x = inner * scale.view(1, -1, 1, 1) if need_x else None
+        grad_shift = grad.sum((0, 2, 3)) if need_shift else None
+        grad_scale = (inner * x).sum((0, 2, 3)) if need_scale else None
+        return grad_x, grad_shift, grad_scale, None
+
+
+def channels_last_only(x: torch.Tensor) -> bool:
+    """Whether x [N, C, H, W] is in channels-last memory (and not also plain contiguous, as 1x1 images are)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def affine_padded(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                  pads: tuple[int, int, int, int]) -> torch.Tensor | None:
+    """F.pad(x, pads) * scale + shift per channel (zero padding, in x's layout) as one pass each way, or None where
+    the plain ops must run instead (a tracer or exporter, mixed dtypes: the caller takes F.pad and the map)."""
+    if (x.dim() != 4 or not x.dtype == shift.dtype == scale.dtype or not x.dtype.is_floating_point
+            or not dispatch.eager_call_allowed(x, scale) or type(shift) is not torch.Tensor):
+        return None
+    return _AffinePadded.apply(x, shift, scale, pads)
+
+
+class _BiasInLayout(torch.autograd.Function):
+    """y + bias per channel written in one pass into `memory_format` (the sum, then the layout, took two)."""
+
+    @staticmethod
+    def forward(ctx, y, bias, memory_format):
+        return _sum_in_layout(y, bias, memory_format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        need_y, need_bias = ctx.needs_input_grad[:2]
+        grad_bias = grad.sum_to_size(1, grad.shape[1], 1, 1).view(-1) if need_bias else None
+        return grad if need_y else None, grad_bias, None
+
+
+def _sum_in_layout(y: torch.Tensor, bias: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     out = torch.empty(y.shape, dtype=torch.result_type(y, bias), device=y.device, memory_format=memory_format)
     return torch.add(y, bias.view(1, -1, 1, 1), out=out)
+
+
+def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
+    """y + bias per channel, in `memory_format`: one pass into a fresh tensor (the direct kernels' channels-last
+    output is transposed on the way), under autograd too; when traced, compiled or exported (their graphs keep
+    plain ops) or with mixed dtypes under autograd, the sum and then the layout."""
+    if bias is None:
+        return y.contiguous(memory_format=memory_format)
+    if not (torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad)):
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+            return _sum_in_layout(y, bias, memory_format)
+    elif y.dtype == bias.dtype and dispatch.eager_call_allowed(y, bias):
+        return _BiasInLayout.apply(y, bias, memory_format)
+    return (y + bias.view(1, -1, 1, 1)).contiguous(memory_format=memory_format)
 
 
 def pointwise_inference(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, int], input_map: InputMap,
