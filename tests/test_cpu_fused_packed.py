@@ -1,6 +1,6 @@
 """The fused Linear forward's packed path (Round 16): from 12 (G+1)^2 samples on, with outputs in multiples of 32 and
 G <= 8, the table is repacked once per call into tiles of 32 outputs (64 or 128 on AVX-512, 64 on the other paths,
-where they divide the outputs, Round 19) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the
+where they divide the outputs, Round 19; a float32 table of one tile on a 64-byte line is read in place, Round 20) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the
 samples' sums carried from part to part (forward_carried). It adds the same terms in the same order as the unpacked
 path, so it gives the bits of the same rows run in batches too small for the packed path; on
 every ISA path, with far inputs in every part, float32 and half tables, 1 and 2 threads, the 1x1 convolution's
