@@ -80,7 +80,8 @@ def test_packed_path_in_the_pointwise_layer(native, n_out, height, width):
 def test_packed_path_reads_a_one_tile_table_in_place(native, isa):
     """A float32 table whose outputs make one packed tile (32, 64 or 128 outputs; packed_tiles) is read in place when
     it starts on a 64-byte line (as torch allocates it) and copied when it does not (a view 4 bytes into its storage):
-    both give the unpacked path's bits; changed in place between two calls, the new values are used."""
+    both give the unpacked path's bits (as accurate as the float32 reference); changed in place between two calls, the
+    new values are used."""
     with isa_path(native, isa):
         for seed, (batch, pairs, grids, n_out) in enumerate(PACKED[1:5]):
             x, table, _ = lookup_inputs((batch, pairs, grids, n_out), seed)
@@ -88,6 +89,7 @@ def test_packed_path_reads_a_one_tile_table_in_place(native, isa):
             assert table.data_ptr() % 64 == 0 and off_line.data_ptr() % 64 == 4
             expected = unpacked_rows(native, x, table, 97)
             assert torch.equal(native.forward(x, table), expected), (batch, pairs, grids, n_out)
+            assert_as_accurate(expected, forward_reference(x, table), forward_reference(x.double(), table.double()))
             assert torch.equal(native.forward(x, off_line), expected), (batch, pairs, grids, n_out)
             table.mul_(-0.5)
             assert torch.equal(native.forward(x, table), unpacked_rows(native, x, table, 97))
