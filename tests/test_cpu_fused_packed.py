@@ -1,6 +1,6 @@
 """The fused Linear forward's packed path (Round 16): from 12 (G+1)^2 samples on, with outputs in multiples of 32 and
 G <= 8, the table is repacked once per call into tiles of 32 outputs (64 or 128 on AVX-512, 64 on the other paths,
-where they divide the outputs, Round 19) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the
+where they divide the outputs, Round 19; a float32 table of one tile on a 64-byte line is read in place, Round 20) and each pair chunk is walked in L1-sized parts of 3 or more pairs, the
 samples' sums carried from part to part (forward_carried). It adds the same terms in the same order as the unpacked
 path, so it gives the bits of the same rows run in batches too small for the packed path; on
 every ISA path, with far inputs in every part, float32 and half tables, 1 and 2 threads, the 1x1 convolution's
@@ -74,3 +74,22 @@ def test_packed_path_in_the_pointwise_layer(native, n_out, height, width):
             assert torch.equal(y[:, :, 10:16, 20:25], crop), fmt
     truth = reference_conv(layer, x)
     assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_packed_path_reads_a_one_tile_table_in_place(native, isa):
+    """A float32 table whose outputs make one packed tile (32, 64 or 128 outputs; packed_tiles) is read in place when
+    it starts on a 64-byte line (as torch allocates it) and copied when it does not (a view 4 bytes into its storage):
+    both give the unpacked path's bits (as accurate as the float32 reference); changed in place between two calls, the
+    new values are used."""
+    with isa_path(native, isa):
+        for seed, (batch, pairs, grids, n_out) in enumerate(PACKED[1:5]):
+            x, table, _ = lookup_inputs((batch, pairs, grids, n_out), seed)
+            off_line = torch.empty(table.numel() + 1)[1:].view_as(table).copy_(table)
+            assert table.data_ptr() % 64 == 0 and off_line.data_ptr() % 64 == 4
+            expected = unpacked_rows(native, x, table, 97)
+            assert torch.equal(native.forward(x, table), expected), (batch, pairs, grids, n_out)
+            assert_as_accurate(expected, forward_reference(x, table), forward_reference(x.double(), table.double()))
+            assert torch.equal(native.forward(x, off_line), expected), (batch, pairs, grids, n_out)
+            table.mul_(-0.5)
+            assert torch.equal(native.forward(x, table), unpacked_rows(native, x, table, 97))
