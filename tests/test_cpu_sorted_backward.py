@@ -17,7 +17,8 @@ from lookup_checks import assert_as_accurate
 # (batch, pairs, G, N_out), each on grad_x_runs (cell blocks of >= 4 samples per cell, no cell differences in L2):
 # blocks of 4096 + 404 samples (the table rows streamed in the first, not in the second: 404 < 729 cells) with 77
 # outputs (a masked 5-column rest); one block of 3000 with 9 outputs (one 8-column step and a 1-column rest); blocks
-# of 4096 + 4096 + 8 with 128 outputs (the benchmark's width).
+# of 4096 + 4096 + 8 with 128 outputs (the benchmark's width; 2 MiB of output-gradient rows a block: the only shape
+# here whose rows are prefetched, kHotRowBytes).
 # At G = 8 the cell differences fit L2, but the table gradient sorts the records (more than 32 outputs): blocks of
 # 648 samples (4 x 648 + 408) with 96 outputs, and 1000 samples (648 + 352) with 44 (a masked 4-column rest); 11
 # pairs (tasks of 8 + 3 pairs, grad_x written in place) over 1500 samples (648 + 648 + 204) with 40 outputs.
