@@ -226,13 +226,14 @@ def test_pixel_blocks_in_equal_shares_per_thread(native, isa, monkeypatch):
 
 def test_one_sweep_groups_run_in_pixel_order(native, monkeypatch):
     """Groups of one sweep of outputs (64 on the AVX-512 path: resnet18's layer1 class) take the cell-sorted
-    forward's pairs in pixel order, unsorted, two pairs per pass (pixels_into_tile), an inside term as 4 chained FMAs;
-    the AVX2 path (16-column sweeps) sorts them and sums a term's products in pairs (near_into): the same terms in the
-    same pair order, other roundings, so other bits (which shows that the pixel order ran) within float64's tolerance
-    on both. 2 groups of 64 outputs, 27 pairs (each pair range ends on a pass of one pair); one image (one pixel
-    block in two pair ranges: the next slices' prefetch stops at each range's end) and 3 images (two blocks); 15% of
-    the inputs far outside the grid (the difference form); float32, float16 and bfloat16 tables; 1 vs 2 threads and
-    both layouts bitwise equal on each path."""
+    forward's pairs in pixel order, unsorted, two pairs per pass (pixels_into_tile); the AVX2 path (16-column sweeps)
+    sorts them into runs. Both add an inside term as 4 chained FMAs (near_chain_into; the runs summed a term's
+    products in pairs before Round 20, which gave other bits than the pixel order's chain): the same terms in the
+    same pair order and the same roundings, so the same bits (which shows that the runs take the chain), within
+    float64's tolerance. 2 groups of 64 outputs, 27 pairs (each pair range ends on a pass of one pair); one image (one
+    pixel block in two pair ranges: the next slices' prefetch stops at each range's end) and 3 images (two blocks);
+    15% of the inputs far outside the grid (the difference form); float32, float16 and bfloat16 tables; 1 vs 2
+    threads and both layouts bitwise equal on each path."""
     monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
     torch.manual_seed(23)
     cases = ((1, None), (3, torch.float16), (3, None), (1, torch.bfloat16))
@@ -245,7 +246,7 @@ def test_one_sweep_groups_run_in_pixel_order(native, monkeypatch):
     for pixel_order, runs, layer, x in zip(wide, narrow, layers, xs):
         assert all(torch.equal(y, pixel_order[0]) for y in pixel_order), layer
         assert all(torch.equal(y, runs[0]) for y in runs), layer
-        assert not torch.equal(pixel_order[0], runs[0]), layer
+        assert torch.equal(pixel_order[0], runs[0]), layer
         truth = reference_conv(layer, x)
         for y in (pixel_order[0], runs[0]):
             assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
