@@ -113,7 +113,7 @@ def build_methods(
                     Method("reference fwd+bwd", lookup_fb("reference"))]
     methods.append(Method(f"{native} fwd", lookup_fwd(native)))
     for half in HALF_TABLES[device.type]:  # the inference path with a half-precision table (fp32 arithmetic), timed
-        # right after the float32 table's forward so that each round's ratio of the two is taken minutes apart at most
+        # right after the float32 table's forward, so that each round's ratio compares calls moments apart
         methods.append(Method(f"{native} {half} fwd", lookup_fwd(native, table.to(getattr(torch, half)))))
     methods.append(Method(f"{native} fwd+bwd", lookup_fb(native)))
     if device.type == "cpu":  # the streamed forward where the cell-sorted one would run (the previous large-table path)

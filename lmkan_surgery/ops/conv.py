@@ -109,7 +109,7 @@ def affine_padded(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                   pads: tuple[int, int, int, int]) -> torch.Tensor | None:
     """F.pad(x, pads) * scale + shift per channel (zero padding, in x's layout) as one pass each way, or None where
     the plain ops must run instead (a tracer or exporter, mixed dtypes: the caller takes F.pad and the map)."""
-    if (x.dim() != 4 or not x.dtype == shift.dtype == scale.dtype or not x.dtype.is_floating_point
+    if (x.dim() != 4 or x.dtype != shift.dtype or x.dtype != scale.dtype or not x.dtype.is_floating_point
             or not dispatch.eager_call_allowed(x, scale) or type(shift) is not torch.Tensor):
         return None
     return _AffinePadded.apply(x, shift, scale, pads)
@@ -140,10 +140,11 @@ def add_bias(y: torch.Tensor, bias: torch.Tensor | None, memory_format: torch.me
     plain ops) or with mixed dtypes under autograd, the sum and then the layout."""
     if bias is None:
         return y.contiguous(memory_format=memory_format)
-    if not (torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad)):
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
-            return _sum_in_layout(y, bias, memory_format)
-    elif y.dtype == bias.dtype and dispatch.eager_call_allowed(y, bias):
+    graph = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    recorded = torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad)
+    if not graph and not recorded:
+        return _sum_in_layout(y, bias, memory_format)
+    if recorded and y.dtype == bias.dtype and dispatch.eager_call_allowed(y, bias):
         return _BiasInLayout.apply(y, bias, memory_format)
     return (y + bias.view(1, -1, 1, 1)).contiguous(memory_format=memory_format)
 
@@ -164,8 +165,9 @@ def pointwise_conv2d(x: torch.Tensor, table: torch.Tensor, stride: tuple[int, in
     if tuple(stride) != (1, 1):
         x = x[:, :, ::stride[0], ::stride[1]]
     n, c, h, w = x.shape
-    y = lmkan_lookup(x.permute(0, 2, 3, 1).reshape(n * h * w, c), table.squeeze(0))  # a view: table[0]'s backward
-    # would zero-fill a whole table-sized gradient and copy into it (a quarter of a 960->160 training step)
+    # the table as a view: table[0]'s backward would zero-fill a table-sized gradient and copy into it (a quarter of
+    # a 960->160 training step)
+    y = lmkan_lookup(x.permute(0, 2, 3, 1).reshape(n * h * w, c), table.squeeze(0))
     return y.view(n, h, w, table.shape[-1]).permute(0, 3, 1, 2)
 
 
