@@ -34,3 +34,33 @@ def test_half_table_forwards_run_right_after_the_float32_forward():
     halves = [f"cpu {h} fwd" for h in bench_layer.HALF_TABLES["cpu"]]
     at = names.index("cpu fwd")
     assert names[at + 1:at + 1 + len(halves)] == halves
+
+
+def test_conv_half_table_layers_run_right_after_the_float32_layer_and_compute_its_function():
+    import bench_conv
+
+    methods, _ = bench_conv.build_methods(("3x3 6x6x4", 2, 4, 6, 3, 1, 1, 6), 5, backward=False,
+                                          channels_last=False, half_tables=True)
+    names = [m.name for m in methods]
+    halves = [f"lmkan {h} fwd" for h in bench_layer.HALF_TABLES["cpu"]]
+    at = names.index("lmkan direct fwd")
+    assert names[at + 1:at + 1 + len(halves)] == halves
+    by_name = {m.name: m for m in methods}
+    float32 = by_name["lmkan direct fwd"].fn()
+    for name in halves:  # the same exact conversion, its table rounded to half precision
+        torch.testing.assert_close(by_name[name].fn(), float32, rtol=0.02, atol=0.02 * float32.abs().max().item())
+
+
+def test_conv_half_report_gives_each_dtype_its_paired_ratio_to_the_float32_layer():
+    import bench_conv
+
+    def method(name, wall):
+        return bench_layer.Method(name, lambda: None, wall=wall, cpu=wall)
+
+    ms = {"conv fwd": method("conv fwd", [1e-3, 2e-3]), "lmkan direct fwd": method("lmkan direct fwd", [4e-3, 8e-3]),
+          "lmkan float16 fwd": method("lmkan float16 fwd", [3e-3, 6e-3]),
+          "lmkan bfloat16 fwd": method("lmkan bfloat16 fwd", [4e-3, 8e-3])}
+    table = bench_conv.report_half([(("3x3 7x7x512", 1), 364.5, ms)])
+    row = table.splitlines()[-1]
+    assert row.startswith("| 3x3 7x7x512 | 1 | 364.5 |")
+    assert "| 0.75 (0.75-0.75) | 0.75 |" in row and "| 1.00 (1.00-1.00) | 1.00 |" in row

@@ -9,7 +9,8 @@ added): the general direct-convolution kernel and the Linear lookup over pixels 
 ``--kernel`` (with ``--baseline``) times only the bare native forward and backward of both builds (no layer,
 normalisation or dispatch around them): the before/after of a kernel change with the least noise.
 ``--channels-last`` gives every method channels_last input (and nn.Conv2d channels_last weights); ``--baseline PATH``
-times the layer again with another build's extension file (before/after a kernel change, same rounds).
+times the layer again with another build's extension file (before/after a kernel change, same rounds);
+``--half-tables`` times the layer with float16 and bfloat16 tables of the same values beside the float32 one.
 Layers are exact conversions (``LMKANConv2d.from_conv``, G=8 by default) given their N(0, 1) inputs' statistics, so
 the inputs spread over the grid's cells as a calibrated student's do (a data-free conversion would put every input in
 the edge cells). Example (docs/benchmarks.md)::
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import Method, add_baseline, load_baseline, report_baseline, run_round_robin  # noqa: E402
+from bench_layer import (HALF_TABLES, Method, add_baseline, half_table_cells, half_table_head,  # noqa: E402
+                         load_baseline, report_baseline, run_round_robin)
 
 from lmkan_surgery.nn import LMKANConv2d  # noqa: E402
 from lmkan_surgery.ops import dispatch  # noqa: E402
@@ -63,12 +65,19 @@ def with_batches(shapes: list[tuple], batches: list[int]) -> list[tuple]:
     return [(layer[0], batch) + layer[1:] for layer in layers for batch in batches]
 
 
-def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool) -> tuple[list[Method], float]:
+def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool,
+                  half_tables: bool = False) -> tuple[list[Method], float]:
     """The timed callables of one shape and the lmKAN table's MB."""
     _, batch, c_in, c_out, kernel, stride, groups, size = shape
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups)
-    layer = LMKANConv2d.from_conv(conv, grids, input_mean=torch.zeros(c_in), input_std=torch.ones(c_in))
+
+    def convert(table_dtype=None):
+        return LMKANConv2d.from_conv(conv, grids, input_mean=torch.zeros(c_in), input_std=torch.ones(c_in),
+                                     table_dtype=table_dtype)
+
+    layer = convert()
+    halves = {h: convert(h) for h in HALF_TABLES["cpu"]} if half_tables else {}
     x = torch.randn(batch, c_in, size, size, generator=gen)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last)
@@ -93,8 +102,11 @@ def build_methods(shape: tuple, grids: int, backward: bool, channels_last: bool)
              conv_kernel2d(normalised, layer.table, layer.kernel_size, layer.stride, layer.dilation))
         return y + layer.bias.view(1, -1, 1, 1)
 
-    methods = [Method("conv fwd", no_grad(lambda: conv(x))), Method("lmkan direct fwd", no_grad(lambda: layer(x))),
-               Method("lmkan patch fwd", no_grad(patch_path))]
+    methods = [Method("conv fwd", no_grad(lambda: conv(x))), Method("lmkan direct fwd", no_grad(lambda: layer(x)))]
+    # half-table layers of the same values, timed right after the float32 one so each round's ratio compares calls
+    # moments apart
+    methods += [Method(f"lmkan {h} fwd", no_grad(lambda half=half: half(x))) for h, half in halves.items()]
+    methods.append(Method("lmkan patch fwd", no_grad(patch_path)))
     def unfused_layer():
         """The layer's 1x1 inference steps before Round 9: normalise NCHW, transposing copy to pixel rows (in
         pointwise_conv2d), the Linear lookup, NCHW copy of its output, bias add, back to channels_last if so."""
@@ -196,6 +208,19 @@ def inconsistent_conv_rows(rows: list[tuple[tuple, float, dict[str, Method]]]) -
             if "conv fwd+bwd" in ms and ms["conv fwd"].median_ms() > ms["conv fwd+bwd"].median_ms()]
 
 
+def report_half(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
+    """The half-precision-table forwards against nn.Conv2d and the float32-table forward of the same run."""
+    halves = HALF_TABLES["cpu"]
+    head = f"| layer | batch | float32 table MB | {half_table_head(halves, 'conv')} |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, mb, ms in rows:
+        cells = [shape[0], str(shape[1]), f"{mb:.1f}"]
+        for h in halves:
+            cells += half_table_cells(ms[f"lmkan {h} fwd"], ms["lmkan direct fwd"], ms["conv fwd"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report_fusion(rows: list[tuple[tuple, float, dict[str, Method]]]) -> str:
     """Markdown table of the 1x1 layers: the layer forward (fused normalisation and output layout) against the
     unfused steps of before, and both against nn.Conv2d, same rounds."""
@@ -228,9 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernel", action="store_true",
                         help="time only the bare native forward and backward, before (--baseline) and after")
     parser.add_argument("--forward-only", action="store_true", help="with --kernel: the forward alone")
+    parser.add_argument("--half-tables", action="store_true",
+                        help="also time the layer with float16 and bfloat16 tables of the same values")
     args = parser.parse_args(argv)
     if args.kernel and not args.baseline:
         parser.error("--kernel compares two builds: give --baseline PATH")
+    if args.kernel and args.half_tables:
+        parser.error("--half-tables times the layer: drop --kernel")
     torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else POINTWISE_SHAPES if args.pointwise else SHAPES
     if args.only:
@@ -244,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.kernel:
             methods, mb = kernel_methods(shape, args.grids, baseline, args.channels_last, not args.forward_only)
         else:
-            methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last)
+            methods, mb = build_methods(shape, args.grids, args.backward, args.channels_last, args.half_tables)
             methods = add_baseline(methods, baseline, ("lmkan direct fwd", "lmkan fwd+bwd"))
         run_round_robin(methods, torch.device("cpu"), warmup, rounds, slow_rounds=rounds)
         rows.append((shape, mb, {m.name: m for m in methods}))
@@ -261,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
               "its ratios are suspect: rerun that row")
     if any("unfused layer fwd" in ms for _, _, ms in rows):
         print(report_fusion(rows))
+    if args.half_tables:
+        print(report_half(rows))
     if baseline is not None:
         print(f"before: {args.baseline}")
         named = [((s[0], s[1]), mb, ms) for s, mb, ms in rows]

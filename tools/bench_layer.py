@@ -321,21 +321,28 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[floa
     return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else (float("nan"),) * 3
 
 
+def half_table_head(halves: tuple[str, ...], dense: str) -> str:
+    """The column heads of `half_table_cells` for each half dtype; `dense` names the op the lmKAN layer replaces."""
+    return " | ".join(f"{h} fwd ms | {h} x {dense} | {h} / float32 table, wall (range) | CPU time" for h in halves)
+
+
+def half_table_cells(half: Method, float32: Method, dense: Method) -> list[str]:
+    """One half-table forward's cells: its time, its ratio to the dense op, and its ratio to the float32-table forward
+    as the median (range) of per-round ratios by wall clock and the median by process CPU time."""
+    wall, low, high = paired_ratio(half.wall, float32.wall)
+    return [_fmt(half.median_ms()), _fmt(half.median_ms() / dense.median_ms()), f"{wall:.2f} ({low:.2f}-{high:.2f})",
+            f"{paired_ratio(half.cpu, float32.cpu)[0]:.2f}"]
+
+
 def report_half(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
-    """The half-precision-table forwards against nn.Linear and the float32-table forward of the same run; the ratio to
-    float32 as the median (range) of per-round ratios, by wall clock and by process CPU time."""
+    """The half-precision-table forwards against nn.Linear and the float32-table forward of the same run."""
     halves = HALF_TABLES[native]
-    head = "| shape (B, N_in, N_out, G) | float32 table MB | " + " | ".join(
-        f"{h} fwd ms | {h} x linear | {h} / float32 table, wall (range) | CPU time" for h in halves) + " |"
+    head = f"| shape (B, N_in, N_out, G) | float32 table MB | {half_table_head(halves, 'linear')} |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for shape, mb, ms in rows:
-        lin, f32 = ms["linear fwd"].median_ms(), ms[f"{native} fwd"]
         cells = [str(shape), f"{mb:.1f}"]
         for h in halves:
-            half = ms[f"{native} {h} fwd"]
-            wall, low, high = paired_ratio(half.wall, f32.wall)
-            cells += [_fmt(half.median_ms()), _fmt(half.median_ms() / lin), f"{wall:.2f} ({low:.2f}-{high:.2f})",
-                      f"{paired_ratio(half.cpu, f32.cpu)[0]:.2f}"]
+            cells += half_table_cells(ms[f"{native} {h} fwd"], ms[f"{native} fwd"], ms["linear fwd"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
