@@ -249,3 +249,30 @@ def test_one_sweep_groups_run_in_pixel_order(native, monkeypatch):
         truth = reference_conv(layer, x)
         for y in (pixel_order[0], runs[0]):
             assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+def test_pixel_order_chunks_with_and_without_far_keys(native, monkeypatch):
+    """The pixel order takes its pixels 16 at a time (forward_pixels_tile): a chunk whose keys are all inside adds
+    its terms from corner offsets computed by vectors (inside_terms_row), a chunk with a far key (and the last pixels
+    of a block) term by term (pixel_term). Inputs inside the grid or near it (|x| < 2.9 at G = 5: near extrapolation
+    keeps the inside form) except a band of far values in one image row, so most chunks are all inside and the
+    chunks over the band are not; 18x18 images (324 pixels: a block's last 4 pixels outside any chunk). Groups of 64
+    outputs (pixel order on the AVX-512 path, sorted runs on AVX2) and of 16 (pixel order on both); float32 and
+    float16 tables, one and three images; bitwise equal across paths, threads and layouts, within float64's
+    tolerance."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    torch.manual_seed(29)
+    cases = ((1, 128, None), (3, 128, torch.float16), (3, 32, None), (1, 32, torch.float16))
+    layers = [LMKANConv2d(12, outputs, 3, padding=1, groups=2, num_grids=5, init_scale=2.0, table_dtype=dtype)
+              for _, outputs, dtype in cases]
+    xs = [(1.2 * torch.randn(images, 12, 18, 18)).clamp(-2.9, 2.9) for images, _, _ in cases]
+    for x in xs:
+        x[:, ::3, 7, 4:9] = 1e3 * (2 * torch.rand(x[:, ::3, 7, 4:9].shape) - 1)
+    wide, narrow = on_avx512_and_avx2(
+        native, lambda: [forward_at_threads_and_layouts(layer, x) for layer, x in zip(layers, xs)])
+    for pixel_order, other, layer, x in zip(wide, narrow, layers, xs):
+        assert all(torch.equal(y, pixel_order[0]) for y in pixel_order), layer
+        assert all(torch.equal(y, other[0]) for y in other), layer
+        assert torch.equal(pixel_order[0], other[0]), layer
+        truth = reference_conv(layer, x)
+        assert (pixel_order[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
