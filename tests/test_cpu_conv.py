@@ -13,7 +13,7 @@ from lmkan_surgery.nn import LMKANConv2d
 from lmkan_surgery.ops import dispatch
 
 from conv_oracles import check_gradients, reference_conv, reference_grads
-from isa import isa_path
+from isa import isa_path, on_avx512_and_avx2
 
 
 def _random_layer(rng: random.Random) -> tuple[LMKANConv2d, tuple[int, ...]]:
@@ -271,6 +271,22 @@ def test_fused_backward_over_pair_chunks_and_pixel_blocks(native, isa):
         layer = LMKANConv2d(7, 16, 3, stride=2, padding=1, num_grids=5, init_scale=2.0, table_dtype=torch.float16)
         x = (2 * torch.randn(1, 7, 17, 15)).requires_grad_(True)
         check_gradients(layer, x, torch.randn(1, 16, 9, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_backward_at_64_outputs_one_pass_gives_the_two_passes_bits(native, dtype):
+    """At exactly 64 outputs per group the AVX-512 path runs both gradients in one pass over each run of a cell
+    (conv_both_runs64: each output-gradient row loaded once); the AVX2 path keeps the table gradient's pass and then
+    the x gradient's. 2 groups of 64 outputs, 5 channels each at G = 4 (25 cells: runs of every length mod 4, 15% of
+    the inputs far outside the grid), 2 images of 14x13: both gradients vs float64, 1 and 2 threads bitwise equal on
+    each path, and the two paths bitwise equal, for float32, float16 and bfloat16 tables."""
+    torch.manual_seed(41)
+    layer = LMKANConv2d(10, 128, 3, padding=1, groups=2, num_grids=4, init_scale=2.0, table_dtype=dtype)
+    x = torch.randn(2, 10, 14, 13)
+    x = torch.where(torch.rand(x.shape) < 0.15, 30 * (2 * torch.rand(x.shape) - 1), x)
+    dy = torch.randn(2, 128, 14, 13)
+    one, two = on_avx512_and_avx2(native, lambda: check_gradients(layer, x.clone().requires_grad_(True), dy))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
 def test_fused_backward_contiguous_rows_same_bits_as_strided(native):

@@ -131,6 +131,10 @@ struct Isa {
     // direct convolution's x gradient over cell-sorted records (lmkan_cpu_kernels_conv.inc), per table storage dtype
     void (*conv_grad_x[3])(const CellRec*, int64_t, int64_t, const BwdRec*, int64_t, const void*, const float*,
                            float*, int64_t, int64_t, float*, const Dims&, const float*);
+    // both gradients of one pair's cell-sorted records at 64 outputs in one pass (conv_both_runs64,
+    // lmkan_cpu_kernels_conv.inc), per table storage dtype; null where the sweep is narrower than 64
+    void (*conv_grads64[3])(const CellRec*, int64_t, const BwdRec*, const void*, const float*, float*, float*,
+                            int64_t, float*, const Dims&, const float*);
     // few-output path, 8 samples per vector (lmkan_cpu_kernels_lanes.inc), per table storage dtype: forward and
     // the gradients of a sample range and a pair range
     void (*lanes_forward[3])(const float*, const void*, float*, int64_t, int64_t, const Dims&, const float*,
