@@ -276,3 +276,23 @@ def test_pixel_order_chunks_with_and_without_far_keys(native, monkeypatch):
         assert torch.equal(pixel_order[0], other[0]), layer
         truth = reference_conv(layer, x)
         assert (pixel_order[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pixel_order_half_tables_widened_or_read_in_place_give_the_float32_bits(native, monkeypatch, dtype):
+    """A half table in pixel order is widened once per call from 4 (G+1)^2 pixels (readable_table: 324 at G = 8) and
+    read as it is below that (12x12: 144 pixels); both give the bits of the float32 table of the same values (the
+    conversions are exact), 1 vs 2 threads and both layouts; within float64's tolerance."""
+    monkeypatch.setenv("LMKAN_CPU_LARGE_TABLE_BYTES", "0")
+    torch.manual_seed(31)
+    for size in (12, 20):
+        half = LMKANConv2d(12, 128, 3, padding=1, groups=2, num_grids=8, init_scale=2.0, table_dtype=dtype).eval()
+        full = LMKANConv2d(12, 128, 3, padding=1, groups=2, num_grids=8).eval()
+        full.load_state_dict({"table": half.table.detach().float(), "bias": half.bias.detach()}, strict=False)
+        x = 2 * torch.randn(1, 12, size, size)
+        x = torch.where(torch.rand(x.shape) < 0.1, 1e3 * (2 * torch.rand(x.shape) - 1), x)
+        ys = forward_at_threads_and_layouts(half, x)
+        expected = forward_at_threads_and_layouts(full, x)[0]
+        assert all(torch.equal(y, expected) for y in ys), size
+        truth = reference_conv(full, x)
+        assert (expected.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
