@@ -4,8 +4,7 @@ Only eager calls take it (see ``dispatch.eager_call_allowed``): tracing (fvcore)
 export keep the patch path through ``lmkan::lookup2d``, so the pair layout, the FLOP handle and the exported graph
 are those of the patch form; the results agree to float32 rounding. In eager training an autograd Function
 calls the kernel's backward (both gradients, groups inside the kernel). A 1x1 convolution with one group is a
-Linear over pixels and goes to the lookup's (Linear) kernels instead (``pointwise_conv2d``), except in training with
-a table over ``CONV_KERNEL_TRAINING_TABLE_BYTES``, where the convolution kernel measured faster.
+Linear over pixels and goes to the lookup's (Linear) kernels instead (``pointwise_conv2d``).
 """
 
 from __future__ import annotations
@@ -46,20 +45,10 @@ def direct_conv2d(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, 
     return conv_kernel2d(x, table, kernel_size, stride, dilation)
 
 
-# A 1x1 layer whose table is larger than this trains faster on the convolution kernel than as the Linear lookup over
-# pixel rows (forward+backward 0.76-0.93 of the Linear route's time on 7x7 960->160, 256->512 and 512->512, 2
-# threads; docs/benchmarks.md, Round 21); smaller tables train as fast or faster as the Linear lookup.
-CONV_KERNEL_TRAINING_TABLE_BYTES = 8 << 20
-
-
 def takes_linear_route(x: torch.Tensor, table: torch.Tensor, kernel_size: tuple[int, int]) -> bool:
-    """Whether direct_conv2d runs this (padded, normalised) input as the Linear lookup over pixels: a 1x1 one-group
-    float32 layer, unless autograd records the call and its table is over CONV_KERNEL_TRAINING_TABLE_BYTES."""
-    if not (x.dtype == torch.float32 and x.dim() == 4 and tuple(kernel_size) == (1, 1) and table.shape[0] == 1
-            and table.shape[1] * 2 == x.shape[1] and dispatch.eager_call_allowed(x, table)):
-        return False
-    recorded = torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)
-    return not (recorded and table.numel() * table.element_size() > CONV_KERNEL_TRAINING_TABLE_BYTES)
+    """Whether direct_conv2d runs this (padded, normalised) input as the Linear lookup over pixels."""
+    return (x.dtype == torch.float32 and x.dim() == 4 and tuple(kernel_size) == (1, 1) and table.shape[0] == 1
+            and table.shape[1] * 2 == x.shape[1] and dispatch.eager_call_allowed(x, table))
 
 
 def normalized_pixels(x: torch.Tensor, stride: tuple[int, int], shift: torch.Tensor,
