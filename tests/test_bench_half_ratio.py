@@ -1,5 +1,6 @@
-"""tools/bench_layer.py's half-table ratio: per-round ratios of back-to-back calls, so that a machine whose speed
-drifts between rounds (these guests: up to 2x) does not move the ratio the way a ratio of two medians moves."""
+"""The half-table ratio of tools/bench_layer.py and tools/bench_conv.py (tools/bench_ratios.py): per-round ratios of
+back-to-back calls, so that a machine whose speed drifts between rounds (these guests: up to 2x) does not move the
+ratio the way a ratio of two medians moves."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import bench_layer  # noqa: E402
+import bench_ratios  # noqa: E402
 
 
 def test_paired_ratio_cancels_a_drifting_machine_speed():
@@ -19,13 +21,13 @@ def test_paired_ratio_cancels_a_drifting_machine_speed():
     float32 = [10.0 * s for s in speed]
     half = [9.0 * s for s in speed]
     half[3] = 30.0  # one disturbed call
-    median, low, high = bench_layer.paired_ratio(half, float32)
+    median, low, high = bench_ratios.paired_ratio(half, float32)
     assert median == pytest.approx(0.9)
     assert low == pytest.approx(0.9) and high == pytest.approx(1.5)
 
 
 def test_paired_ratio_of_no_rounds_is_nan():
-    assert all(v != v for v in bench_layer.paired_ratio([], []))
+    assert all(v != v for v in bench_ratios.paired_ratio([], []))
 
 
 def test_half_table_forwards_run_right_after_the_float32_forward():

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import (HALF_TABLES, Method, add_baseline, half_table_cells, half_table_head,  # noqa: E402
-                         load_baseline, report_baseline, run_round_robin)
+from bench_layer import HALF_TABLES, Method, add_baseline, load_baseline, report_baseline, run_round_robin  # noqa: E402
+from bench_ratios import half_table_cells, half_table_head  # noqa: E402
 
 from lmkan_surgery.nn import LMKANConv2d  # noqa: E402
 from lmkan_surgery.ops import dispatch  # noqa: E402

@@ -29,6 +29,8 @@ from lmkan_surgery.kernels import build
 from lmkan_surgery.ops import dispatch, lmkan_lookup
 from lmkan_surgery.ops.dispatch import BACKEND_ENV
 
+from bench_ratios import fmt_ms, half_table_cells, half_table_head  # tools/: beside this file
+
 CPU_SHAPES = [(4096, 128, 128, 8), (4096, 128, 128, 26), (4096, 512, 512, 16), (65536, 32, 32, 16), (1024, 1024, 1024, 8)]
 QUICK_SHAPES = [(512, 64, 64, 8), (2048, 32, 32, 16)]
 # --small: few outputs (the planner's folded 128 -> 1 block, student last layers) and the issue-16 students' training
@@ -185,7 +187,7 @@ def report_baseline(rows: list, base: str, fb_base: str | None, top: str = "line
         for t, b in passes:
             median = (lambda m: m.median_cpu_ms()) if cpu_time else (lambda m: m.median_ms())
             ref, old, new = median(ms[t]), median(ms[f"baseline {b}"]), median(ms[b])
-            cells += [_fmt(ref), _fmt(old / ref), _fmt(new / ref), f"{new / old:.2f}"]
+            cells += [fmt_ms(ref), fmt_ms(old / ref), fmt_ms(new / ref), f"{new / old:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -284,10 +286,6 @@ def report_per_call(methods: list[Method], calls: int) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-
-
 def report(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
     """A markdown table of times and ratios to nn.Linear."""
     head = (
@@ -304,34 +302,14 @@ def report(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]
         ref_n = f" (n={ref.rounds})" if 0 < ref.rounds < lin.rounds else ""
         rfb_n = f" (n={rfb.rounds})" if 0 < rfb.rounds < lin.rounds else ""
         cells = [
-            str(shape), f"{mb:.1f}", _fmt(lin.median_ms()), _fmt(ref.median_ms() / lin.median_ms()) + ref_n,
-            _fmt(nat.median_ms() / lin.median_ms()), _fmt(nat.median_cpu_ms() / lin.median_cpu_ms()),
-            _fmt(ref.median_ms() / nat.median_ms()), _fmt(lfb.median_ms()),
-            _fmt(rfb.median_ms() / lfb.median_ms()) + rfb_n, _fmt(nfb.median_ms() / lfb.median_ms()),
-            _fmt(nat.median_ms()), _fmt(nfb.median_ms()),
+            str(shape), f"{mb:.1f}", fmt_ms(lin.median_ms()), fmt_ms(ref.median_ms() / lin.median_ms()) + ref_n,
+            fmt_ms(nat.median_ms() / lin.median_ms()), fmt_ms(nat.median_cpu_ms() / lin.median_cpu_ms()),
+            fmt_ms(ref.median_ms() / nat.median_ms()), fmt_ms(lfb.median_ms()),
+            fmt_ms(rfb.median_ms() / lfb.median_ms()) + rfb_n, fmt_ms(nfb.median_ms() / lfb.median_ms()),
+            fmt_ms(nat.median_ms()), fmt_ms(nfb.median_ms()),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
-    """Median, lowest and highest of the per-round ratios numerator[r] / denominator[r]: two methods timed back to
-    back in each round share that round's machine speed, which a ratio of the two medians does not cancel."""
-    ratios = sorted(a / b for a, b in zip(numerator, denominator))
-    return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else (float("nan"),) * 3
-
-
-def half_table_head(halves: tuple[str, ...], dense: str) -> str:
-    """The column heads of `half_table_cells` for each half dtype; `dense` names the op the lmKAN layer replaces."""
-    return " | ".join(f"{h} fwd ms | {h} x {dense} | {h} / float32 table, wall (range) | CPU time" for h in halves)
-
-
-def half_table_cells(half: Method, float32: Method, dense: Method) -> list[str]:
-    """One half-table forward's cells: its time, its ratio to the dense op, and its ratio to the float32-table forward
-    as the median (range) of per-round ratios by wall clock and the median by process CPU time."""
-    wall, low, high = paired_ratio(half.wall, float32.wall)
-    return [_fmt(half.median_ms()), _fmt(half.median_ms() / dense.median_ms()), f"{wall:.2f} ({low:.2f}-{high:.2f})",
-            f"{paired_ratio(half.cpu, float32.cpu)[0]:.2f}"]
 
 
 def report_half(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Method]]], native: str) -> str:
@@ -355,7 +333,7 @@ def report_paths(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Me
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for shape, mb, ms in rows:
         lin, new, old = (ms[k].median_ms() for k in ("linear fwd", f"{native} fwd", f"{native} streamed fwd"))
-        lines.append("| " + " | ".join([str(shape), f"{mb:.1f}", _fmt(lin), _fmt(old / lin), _fmt(new / lin),
+        lines.append("| " + " | ".join([str(shape), f"{mb:.1f}", fmt_ms(lin), fmt_ms(old / lin), fmt_ms(new / lin),
                                         f"{new / old:.2f}"]) + " |")
     return "\n".join(lines)
 
@@ -375,7 +353,7 @@ def report_small(rows: list[tuple[tuple[int, int, int, int], float, dict[str, Me
         bf, bfb = (ms.get(f"baseline kernel {k}", missing).median_ms() for k in ("fwd", "fwd+bwd"))
         per = 1e6 * kf / (shape[0] * shape[1] // 2)
         lines.append("| " + " | ".join([str(shape), f"{1e3 * lin:.1f}", f"{1e3 * tail:.1f}", f"{1e3 * op:.1f}",
-                                        _fmt(op / lin), _fmt(op / tail), f"{1e3 * kf:.1f}", f"{per:.2f}",
+                                        fmt_ms(op / lin), fmt_ms(op / tail), f"{1e3 * kf:.1f}", f"{per:.2f}",
                                         f"{1e3 * kfb:.1f}", f"{1e3 * bf:.1f}", f"{1e3 * bfb:.1f}", f"{kf / bf:.2f}",
                                         f"{kfb / bfb:.2f}"]) + " |")
     return "\n".join(lines)
