@@ -14,6 +14,17 @@ from conv_oracles import forward_at_threads_and_layouts, reference_conv
 from isa import isa_path, on_avx512_and_avx2
 
 
+def _assert_both_paths_give_the_same_bits(wide: list, narrow: list, layers: list, xs: list) -> None:
+    """Per case: the outputs of each ISA path (a list over threads and layouts) bitwise equal, the two paths bitwise
+    equal, and within float64's tolerance of the reference."""
+    for first, second, layer, x in zip(wide, narrow, layers, xs):
+        assert all(torch.equal(y, first[0]) for y in first), layer
+        assert all(torch.equal(y, second[0]) for y in second), layer
+        assert torch.equal(first[0], second[0]), layer
+        truth = reference_conv(layer, x)
+        assert (first[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+
+
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_direct_conv_cell_sorted_path(native, isa, monkeypatch):
     """Group tables over the cell-sorted threshold (lowered to 0 here) with 64 outputs or more and enough pixels
@@ -242,13 +253,7 @@ def test_one_sweep_groups_run_in_pixel_order(native, monkeypatch):
     xs = [torch.where(torch.rand(x.shape) < 0.15, 1e3 * (2 * torch.rand(x.shape) - 1), x) for x in xs]
     wide, narrow = on_avx512_and_avx2(
         native, lambda: [forward_at_threads_and_layouts(layer, x) for layer, x in zip(layers, xs)])
-    for pixel_order, runs, layer, x in zip(wide, narrow, layers, xs):
-        assert all(torch.equal(y, pixel_order[0]) for y in pixel_order), layer
-        assert all(torch.equal(y, runs[0]) for y in runs), layer
-        assert torch.equal(pixel_order[0], runs[0]), layer
-        truth = reference_conv(layer, x)
-        for y in (pixel_order[0], runs[0]):
-            assert (y.double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+    _assert_both_paths_give_the_same_bits(wide, narrow, layers, xs)
 
 
 def test_pixel_order_chunks_with_and_without_far_keys(native, monkeypatch):
@@ -270,12 +275,7 @@ def test_pixel_order_chunks_with_and_without_far_keys(native, monkeypatch):
         x[:, ::3, 7, 4:9] = 1e3 * (2 * torch.rand(x[:, ::3, 7, 4:9].shape) - 1)
     wide, narrow = on_avx512_and_avx2(
         native, lambda: [forward_at_threads_and_layouts(layer, x) for layer, x in zip(layers, xs)])
-    for pixel_order, other, layer, x in zip(wide, narrow, layers, xs):
-        assert all(torch.equal(y, pixel_order[0]) for y in pixel_order), layer
-        assert all(torch.equal(y, other[0]) for y in other), layer
-        assert torch.equal(pixel_order[0], other[0]), layer
-        truth = reference_conv(layer, x)
-        assert (pixel_order[0].double() - truth).abs().max().item() <= 2e-5 * truth.abs().max().item()
+    _assert_both_paths_give_the_same_bits(wide, narrow, layers, xs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
